@@ -1,0 +1,111 @@
+"""Where the project is and where its standard files live.
+
+The project root is the nearest directory (upwards from the start point) that
+holds a ``dvc.yaml``. All paths nbpipeline writes are relative to that root.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbpipeline.errors import ProjectNotFoundError
+
+ROOT_ENV = "NBPIPELINE_ROOT"
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project directory and its standard paths."""
+
+    root: Path
+
+    @property
+    def dvc_yaml(self) -> Path:
+        return self.root / "dvc.yaml"
+
+    @property
+    def params_yaml(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def registry(self) -> Path:
+        return Path(os.environ.get("NBPIPELINE_REGISTRY", self.root / "registry"))
+
+    def notebook(self, stage: str) -> Path:
+        """Source notebook of ``stage``."""
+        return self.notebooks / f"{stage}.ipynb"
+
+    def rel(self, path: Path | str) -> str:
+        """``path`` relative to the root when inside it, for messages and reports."""
+        p = Path(path)
+        try:
+            return str(p.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(p)
+
+
+def find_project(start: Path | str | None = None) -> Project:
+    """Return the project holding ``start`` (default: $NBPIPELINE_ROOT or the cwd)."""
+    if start is None:
+        start = os.environ.get(ROOT_ENV) or Path.cwd()
+    here = Path(start).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return Project(candidate)
+    raise ProjectNotFoundError(
+        f"no dvc.yaml found in {here} or any parent directory; "
+        "run nbp from inside an nbpipeline project (the directory holding dvc.yaml)"
+    )
+
+
+@contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success.
+
+    Readers never see a half-written file: either the old one or the complete new one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o644)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(target: Path | str, text: str) -> None:
+    """Write ``text`` to ``target`` atomically (temp file + rename)."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(target: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically (temp file + rename)."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
