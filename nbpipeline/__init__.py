@@ -1,0 +1,57 @@
+"""nbpipeline: notebooks as the production pipeline.
+
+Inside a stage notebook::
+
+    import nbpipeline as nbp
+    root = nbp.init("train")        # cwd = project root, exactly as under `nbp run`
+    ...
+    nbp.record.metric("valid.roc_auc", 0.71)
+
+This module stays light: notebooks import it on every run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nbpipeline import record
+from nbpipeline.errors import NbpipelineError
+
+__all__ = ["NbpipelineError", "init", "record", "stage", "under_pipeline"]
+__version__ = "0.1.0"
+
+_STAGE_ENV = "NBPIPELINE_STAGE"
+_ROOT_ENV = "NBPIPELINE_ROOT"
+
+
+def under_pipeline() -> bool:
+    """True when the notebook is being executed by `nbp run` (e.g. under `dvc repro`)."""
+    return bool(os.environ.get(_STAGE_ENV)) and bool(os.environ.get("NBPIPELINE_RUNNING"))
+
+
+def stage() -> str | None:
+    """The stage this kernel is running, if known."""
+    return os.environ.get(_STAGE_ENV)
+
+
+def init(stage_name: str) -> Path:
+    """Put an interactive session in the same place as a pipeline run; return the root.
+
+    Changes the working directory to the project root (the directory holding dvc.yaml)
+    and remembers ``stage_name`` for :mod:`nbpipeline.record`. Under `nbp run` it only
+    checks that the notebook is run as the stage it says it is.
+    """
+    from nbpipeline.project import find_project
+
+    running = os.environ.get(_STAGE_ENV)
+    if running and running != stage_name:
+        raise NbpipelineError(
+            f"this notebook calls nbp.init({stage_name!r}) but is run as stage '{running}'; "
+            "make the name in nbp.init() match the stage (the notebook's file name)"
+        )
+    project = find_project(os.environ.get(_ROOT_ENV) or Path.cwd())
+    os.chdir(project.root)
+    os.environ[_STAGE_ENV] = stage_name
+    os.environ.setdefault(_ROOT_ENV, str(project.root))
+    return project.root

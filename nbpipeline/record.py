@@ -1,0 +1,152 @@
+"""Record metrics, plots and artifacts from inside a stage notebook (stdlib only).
+
+Files written (paths relative to the project root, each write atomic):
+
+* ``metrics/<stage>.json``        — ``metric("valid.roc_auc", 0.71)`` nests on dots, so
+  ``dvc metrics show`` / ``dvc exp show`` display ``valid.roc_auc``;
+* ``plots/<stage>/<name>.csv``    — ``plot("roc", rows)`` for ``dvc plots show``;
+* ``metrics/<stage>.artifacts.json`` — ``artifact(path, ...)``: path, sha256, size, meta.
+
+The stage is the one set by ``nbp run`` or ``nbpipeline.init(stage)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["artifact", "metric", "metrics", "plot", "read_metrics", "json_value"]
+
+
+def _stage(stage: str | None) -> str:
+    name = stage or os.environ.get("NBPIPELINE_STAGE")
+    if not name:
+        raise RuntimeError(
+            "nbpipeline.record: unknown stage; call nbpipeline.init('<stage>') at the top of "
+            "the notebook (nbp run sets it automatically) or pass stage='...'"
+        )
+    return name
+
+
+def _root() -> Path:
+    return Path(os.environ.get("NBPIPELINE_ROOT") or Path.cwd())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def json_value(value: Any) -> Any:
+    """Convert numpy/pandas scalars and containers to plain JSON values (NaN -> None)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return json_value(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _metrics_path(stage: str | None) -> Path:
+    return _root() / "metrics" / f"{_stage(stage)}.json"
+
+
+def read_metrics(stage: str | None = None) -> dict[str, Any]:
+    """The metrics recorded so far for ``stage`` (empty if none)."""
+    path = _metrics_path(stage)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def metrics(values: Mapping[str, Any], *, stage: str | None = None, reset: bool = False) -> None:
+    """Record several metrics at once; dotted names nest (``valid.auc`` -> {valid: {auc}})."""
+    data = {} if reset else read_metrics(stage)
+    for name, value in values.items():
+        node = data
+        *parents, leaf = name.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = json_value(value)
+    _write_atomic(_metrics_path(stage), json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def metric(name: str, value: Any, *, stage: str | None = None) -> None:
+    """Record one metric (see :func:`metrics`)."""
+    metrics({name: value}, stage=stage)
+
+
+def plot(name: str, rows: Any, *, stage: str | None = None) -> Path:
+    """Write plot data for ``dvc plots show`` to ``plots/<stage>/<name>.csv``.
+
+    ``rows`` is a pandas DataFrame or an iterable of mappings with the same keys.
+    """
+    path = _root() / "plots" / _stage(stage) / f"{name}.csv"
+    if hasattr(rows, "to_csv"):
+        text = rows.to_csv(index=False)
+    else:
+        records = [dict(r) for r in rows]
+        buf = io.StringIO()
+        fields = list(records[0]) if records else []
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buf.getvalue()
+    _write_atomic(path, text)
+    return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifact(path: str | os.PathLike[str], *, stage: str | None = None, **meta: Any) -> None:
+    """Register a produced file (e.g. a model) with its hash in ``metrics/<stage>.artifacts.json``."""
+    root = _root()
+    target = Path(path)
+    rel = os.path.relpath(target if target.is_absolute() else root / target, root)
+    index_path = root / "metrics" / f"{_stage(stage)}.artifacts.json"
+    index: dict[str, Any] = {}
+    if index_path.exists():
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    index[rel] = {
+        "sha256": file_sha256(root / rel),
+        "size": (root / rel).stat().st_size,
+        **json_value(meta),
+    }
+    _write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Plain-JSON copies of ``records`` (helper for plot data built from numpy values)."""
+    return [json_value(dict(r)) for r in records]

@@ -1,0 +1,226 @@
+"""Run one stage: validate its parameters, execute its notebook with papermill, write reports.
+
+``run_stage`` is what ``nbp run <stage>`` (the command of every dvc.yaml notebook stage)
+calls. Order of work:
+
+1. read params.yaml and the notebook; resolve the stage's values (nbpipeline.params) —
+   every parameter problem is reported here, before any kernel starts;
+2. execute the notebook with papermill (kernel over IPC sockets, immediate shutdown,
+   environment ``NBPIPELINE_STAGE``/``NBPIPELINE_ROOT`` so notebooks know they run
+   under the pipeline); the HTML exporter is imported on a thread meanwhile;
+3. on success write ``reports/<stage>.ipynb`` (volatile metadata removed) and
+   ``reports/<stage>.html``, each atomically;
+   on failure keep the partially executed notebook as ``reports/<stage>.failed.ipynb``
+   (+ ``.html``) and raise StageFailedError naming notebook, cell and exception.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbpipeline.errors import NotebookError, StageError, StageFailedError
+from nbpipeline.notebook import (
+    kernel_name,
+    notebook_parameters,
+    parameters_cell_index,
+    read_notebook,
+    strip_volatile,
+    write_notebook,
+)
+from nbpipeline.params import load_params, stage_values
+from nbpipeline.project import Project, write_text_atomic
+
+STAGE_ENV = "NBPIPELINE_STAGE"
+ROOT_ENV = "NBPIPELINE_ROOT"
+RUNNING_ENV = "NBPIPELINE_RUNNING"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a successful run left its reports."""
+
+    stage: str
+    notebook: Path
+    report: Path
+    html: Path
+    parameters: dict[str, Any]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything known about a stage before its kernel starts."""
+
+    stage: str
+    notebook_path: Path
+    kernel: str
+    parameters: dict[str, Any]
+    parameters_cell: int
+
+
+def plan_stage(project: Project, stage: str) -> StagePlan:
+    """Validate ``stage`` against params.yaml and its notebook; no kernel is started."""
+    path = project.notebook(stage)
+    if not path.is_file():
+        raise StageError(
+            f"stage '{stage}': no notebook at {project.rel(path)}; create it, or check the "
+            "stage name in dvc.yaml (`cmd: nbp run <stage>` runs notebooks/<stage>.ipynb)"
+        )
+    nb = read_notebook(path)
+    rel = project.rel(path)
+    declared = notebook_parameters(nb, rel)
+    params = load_params(project.params_yaml)
+    values = stage_values(params, stage, declared, params_file="params.yaml", notebook=rel)
+    return StagePlan(stage, path, kernel_name(nb, rel), values, parameters_cell_index(nb, rel))
+
+
+class _HtmlExporterLoader(threading.Thread):
+    """Imports nbconvert's HTML exporter while the kernel runs (it takes about a second)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.exporter: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            from nbconvert import HTMLExporter
+
+            self.exporter = HTMLExporter(template_name="lab")
+        except BaseException as exc:  # reported when the HTML is needed
+            self.error = exc
+
+    def render(self, nb: Any) -> str:
+        self.join()
+        if self.exporter is None:
+            raise StageError(f"cannot render HTML reports: {self.error}")
+        body, _ = self.exporter.from_notebook_node(nb)
+        return str(body)
+
+
+def _quiet_imports() -> None:
+    """Skip an optional import that costs ~1 s and that notebook validation never uses.
+
+    jsonschema imports rfc3987_syntax (which builds a grammar at import) only to check
+    the "iri" string format; nbformat's schema has no such format.
+    """
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+
+def _kernel_manager_class() -> type:
+    """An async kernel manager that talks to the kernel over IPC sockets in a temp dir.
+
+    IPC avoids ipykernel's "running over TCP without encryption" warning on every run
+    and the TCP port dance; the sockets live outside the project so DVC never sees them.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(tempfile.mkdtemp(prefix="nbp-"), "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
+def _recorded_files(project: Project, stage: str) -> list[Path]:
+    """Files nbpipeline.record writes for ``stage``; a run starts without stale ones."""
+    plots = project.plots / stage
+    return [
+        project.metrics / f"{stage}.json",
+        project.metrics / f"{stage}.artifacts.json",
+        *(sorted(plots.glob("*.csv")) if plots.is_dir() else []),
+    ]
+
+
+def _source_cell_number(plan: StagePlan, executed_index: int, injected: bool) -> int:
+    """1-based number of the source notebook cell behind ``executed_index``."""
+    shift = 1 if injected and executed_index > plan.parameters_cell else 0
+    return executed_index - shift + 1
+
+
+def run_stage(project: Project, stage: str, *, log_output: bool = False) -> RunResult:
+    """Execute ``stage``'s notebook with its parameters; write its reports atomically."""
+    started = time.perf_counter()
+    plan = plan_stage(project, stage)
+    html = _HtmlExporterLoader()
+    html.start()
+    _quiet_imports()
+    import papermill
+    from jupyter_client.kernelspec import NoSuchKernel
+    from papermill.exceptions import PapermillExecutionError
+
+    reports = project.reports
+    reports.mkdir(parents=True, exist_ok=True)
+    running = reports / f".{stage}.running.ipynb"
+    report = reports / f"{stage}.ipynb"
+    report_html = reports / f"{stage}.html"
+    failed = reports / f"{stage}.failed.ipynb"
+    for stale in (failed, failed.with_suffix(".html"), *_recorded_files(project, stage)):
+        stale.unlink(missing_ok=True)
+
+    env_before = {k: os.environ.get(k) for k in (STAGE_ENV, ROOT_ENV, RUNNING_ENV)}
+    os.environ[STAGE_ENV] = stage
+    os.environ[ROOT_ENV] = str(project.root)
+    os.environ[RUNNING_ENV] = "1"
+    try:
+        nb = papermill.execute_notebook(
+            str(plan.notebook_path),
+            str(running),
+            parameters=plan.parameters,
+            kernel_name=plan.kernel,
+            cwd=str(project.root),
+            progress_bar=False,
+            log_output=log_output,
+            request_save_on_cell_execute=False,
+            shutdown_kernel="immediate",
+            kernel_manager_class=_kernel_manager_class(),
+        )
+    except PapermillExecutionError as exc:
+        shutil.move(running, failed)
+        try:
+            write_text_atomic(failed.with_suffix(".html"), html.render(read_notebook(failed)))
+        except Exception:  # the .ipynb is what matters; HTML of a broken run is a bonus
+            pass
+        cell = _source_cell_number(plan, exc.cell_index, bool(plan.parameters))
+        evalue = (exc.evalue or "").strip().splitlines()
+        raise StageFailedError(
+            f"stage '{stage}' failed: {project.rel(plan.notebook_path)} cell {cell} raised "
+            f"{exc.ename}: {evalue[0] if evalue else ''}\n"
+            f"  partially executed notebook (error shown at that cell): {project.rel(failed)}"
+        ) from exc
+    except NoSuchKernel as exc:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        known = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
+        raise NotebookError(
+            f"{project.rel(plan.notebook_path)}: kernel '{plan.kernel}' is not installed "
+            f"(installed kernels: {known}); pick one of them in JupyterLab "
+            "(Kernel > Change Kernel) and save, or install the kernel"
+        ) from exc
+    finally:
+        running.unlink(missing_ok=True)
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    strip_volatile(nb)
+    nb.metadata.setdefault("papermill", {})["output_path"] = project.rel(report)
+    nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
+    write_notebook(nb, report)
+    write_text_atomic(report_html, html.render(nb))
+    return RunResult(
+        stage, plan.notebook_path, report, report_html, plan.parameters,
+        time.perf_counter() - started,
+    )
