@@ -17,8 +17,9 @@ from pathlib import Path
 
 from nbpipeline import record
 from nbpipeline.errors import NbpipelineError
+from nbpipeline.project import atomic_path
 
-__all__ = ["NbpipelineError", "init", "record", "stage", "under_pipeline"]
+__all__ = ["NbpipelineError", "atomic_path", "init", "record", "stage", "under_pipeline"]
 __version__ = "0.1.0"
 
 _STAGE_ENV = "NBPIPELINE_STAGE"
