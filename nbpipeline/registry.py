@@ -1,0 +1,521 @@
+"""The model registry: versions, champion and canary, and every change as an event.
+
+Layout of a registry directory (``project.registry``, default ``<root>/registry``)::
+
+    events.jsonl                   append-only log, one JSON object per line; written
+                                   under an exclusive ``fcntl.flock`` and fsync'd
+    objects/<sha256>.skops         model files, content-addressed (the name is the hash)
+    objects/<sha256>.<ext>         other stored files (reference sample, reports)
+
+Nothing is ever rewritten: the production state (champion, canary, off switch) is
+derived by replaying the events, so a state is always explained by its history.
+Event kinds with a meaning for the state: ``register``, ``promote``, ``rollback``,
+``switch_off``. Any other kind (alarms, retrain triggers) is kept and shown but does
+not change the state.
+
+Models are stored in the skops format and loaded only with the trusted types recorded
+in their metadata (never plain pickle), after their sha256 has been checked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from nbpipeline.errors import GateError, RegistryError
+from nbpipeline.project import write_bytes_atomic
+
+__all__ = [
+    "ACTOR_ENV",
+    "Event",
+    "ModelVersion",
+    "ProductionState",
+    "Registry",
+    "default_actor",
+]
+
+ACTOR_ENV = "NBP_ACTOR"
+EVENTS_FILE = "events.jsonl"
+OBJECTS_DIR = "objects"
+ROLES = ("champion", "canary")
+
+
+def default_actor() -> str:
+    """Who acts: ``$NBP_ACTOR``, else the OS user name."""
+    actor = os.environ.get(ACTOR_ENV)
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of ``events.jsonl``."""
+
+    seq: int
+    ts: str
+    kind: str
+    actor: str
+    reason: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        record = {
+            "seq": self.seq, "ts": self.ts, "kind": self.kind, "actor": self.actor,
+            "reason": self.reason, "data": self.data,
+        }
+        return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model: its stored file, where it came from and why it was admitted."""
+
+    version: str
+    sha256: str
+    created: str
+    actor: str
+    reason: str
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    gate: dict[str, Any] | None
+    forced_reason: str | None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 of stored extras
+
+    @property
+    def number(self) -> int:
+        """The version's position (``v3`` -> 3)."""
+        return int(self.version[1:])
+
+
+@dataclass(frozen=True)
+class ProductionState:
+    """What should be serving now, derived from the events."""
+
+    champion: ModelVersion | None
+    canary: ModelVersion | None
+    canary_fraction: float
+    switched_off: bool
+    off_reason: str | None
+    token: str
+    previous_champion: ModelVersion | None = None
+    last_event: Event | None = None
+
+    def role(self, version: str) -> str | None:
+        """'champion', 'canary' or None for ``version``."""
+        if self.champion is not None and self.champion.version == version:
+            return "champion"
+        if self.canary is not None and self.canary.version == version:
+            return "canary"
+        return None
+
+
+@dataclass
+class _Replay:
+    """Mutable state while replaying events (one place that gives events their meaning)."""
+
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    by_sha: dict[str, str] = field(default_factory=dict)
+    champions: list[str] = field(default_factory=list)  # stack; last = current champion
+    canary: str | None = None
+    canary_fraction: float = 0.0
+    switched_off: bool = False
+    off_reason: str | None = None
+
+    def apply(self, event: Event) -> None:
+        data = event.data
+        if event.kind == "register":
+            mv = ModelVersion(
+                version=data["version"], sha256=data["sha256"], created=event.ts,
+                actor=event.actor, reason=event.reason, metadata=data.get("metadata", {}),
+                metrics=data.get("metrics", {}), gate=data.get("gate"),
+                forced_reason=data.get("forced_reason"), lineage=data.get("lineage", {}),
+                files=data.get("files", {}),
+            )
+            self.versions[mv.version] = mv
+            self.by_sha.setdefault(mv.sha256, mv.version)
+        elif event.kind == "promote":
+            version = data["version"]
+            if data.get("role") == "canary":
+                self.canary, self.canary_fraction = version, float(data["canary_fraction"])
+            else:
+                self.champions.append(version)
+                self.canary, self.canary_fraction = None, 0.0
+            self.switched_off, self.off_reason = False, None
+        elif event.kind == "rollback":
+            if data.get("role") == "canary":
+                self.canary, self.canary_fraction = None, 0.0
+            else:
+                self.champions.pop()
+                if self.canary is not None and self.champions and self.canary == self.champions[-1]:
+                    self.canary, self.canary_fraction = None, 0.0
+                self.switched_off, self.off_reason = False, None
+        elif event.kind == "switch_off":
+            self.switched_off, self.off_reason = True, event.reason
+
+    @property
+    def champion(self) -> str | None:
+        return self.champions[-1] if self.champions else None
+
+    @property
+    def previous_champion(self) -> str | None:
+        return self.champions[-2] if len(self.champions) > 1 else None
+
+
+class Registry:
+    """A registry directory; created on first write. Safe for concurrent processes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._cache_key: tuple[int, int] | None = None
+        self._cache: list[Event] = []
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def events_path(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    @property
+    def objects(self) -> Path:
+        return self.path / OBJECTS_DIR
+
+    def object_path(self, sha256: str, ext: str = "skops") -> Path:
+        """Where the stored file with this hash lives."""
+        return self.objects / f"{sha256}.{ext}"
+
+    # ---------------------------------------------------------------- reading
+    def events(self) -> list[Event]:
+        """Every event, oldest first."""
+        try:
+            st = self.events_path.stat()
+        except FileNotFoundError:
+            return []
+        key = (st.st_size, st.st_mtime_ns)
+        if key != self._cache_key:
+            with open(self.events_path, "rb") as fh:
+                self._cache = self._parse(fh.read())
+            self._cache_key = key
+        return list(self._cache)
+
+    def _parse(self, raw: bytes) -> list[Event]:
+        events: list[Event] = []
+        lines = raw.split(b"\n")
+        # A last line without "\n" is a write cut short by a crash: not yet an event.
+        for number, line in enumerate(lines[:-1], start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                events.append(
+                    Event(int(rec["seq"]), str(rec["ts"]), str(rec["kind"]), str(rec["actor"]),
+                          str(rec["reason"]), dict(rec.get("data") or {}))
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RegistryError(
+                    f"{self.events_path}: line {number} is not a valid event ({exc}); the "
+                    "registry log was edited by hand — restore it from a backup (it is "
+                    "append-only, never edit it)"
+                ) from exc
+        return events
+
+    def _replay(self, events: list[Event] | None = None) -> _Replay:
+        replay = _Replay()
+        for event in self.events() if events is None else events:
+            replay.apply(event)
+        return replay
+
+    def token(self) -> str:
+        """Changes whenever an event is appended (size + mtime of the log); cheap to poll."""
+        try:
+            st = self.events_path.stat()
+        except FileNotFoundError:
+            return "empty"
+        return f"{st.st_size}-{st.st_mtime_ns}"
+
+    def versions(self) -> list[ModelVersion]:
+        """All registered versions, oldest first."""
+        return list(self._replay().versions.values())
+
+    def get(self, version: str) -> ModelVersion:
+        """The registered ``version``; RegistryError if unknown."""
+        found = self._replay().versions.get(version)
+        if found is None:
+            raise RegistryError(self._unknown(version, self._replay()))
+        return found
+
+    def find_sha(self, sha256: str) -> ModelVersion | None:
+        """The version whose model file has this hash, if registered."""
+        replay = self._replay()
+        name = replay.by_sha.get(sha256)
+        return replay.versions[name] if name else None
+
+    def state(self) -> ProductionState:
+        """The production state now (champion, canary, off switch) and a change token."""
+        token = self.token()
+        events = self.events()
+        replay = self._replay(events)
+        pick = replay.versions.get
+        return ProductionState(
+            champion=pick(replay.champion) if replay.champion else None,
+            canary=pick(replay.canary) if replay.canary else None,
+            canary_fraction=replay.canary_fraction if replay.canary else 0.0,
+            switched_off=replay.switched_off,
+            off_reason=replay.off_reason,
+            token=token,
+            previous_champion=pick(replay.previous_champion) if replay.previous_champion else None,
+            last_event=events[-1] if events else None,
+        )
+
+    def load(self, version: str) -> tuple[object, dict[str, Any]]:
+        """The fitted model of ``version`` and its metadata, after checking the file's hash."""
+        import skops.io as sio
+
+        mv = self.get(version)
+        path = self.object_path(mv.sha256)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise RegistryError(
+                f"{path}: model file of {version} is missing; restore the registry's objects/ "
+                "directory from a backup or register the model again"
+            ) from exc
+        actual = _sha256(blob)
+        if actual != mv.sha256:
+            raise RegistryError(
+                f"{path}: model file of {version} is damaged: sha256 is {actual}, expected "
+                f"{mv.sha256}; refusing to load it — restore the file from a backup, or roll "
+                "back (`nbp rollback`) to a version whose file is intact"
+            )
+        trusted = list(mv.metadata.get("trusted_types", []))
+        try:
+            model = sio.loads(blob, trusted=trusted)
+        except Exception as exc:  # skops raises several types for unsafe/unknown content
+            raise RegistryError(
+                f"{path}: cannot load model {version} with its recorded trusted types "
+                f"({type(exc).__name__}: {exc}); the model needs types not listed in its "
+                "metadata 'trusted_types' — re-train and register it again"
+            ) from exc
+        return model, dict(mv.metadata)
+
+    def stored_file(self, version: str, name: str) -> Path:
+        """Path of an extra file stored with ``version`` (e.g. 'reference.parquet')."""
+        mv = self.get(version)
+        sha = mv.files.get(name)
+        if sha is None:
+            raise RegistryError(
+                f"model {version} has no stored file '{name}' (it has: "
+                f"{', '.join(sorted(mv.files)) or 'none'})"
+            )
+        return self.object_path(sha, Path(name).suffix.lstrip(".") or "bin")
+
+    def reference_path(self, version: str) -> Path:
+        """The reference sample (training rows + model output) stored with ``version``."""
+        return self.stored_file(version, "reference.parquet")
+
+    # ---------------------------------------------------------------- writing
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[IO[bytes], list[Event]]]:
+        """Hold the exclusive lock on the log; yield the open log and its events."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.events_path, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                fh.seek(0)
+                raw = fh.read()
+                if raw and not raw.endswith(b"\n"):
+                    # drop a line cut short by a crash; it never became an event
+                    os.ftruncate(fh.fileno(), raw.rfind(b"\n") + 1)
+                    raw = raw[: raw.rfind(b"\n") + 1]
+                yield fh, self._parse(raw)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    @staticmethod
+    def _append(fh: IO[bytes], events: list[Event], kind: str, actor: str, reason: str,
+                data: Mapping[str, Any]) -> Event:
+        seq = events[-1].seq + 1 if events else 1
+        event = Event(seq, _now(), kind, actor, reason, json.loads(json.dumps(dict(data))))
+        fh.seek(0, os.SEEK_END)
+        fh.write((event.to_json() + "\n").encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+        return event
+
+    def _store(self, data: bytes, ext: str) -> str:
+        sha = _sha256(data)
+        target = self.object_path(sha, ext)
+        if not (target.is_file() and _sha256(target.read_bytes()) == sha):
+            write_bytes_atomic(target, data)
+        return sha
+
+    def register(
+        self,
+        candidate_dir: Path | str,
+        gate: dict[str, Any] | None,
+        *,
+        force_reason: str | None,
+        actor: str,
+        reason: str = "",
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        extra_files: Mapping[str, Path | str] | None = None,
+    ) -> ModelVersion:
+        """Store the candidate's model and record it as a new version.
+
+        Refused (GateError) when ``gate`` says the candidate failed, unless
+        ``force_reason`` explains why it is admitted anyway (recorded). A model whose
+        file is already registered is not stored twice: its existing version is returned.
+        ``metrics`` defaults to ``gate["metrics"]``. ``extra_files`` (name -> path) are
+        stored content-addressed too; ``reference.parquet`` of the candidate always is.
+        """
+        directory = Path(candidate_dir)
+        model_path, meta_path = directory / "model.skops", directory / "metadata.json"
+        if not model_path.is_file() or not meta_path.is_file():
+            raise RegistryError(
+                f"{directory}: no candidate model (model.skops + metadata.json); run the "
+                "pipeline first (`dvc repro`)"
+            )
+        try:
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise RegistryError(f"{meta_path}: not valid JSON ({exc}); re-run `dvc repro train`") from exc
+        if "trusted_types" not in metadata:
+            raise RegistryError(
+                f"{meta_path}: no 'trusted_types'; the model cannot be loaded safely — "
+                "re-run `dvc repro train` with the current nbpipeline"
+            )
+        blob = model_path.read_bytes()
+        sha = _sha256(blob)
+        expected = metadata.get("model_sha256")
+        if expected not in (None, sha):
+            raise RegistryError(
+                f"{model_path}: sha256 {sha} does not match metadata.json ({expected}); the "
+                "model changed after training — re-run `dvc repro`"
+            )
+        if force_reason is not None and not force_reason.strip():
+            raise RegistryError("a forced registration needs a reason: pass --reason TEXT")
+        if gate is not None and not gate.get("passed", False) and not force_reason:
+            failed = [c.get("name", "?") for c in gate.get("checks", []) if not c.get("passed")]
+            raise GateError(
+                f"candidate {directory} failed the validation gate "
+                f"(failed checks: {', '.join(failed) or 'unknown'}); improve the model and "
+                "re-run `dvc repro`, or override with --force --reason TEXT (recorded)"
+            )
+        files = {}
+        extras = {"reference.parquet": directory / "reference.parquet", **(extra_files or {})}
+        for name, path in extras.items():
+            if Path(path).is_file():
+                files[name] = self._store(Path(path).read_bytes(), Path(name).suffix.lstrip(".") or "bin")
+        self._store(blob, "skops")
+        with self._locked() as (fh, events):
+            replay = self._replay(events)
+            existing = replay.by_sha.get(sha)
+            if existing is not None:
+                return replay.versions[existing]
+            version = f"v{len(replay.versions) + 1}"
+            data = {
+                "version": version, "sha256": sha, "metadata": metadata,
+                "metrics": metrics if metrics is not None else (gate or {}).get("metrics", {}),
+                "gate": gate, "forced_reason": force_reason, "lineage": lineage or {},
+                "files": files,
+            }
+            why = reason or (f"forced: {force_reason}" if force_reason else "gate passed"
+                             if gate else "registered without a gate")
+            self._append(fh, events, "register", actor, why, data)
+            replay = self._replay(self._parse_log(fh))
+        return replay.versions[version]
+
+    def _parse_log(self, fh: IO[bytes]) -> list[Event]:
+        fh.seek(0)
+        return self._parse(fh.read())
+
+    def promote(
+        self, version: str, *, canary_fraction: float | None, reason: str, actor: str
+    ) -> Event:
+        """Make ``version`` the champion (clears the canary), or the canary with a fraction."""
+        if canary_fraction is not None and not 0.0 < canary_fraction < 1.0:
+            raise RegistryError(
+                f"canary fraction {canary_fraction} is out of range; give a share of traffic "
+                "between 0 and 1 (exclusive), e.g. --canary 0.1"
+            )
+        with self._locked() as (fh, events):
+            replay = self._replay(events)
+            if version not in replay.versions:
+                raise RegistryError(self._unknown(version, replay))
+            if canary_fraction is None:
+                if replay.champion == version and not replay.switched_off:
+                    raise RegistryError(f"{version} is already the champion; nothing to promote")
+                data: dict[str, Any] = {"version": version, "role": "champion",
+                                        "previous": replay.champion}
+            else:
+                if replay.champion == version:
+                    raise RegistryError(
+                        f"{version} is the champion; a canary must be a different version"
+                    )
+                data = {"version": version, "role": "canary", "canary_fraction": canary_fraction,
+                        "champion": replay.champion}
+            return self._append(fh, events, "promote", actor, reason, data)
+
+    def rollback(self, *, role: str = "champion", reason: str, actor: str) -> Event:
+        """'champion': the previous champion serves again; 'canary': the canary is removed."""
+        if role not in ROLES:
+            raise RegistryError(f"cannot roll back role '{role}'; use 'champion' or 'canary'")
+        with self._locked() as (fh, events):
+            replay = self._replay(events)
+            if role == "canary":
+                if replay.canary is None:
+                    raise RegistryError("there is no canary to roll back")
+                data: dict[str, Any] = {"role": "canary", "from": replay.canary, "to": None}
+            else:
+                if replay.previous_champion is None:
+                    raise RegistryError(
+                        "no previous champion to roll back to"
+                        + (f" ({replay.champion} is the first)" if replay.champion else "")
+                        + "; to stop serving use the off switch instead"
+                    )
+                data = {"role": "champion", "from": replay.champion,
+                        "to": replay.previous_champion}
+            return self._append(fh, events, "rollback", actor, reason, data)
+
+    def switch_off(self, *, reason: str, actor: str) -> Event:
+        """Stop serving models: the server answers its fallback decision until a promote."""
+        if not reason.strip():
+            raise RegistryError("switching the model off needs a reason")
+        with self._locked() as (fh, events):
+            return self._append(fh, events, "switch_off", actor, reason, {})
+
+    def append_event(self, kind: str, *, reason: str, actor: str, **data: Any) -> Event:
+        """Record any other event (alarm, retrain trigger, note); it does not change the state."""
+        if kind in ("register", "promote", "rollback"):
+            raise RegistryError(
+                f"event kind '{kind}' changes the state; use Registry.{kind}() instead"
+            )
+        with self._locked() as (fh, events):
+            return self._append(fh, events, kind, actor, reason, data)
+
+    @staticmethod
+    def _unknown(version: str, replay: _Replay) -> str:
+        known = ", ".join(replay.versions) or "none yet"
+        return (f"model version '{version}' is not in the registry (known: {known}); "
+                "see `nbp models`")

@@ -1,0 +1,195 @@
+"""The model registry on a real directory: promote, canary, rollback, gate, damage, concurrency."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from _candidates import features_frame, make_candidate
+
+from nbpipeline.errors import GateError, RegistryError
+from nbpipeline.registry import Registry
+
+PASSED = {"passed": True, "checks": [], "metrics": {"golden": {"roc_auc": 0.9}}}
+FAILED = {
+    "passed": False,
+    "checks": [{"name": "min_metric", "value": 0.5, "threshold": 0.6, "passed": False}],
+    "metrics": {"golden": {"roc_auc": 0.5}},
+}
+
+
+@pytest.fixture()
+def candidates(tmp_path: Path) -> list[Path]:
+    return [make_candidate(tmp_path / f"cand{i}", c=c) for i, c in enumerate((1.0, 0.1, 0.01))]
+
+
+@pytest.fixture()
+def reg(tmp_path: Path) -> Registry:
+    return Registry(tmp_path / "registry")
+
+
+def test_empty_registry_has_no_state(reg: Registry) -> None:
+    state = reg.state()
+    assert state.champion is None and state.canary is None and not state.switched_off
+    assert reg.versions() == [] and reg.events() == []
+    assert not reg.path.exists()  # created on first write only
+
+
+def test_register_promote_and_load(reg: Registry, candidates: list[Path]) -> None:
+    v1 = reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    assert v1.version == "v1" and v1.metrics == {"golden": {"roc_auc": 0.9}}
+    assert reg.object_path(v1.sha256).is_file()
+    assert reg.reference_path("v1").is_file()
+    event = reg.promote("v1", canary_fraction=None, reason="first model", actor="ana")
+    assert (event.seq, event.kind, event.actor, event.data["version"]) == (2, "promote", "ana", "v1")
+    state = reg.state()
+    assert state.champion is not None and state.champion.version == "v1"
+    model, metadata = reg.load("v1")
+    proba = model.predict_proba(features_frame())  # type: ignore[attr-defined]
+    assert proba.shape == (5, 2) and metadata["params"] == {"C": 1.0}
+
+
+def test_same_model_is_not_registered_twice(reg: Registry, candidates: list[Path]) -> None:
+    first = reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    again = reg.register(candidates[0], PASSED, force_reason=None, actor="bo")
+    assert again.version == first.version and len(reg.events()) == 1
+
+
+def test_canary_then_full_promotion_then_rollback(reg: Registry, candidates: list[Path]) -> None:
+    for cand in candidates[:2]:
+        reg.register(cand, PASSED, force_reason=None, actor="ana")
+    reg.promote("v1", canary_fraction=None, reason="first", actor="ana")
+    token = reg.state().token
+    reg.promote("v2", canary_fraction=0.25, reason="try v2", actor="ana")
+    state = reg.state()
+    assert state.token != token
+    assert (state.champion.version, state.canary.version, state.canary_fraction) == ("v1", "v2", 0.25)  # type: ignore[union-attr]
+    assert state.role("v2") == "canary"
+
+    reg.rollback(role="canary", reason="canary worse", actor="bo")
+    state = reg.state()
+    assert state.canary is None and state.canary_fraction == 0.0
+    assert state.champion.version == "v1"  # type: ignore[union-attr]
+
+    reg.promote("v2", canary_fraction=None, reason="full", actor="ana")
+    assert reg.state().champion.version == "v2"  # type: ignore[union-attr]
+    rollback = reg.rollback(reason="latency alarm", actor="monitor")
+    assert rollback.data == {"role": "champion", "from": "v2", "to": "v1"}
+    assert reg.state().champion.version == "v1"  # type: ignore[union-attr]
+    with pytest.raises(RegistryError, match="no previous champion"):
+        reg.rollback(reason="again", actor="ana")
+
+
+def test_promote_refusals(reg: Registry, candidates: list[Path]) -> None:
+    reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    with pytest.raises(RegistryError, match="'v9' is not in the registry.*known: v1"):
+        reg.promote("v9", canary_fraction=None, reason="x", actor="ana")
+    with pytest.raises(RegistryError, match="out of range"):
+        reg.promote("v1", canary_fraction=1.5, reason="x", actor="ana")
+    reg.promote("v1", canary_fraction=None, reason="x", actor="ana")
+    with pytest.raises(RegistryError, match="already the champion"):
+        reg.promote("v1", canary_fraction=None, reason="x", actor="ana")
+    with pytest.raises(RegistryError, match="canary must be a different version"):
+        reg.promote("v1", canary_fraction=0.1, reason="x", actor="ana")
+    with pytest.raises(RegistryError, match="no canary"):
+        reg.rollback(role="canary", reason="x", actor="ana")
+
+
+def test_failed_gate_refused_and_forced_promote_recorded(
+    reg: Registry, candidates: list[Path]
+) -> None:
+    with pytest.raises(GateError, match="failed the validation gate.*min_metric.*--force"):
+        reg.register(candidates[0], FAILED, force_reason=None, actor="ana")
+    assert reg.versions() == []
+    with pytest.raises(RegistryError, match="needs a reason"):
+        reg.register(candidates[0], FAILED, force_reason="  ", actor="ana")
+    forced = reg.register(candidates[0], FAILED, force_reason="hotfix for outage", actor="ana")
+    assert forced.forced_reason == "hotfix for outage" and forced.gate == FAILED
+    logged = json.loads(reg.events_path.read_text().splitlines()[0])
+    assert logged["data"]["forced_reason"] == "hotfix for outage"
+    assert logged["reason"] == "forced: hotfix for outage" and logged["actor"] == "ana"
+
+
+def test_corrupted_model_file_is_refused(reg: Registry, candidates: list[Path]) -> None:
+    v1 = reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    path = reg.object_path(v1.sha256)
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(RegistryError) as err:
+        reg.load("v1")
+    message = str(err.value)
+    assert str(path) in message and "damaged" in message and v1.sha256 in message
+    path.unlink()
+    with pytest.raises(RegistryError, match="missing"):
+        reg.load("v1")
+
+
+def test_candidate_changed_after_training_is_refused(reg: Registry, candidates: list[Path]) -> None:
+    with open(candidates[0] / "model.skops", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(RegistryError, match="does not match metadata.json"):
+        reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+
+
+def test_other_events_do_not_change_state(reg: Registry, candidates: list[Path]) -> None:
+    reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    reg.promote("v1", canary_fraction=None, reason="x", actor="ana")
+    reg.append_event("alarm", reason="drift on carrier", actor="monitor", psi=0.31)
+    assert reg.events()[-1].data == {"psi": 0.31}
+    assert reg.state().champion.version == "v1"  # type: ignore[union-attr]
+    reg.switch_off(reason="quality collapse", actor="monitor")
+    state = reg.state()
+    assert state.switched_off and state.off_reason == "quality collapse"
+    with pytest.raises(RegistryError, match="use Registry.promote"):
+        reg.append_event("promote", reason="x", actor="ana")
+    reg.promote("v1", canary_fraction=None, reason="back on", actor="ana")
+    assert not reg.state().switched_off
+
+
+def test_torn_last_line_is_ignored_and_repaired(reg: Registry, candidates: list[Path]) -> None:
+    reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    with open(reg.events_path, "ab") as fh:
+        fh.write(b'{"seq": 2, "ts": "cut sho')  # a crash in the middle of a write
+    assert len(reg.events()) == 1
+    event = reg.promote("v1", canary_fraction=None, reason="x", actor="ana")
+    assert event.seq == 2 and [e.seq for e in reg.events()] == [1, 2]
+
+
+def test_hand_edited_log_is_reported(reg: Registry, candidates: list[Path]) -> None:
+    reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    with open(reg.events_path, "ab") as fh:
+        fh.write(b"not json\n")
+    with pytest.raises(RegistryError, match=r"events.jsonl: line 2 is not a valid event"):
+        reg.state()
+
+
+def _promote_many(registry: str, candidate: str, rounds: int) -> None:
+    reg = Registry(registry)
+    version = reg.register(candidate, PASSED, force_reason=None, actor=candidate).version
+    for i in range(rounds):
+        reg.promote(version, canary_fraction=0.1 + i / 100, reason=f"round {i}", actor=candidate)
+        reg.append_event("note", reason=f"round {i}", actor=candidate)
+
+
+def test_concurrent_promotes_from_two_processes(reg: Registry, candidates: list[Path]) -> None:
+    ctx = multiprocessing.get_context("fork")
+    rounds = 40
+    procs = [
+        ctx.Process(target=_promote_many, args=(str(reg.path), str(cand), rounds))
+        for cand in candidates[:2]
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    events = reg.events()
+    assert [e.seq for e in events] == list(range(1, 2 + 4 * rounds + 1))
+    assert sorted(v.version for v in reg.versions()) == ["v1", "v2"]
+    assert sum(e.kind == "promote" for e in events) == 2 * rounds
+    lines = reg.events_path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
+    assert reg.state().canary is not None
