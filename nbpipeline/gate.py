@@ -1,0 +1,154 @@
+"""The validation gate: may this candidate replace the champion? A pure function.
+
+:func:`decide` compares the candidate's metrics (valid, golden, per-slice golden) with
+the champion's on the same golden data and applies the criteria from params.yaml
+``evaluate:`` (``gate_*`` keys). It returns a JSON-ready decision that the evaluate
+stage writes to ``metrics/gate.json`` and that ``nbp promote`` obeys::
+
+    {"passed": bool, "metric": "roc_auc", "champion_version": "v3" | None,
+     "champion_sha256": ... | None, "checks": [{name, value, threshold, passed, detail}],
+     "metrics": {"valid": {...}, "golden": {...}},        # the candidate's
+     "champion_metrics": {"golden": {...}} | None, "criteria": {...}}
+
+Metric inputs look like ``{"valid": {"roc_auc": .7}, "golden": {...},
+"slices": {"carrier": {"AA": {"roc_auc": .71, "rows": 900}, ...}, ...}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from nbpipeline.errors import GateError
+
+__all__ = ["DEFAULT_CRITERIA", "LOWER_IS_BETTER", "decide"]
+
+DEFAULT_CRITERIA: dict[str, Any] = {
+    "gate_metric": "roc_auc",
+    "gate_min": 0.6,  # worst acceptable value on valid and golden
+    "gate_min_improvement": 0.0,  # over the champion on golden (may be negative: tolerance)
+    "gate_max_slice_regression": 0.05,  # per slice, vs the champion, on golden
+    "gate_min_slice_rows": 200,  # smaller slices are too noisy to judge
+    "gate_too_good": 0.98,  # a value beyond this smells of leakage
+    "gate_max_jump": 0.1,  # so does a jump this large over the champion
+}
+LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+
+Check = dict[str, Any]
+
+
+def _criteria(criteria: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {**DEFAULT_CRITERIA, **{k: v for k, v in criteria.items() if k.startswith("gate_")}}
+    for key, value in merged.items():
+        if key == "gate_metric":
+            if not isinstance(value, str):
+                raise GateError(f"params.yaml evaluate.gate_metric must be a metric name, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise GateError(
+                f"params.yaml evaluate.{key} must be a number, got {value!r}; "
+                f"e.g. {key}: {DEFAULT_CRITERIA.get(key, 0.0)}"
+            )
+    return merged
+
+
+def _value(metrics: Mapping[str, Any], split: str, metric: str, who: str) -> float:
+    try:
+        value = metrics[split][metric]
+    except (KeyError, TypeError) as exc:
+        raise GateError(
+            f"{who} metrics have no {split}.{metric}; the evaluate notebook must compute "
+            f"'{metric}' on {split} (or set params.yaml evaluate.gate_metric to one it computes)"
+        ) from exc
+    if value is None or not isinstance(value, int | float) or not math.isfinite(value):
+        raise GateError(f"{who} {split}.{metric} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _check(name: str, value: float | None, threshold: float | None, passed: bool,
+           detail: str) -> Check:
+    rounded = None if value is None else round(value, 4)
+    return {"name": name, "value": rounded, "threshold": threshold, "passed": bool(passed),
+            "detail": detail}
+
+
+def _slice_checks(candidate: Mapping[str, Any], champion: Mapping[str, Any], metric: str,
+                  sign: float, crit: Mapping[str, Any]) -> list[Check]:
+    limit, min_rows = float(crit["gate_max_slice_regression"]), crit["gate_min_slice_rows"]
+    checks = []
+    cand_slices, champ_slices = candidate.get("slices") or {}, champion.get("slices") or {}
+    for column in sorted(cand_slices):
+        worst: tuple[float, str, float, float] | None = None
+        judged = 0
+        for key, cand in cand_slices[column].items():
+            champ = champ_slices.get(column, {}).get(key)
+            if champ is None or min(cand.get("rows", 0), champ.get("rows", 0)) < min_rows:
+                continue
+            c_val, h_val = cand.get(metric), champ.get(metric)
+            if c_val is None or h_val is None or not (math.isfinite(c_val) and math.isfinite(h_val)):
+                continue  # e.g. a slice with one class only
+            judged += 1
+            regression = sign * (h_val - c_val)
+            if worst is None or regression > worst[0]:
+                worst = (regression, str(key), h_val, c_val)
+        if worst is None:
+            checks.append(_check(f"slice_regression.{column}", None, limit, True,
+                                 f"no {column} slice has >= {min_rows} rows for both models"))
+            continue
+        regression, key, h_val, c_val = worst
+        checks.append(_check(
+            f"slice_regression.{column}", regression, limit, regression <= limit,
+            f"worst of {judged} {column} slices: {key} ({metric} {h_val:.4f} -> {c_val:.4f}); "
+            f"allowed regression {limit}",
+        ))
+    return checks
+
+
+def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
+           criteria: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply the gate; ``champion`` is None for the first model (champion-less criteria).
+
+    ``champion`` carries ``version`` (and ``sha256``) besides its golden metrics and slices,
+    computed on the same golden data as the candidate's.
+    """
+    crit = _criteria(criteria)
+    metric = crit["gate_metric"]
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    word = "at most" if sign < 0 else "at least"
+    floor, too_good = float(crit["gate_min"]), float(crit["gate_too_good"])
+    checks: list[Check] = []
+    for split in ("valid", "golden"):
+        value = _value(candidate, split, metric, "candidate")
+        checks.append(_check(f"min_{metric}.{split}", value, floor, sign * (value - floor) >= 0,
+                             f"candidate {split} {metric} must be {word} {floor}"))
+    golden = _value(candidate, "golden", metric, "candidate")
+    checks.append(_check(
+        "too_good_to_be_true", golden, too_good, sign * (golden - too_good) < 0,
+        f"golden {metric} beyond {too_good} suggests leakage (a feature that knows the label)",
+    ))
+    champion_metrics = None
+    if champion is not None:
+        version = champion.get("version", "champion")
+        best = _value(champion, "golden", metric, f"champion {version}")
+        gain = sign * (golden - best)
+        need, jump = float(crit["gate_min_improvement"]), float(crit["gate_max_jump"])
+        checks.append(_check(
+            "improvement_over_champion", gain, need, gain >= need,
+            f"golden {metric}: candidate {golden:.4f} vs champion {version} {best:.4f}",
+        ))
+        checks.append(_check(
+            "max_jump_over_champion", gain, jump, gain <= jump,
+            f"a jump above {jump} over the champion is suspicious (leakage, changed labels)",
+        ))
+        checks.extend(_slice_checks(candidate, champion, metric, sign, crit))
+        champion_metrics = {"golden": dict(champion["golden"])}
+    return {
+        "passed": all(c["passed"] for c in checks),
+        "metric": metric,
+        "champion_version": None if champion is None else champion.get("version"),
+        "champion_sha256": None if champion is None else champion.get("sha256"),
+        "checks": checks,
+        "metrics": {split: dict(candidate[split]) for split in ("valid", "golden")},
+        "champion_metrics": champion_metrics,
+        "criteria": crit,
+    }
