@@ -30,6 +30,74 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from nbpipeline.release import promote_candidate
+
+    done = promote_candidate(find_project(), canary=args.canary, force=args.force,
+                             reason=args.reason)
+    share = f" for {args.canary:.0%} of traffic" if args.canary is not None else ""
+    forced = f" (FORCED: {done.model.forced_reason})" if done.model.forced_reason else ""
+    print(f"nbp: {done.model.version} ({done.model.sha256[:12]}) is now {done.role}{share}{forced}")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from nbpipeline.release import rollback
+
+    event = rollback(find_project(), canary=args.canary, reason=args.reason)
+    if event.data["role"] == "canary":
+        print(f"nbp: canary {event.data['from']} removed; the champion serves all traffic")
+    else:
+        print(f"nbp: rolled back champion {event.data['from']} -> {event.data['to']}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from nbpipeline.registry import Registry
+    from nbpipeline.release import models_table
+
+    print(models_table(Registry(find_project().registry)))
+    return 0
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from nbpipeline.lineage import render, trace
+    from nbpipeline.registry import Registry
+
+    project = find_project()
+    print(render(trace(Registry(project.registry), args.version, project)))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nbpipeline.report import build_index
+
+    project = find_project()
+    print(f"nbp: wrote {project.rel(build_index(project))}")
+    return 0
+
+
+def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    promote = sub.add_parser("promote", help="register models/candidate if its gate passed; "
+                             "make it champion (or canary)")
+    promote.add_argument("--canary", type=float, metavar="FRACTION",
+                         help="serve it to this share of traffic (0..1) beside the champion")
+    promote.add_argument("--force", action="store_true", help="override a failed gate (needs --reason)")
+    promote.add_argument("--reason", help="why (recorded in the registry)")
+    promote.set_defaults(handler=_cmd_promote)
+    rollback = sub.add_parser("rollback", help="restore the previous champion (or drop the canary)")
+    rollback.add_argument("--canary", action="store_true", help="remove the canary instead")
+    rollback.add_argument("--reason", help="why (recorded in the registry)")
+    rollback.set_defaults(handler=_cmd_rollback)
+    models = sub.add_parser("models", help="list registered model versions and their roles")
+    models.set_defaults(handler=_cmd_models)
+    lineage = sub.add_parser("lineage", help="trace a model version to data, params, reports, git")
+    lineage.add_argument("version", help="model version, e.g. v3")
+    lineage.set_defaults(handler=_cmd_lineage)
+    report = sub.add_parser("report", help="build reports/index.html")
+    report.set_defaults(handler=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -41,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stage", help="stage name (= notebook file name without .ipynb)")
     run.add_argument("--log-output", action="store_true", help="stream cell output to stderr")
     run.set_defaults(handler=_cmd_run)
+    _add_release_commands(sub)
     return parser
 
 

@@ -128,10 +128,27 @@ def kernel_name(nb: NotebookNode, path: Path | str = "notebook") -> str:
     return str(name)
 
 
+def stable_cell_ids(nb: NotebookNode) -> NotebookNode:
+    """Give cells without an id a deterministic one (``cell-<n>``) and mark the notebook
+    nbformat 4.5, so executed copies do not get random ids that differ on every run."""
+    seen: set[str] = set()
+    for number, cell in enumerate(nb.cells, start=1):
+        cid = cell.get("id")
+        if not cid or cid in seen:
+            cid = f"cell-{number}"
+        cell["id"] = cid
+        seen.add(cid)
+    nb.nbformat, nb.nbformat_minor = 4, max(5, int(nb.get("nbformat_minor", 5)))
+    return nb
+
+
 def strip_volatile(nb: NotebookNode) -> NotebookNode:
     """Remove timestamps, durations and execution counts so reports diff cleanly."""
     for cell in nb.cells:
         meta = cell.get("metadata", {})
+        for tag in meta.get("tags", []):
+            if tag in (INJECTED_TAG, "papermill-error-cell-tag"):
+                cell["id"] = tag
         for key in _VOLATILE_CELL_META:
             meta.pop(key, None)
         if cell.cell_type == "code":

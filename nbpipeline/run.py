@@ -32,6 +32,7 @@ from nbpipeline.notebook import (
     notebook_parameters,
     parameters_cell_index,
     read_notebook,
+    stable_cell_ids,
     strip_volatile,
     write_notebook,
 )
@@ -64,6 +65,7 @@ class StagePlan:
     kernel: str
     parameters: dict[str, Any]
     parameters_cell: int
+    notebook: Any  # the source NotebookNode, cell ids made stable
 
 
 def plan_stage(project: Project, stage: str) -> StagePlan:
@@ -79,7 +81,10 @@ def plan_stage(project: Project, stage: str) -> StagePlan:
     declared = notebook_parameters(nb, rel)
     params = load_params(project.params_yaml)
     values = stage_values(params, stage, declared, params_file="params.yaml", notebook=rel)
-    return StagePlan(stage, path, kernel_name(nb, rel), values, parameters_cell_index(nb, rel))
+    return StagePlan(
+        stage, path, kernel_name(nb, rel), values, parameters_cell_index(nb, rel),
+        stable_cell_ids(nb),
+    )
 
 
 class _HtmlExporterLoader(threading.Thread):
@@ -174,7 +179,7 @@ def run_stage(project: Project, stage: str, *, log_output: bool = False) -> RunR
     os.environ[RUNNING_ENV] = "1"
     try:
         nb = papermill.execute_notebook(
-            str(plan.notebook_path),
+            plan.notebook,
             str(running),
             parameters=plan.parameters,
             kernel_name=plan.kernel,

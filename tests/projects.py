@@ -1,0 +1,100 @@
+"""Helpers for tests: small real projects in temp dirs, run with the real dvc and kernels."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+
+# A small, fast version of the example: same notebooks, fewer rows and iterations.
+SMALL_PARAMS = {
+    "data": {"sample_fraction": 0.03},
+    "train": {
+        "max_iter": 30, "max_depth": [3, 5], "learning_rate": [0.1], "cv_folds": 2,
+        "search_rows": 3000, "reference_rows": 500,
+    },
+}
+
+
+def project_env() -> dict[str, str]:
+    """Environment for dvc/nbp subprocesses: this venv first on PATH, no debug leaks."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    for key in ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING", "NBP_DEBUG"):
+        env.pop(key, None)
+    env.setdefault("GIT_AUTHOR_NAME", "nbp-test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "nbp-test@example.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "nbp-test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "nbp-test@example.invalid")
+    return env
+
+
+def sh(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command in ``cwd``; on unexpected failure show its output."""
+    proc = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=project_env(), capture_output=True, text=True,
+        timeout=900, stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def merge_params(path: Path, overrides: dict) -> None:
+    """Apply ``overrides`` (section -> key -> value) to a params.yaml."""
+    data = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def init_repo(root: Path) -> None:
+    """git init + dvc init + first commit, as a user's fresh clone would be."""
+    sh("git", "init", "-q", "-b", "main", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "init", cwd=root)
+
+
+def make_example_project(root: Path, overrides: dict | None = None) -> Path:
+    """Copy the example pipeline (notebooks, dvc.yaml, params.yaml) into ``root``, small."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    (root / ".gitignore").write_text("*.tmp\n")
+    merge_params(root / "params.yaml", overrides if overrides is not None else SMALL_PARAMS)
+    init_repo(root)
+    return root
+
+
+def add_stage(root: Path, stage: str, notebook: str, params: dict | None = None) -> None:
+    """Put tests/notebooks/<notebook> in ``root`` as stage ``stage`` with ``params``."""
+    shutil.copy(NOTEBOOKS / notebook, root / "notebooks" / f"{stage}.ipynb")
+    dvc_yaml = root / "dvc.yaml"
+    spec = yaml.safe_load(dvc_yaml.read_text()) if dvc_yaml.exists() else {"stages": {}}
+    spec["stages"][stage] = {
+        "cmd": f"nbp run {stage}",
+        "deps": [f"notebooks/{stage}.ipynb"],
+        "outs": [f"reports/{stage}.ipynb", f"reports/{stage}.html"],
+    }
+    if params:
+        spec["stages"][stage]["params"] = [stage]
+    dvc_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
+    params_yaml = root / "params.yaml"
+    data = yaml.safe_load(params_yaml.read_text()) if params_yaml.exists() else {}
+    data = data or {}
+    if params:
+        data[stage] = params
+    params_yaml.write_text(yaml.safe_dump(data, sort_keys=False))

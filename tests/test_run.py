@@ -1,0 +1,107 @@
+"""`nbp run` on small one-stage projects: real kernels via papermill, real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+from projects import add_stage, sh
+
+
+def test_run_injects_params_and_writes_clean_reports(mini_project: Path) -> None:
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 2, "b": 0.5, "label": "sum"})
+    proc = sh("nbp", "run", "adds", cwd=mini_project)
+    assert "stage 'adds' done" in proc.stdout
+    assert "without encryption" not in proc.stderr + proc.stdout
+    assert json.loads((mini_project / "metrics" / "adds.json").read_text()) == {"sum": 2.5}
+    nb = nbformat.read(mini_project / "reports" / "adds.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "a = 2" in injected[0].source
+    assert all(c.get("execution_count") is None for c in nb.cells)
+    assert all("execution" not in c.metadata for c in nb.cells)
+    assert "start_time" not in nb.metadata["papermill"]
+    assert nb.metadata["papermill"]["output_path"] == "reports/adds.ipynb"
+    html = (mini_project / "reports" / "adds.html").read_text()
+    assert "<html" in html and "sum 2.5" in html
+    assert not list((mini_project / "reports").glob(".*"))
+
+
+def test_reports_are_identical_across_runs(mini_project: Path) -> None:
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "sum"})
+    sh("nbp", "run", "adds", cwd=mini_project)
+    first = (mini_project / "reports" / "adds.ipynb").read_bytes()
+    sh("python", "-m", "nbpipeline", "run", "adds", cwd=mini_project)
+    assert (mini_project / "reports" / "adds.ipynb").read_bytes() == first
+
+
+def test_failing_cell_names_notebook_cell_exception_and_partial_notebook(
+    mini_project: Path,
+) -> None:
+    add_stage(mini_project, "fails", "failing_cell.ipynb", {"divisor": 0})
+    proc = sh("nbp", "run", "fails", cwd=mini_project, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == (
+        "nbp: error: stage 'fails' failed: notebooks/fails.ipynb cell 4 raised "
+        "ZeroDivisionError: division by zero"
+    )
+    assert "reports/fails.failed.ipynb" in lines[1]
+    assert "Traceback" not in proc.stderr
+    partial = nbformat.read(mini_project / "reports" / "fails.failed.ipynb", as_version=4)
+    errors = [o for c in partial.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors and errors[0].ename == "ZeroDivisionError"
+    sources = [c.source for c in partial.cells]
+    assert any("before the failure" in s for s in sources)
+    assert (mini_project / "reports" / "fails.failed.html").exists()
+    assert not (mini_project / "reports" / "fails.ipynb").exists()
+    assert not (mini_project / "reports" / "fails.html").exists()
+
+
+def test_bad_params_are_reported_before_any_kernel_starts(mini_project: Path) -> None:
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": "two", "b": 1.0, "label": "s"})
+    proc = sh("nbp", "run", "adds", cwd=mini_project, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "nbp: error: params.yaml [adds]: parameter 'a' is str 'two' but the notebook's default "
+        "is int 1; set it to a int in params.yaml (or change the default in the parameters cell)"
+    )
+    assert not (mini_project / "reports").exists()
+
+
+def test_unknown_and_missing_params(mini_project: Path) -> None:
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "s", "c": 3})
+    proc = sh("nbp", "run", "adds", cwd=mini_project, check=False)
+    assert "unknown parameter(s) c" in proc.stderr and proc.returncode == 2
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1})
+    proc = sh("nbp", "run", "adds", cwd=mini_project, check=False)
+    assert "missing parameter(s) b, label" in proc.stderr and proc.returncode == 2
+
+
+def test_malformed_params_yaml(mini_project: Path) -> None:
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "sum"})
+    (mini_project / "params.yaml").write_text("adds:\n  a: 1\n   b: 2\n")
+    proc = sh("nbp", "run", "adds", cwd=mini_project, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("nbp: error: params.yaml:3:")
+
+
+def test_unknown_stage_and_outside_project(mini_project: Path, tmp_path: Path) -> None:
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "s"})
+    proc = sh("nbp", "run", "nope", cwd=mini_project, check=False)
+    assert "stage 'nope': no notebook at notebooks/nope.ipynb" in proc.stderr
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    proc = sh("nbp", "run", "adds", cwd=outside, check=False)
+    assert "no dvc.yaml found" in proc.stderr and proc.returncode == 1
+
+
+def test_unknown_kernel_lists_installed_kernels(mini_project: Path) -> None:
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "sum"})
+    path = mini_project / "notebooks" / "adds.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia", "language": "julia"}
+    nbformat.write(nb, path)
+    proc = sh("nbp", "run", "adds", cwd=mini_project, check=False)
+    assert "kernel 'julia-1.9' is not installed (installed kernels: " in proc.stderr
+    assert "python3" in proc.stderr and "Traceback" not in proc.stderr
