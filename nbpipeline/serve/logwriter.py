@@ -1,0 +1,164 @@
+"""The prediction log's single writer thread, with group commit.
+
+Request handlers hand their records to :meth:`LogWriter.write` and await the returned
+future; the writer thread takes everything queued since its last commit, inserts it in
+one SQLite transaction (WAL mode, see nbpipeline/predlog.py) and only then resolves the
+futures. So a response is sent only after its row is committed (a ``kill -9`` loses
+no answered prediction), the event loop never waits on SQLite, and under load one
+commit serves many requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbpipeline import predlog
+from nbpipeline.errors import ServeError
+
+log = logging.getLogger("nbpipeline.serve")
+
+MAX_GROUP = 1024  # queued operations handled per commit
+
+
+@dataclass
+class _Op:
+    kind: str  # "write" | "feedback" | "schema"
+    payload: Any
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
+class WriterStats:
+    """Counters read by /metrics and /health (written by the writer thread only)."""
+
+    rows: int = 0
+    commits: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+class LogWriter:
+    """Owns the one write connection to the prediction log."""
+
+    def __init__(self, path: Path, on_commit: Callable[[int, float], None] | None = None) -> None:
+        self.path = Path(path)
+        self.stats = WriterStats()
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def start(self) -> None:
+        """Open the database (in the caller, so start-up errors surface) and start the thread."""
+        try:
+            self._conn = predlog.connect(self.path)
+            predlog.ensure_schema(self._conn)
+        except sqlite3.Error as exc:
+            raise ServeError(
+                f"{self.path}: cannot open the prediction log ({exc}); check the directory is "
+                "writable and the file is an nbpipeline prediction log, or set $NBPIPELINE_PREDLOG"
+            ) from exc
+        self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop the thread and close the database."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    # ------------------------------------------------------------------ requests
+    def _submit(self, kind: str, payload: Any) -> Future[Any]:
+        if self._thread is None:
+            raise ServeError(f"{self.path}: the prediction log writer is not running")
+        op = _Op(kind, payload)
+        self._queue.put(op)
+        return op.future
+
+    def write(self, records: list[predlog.PredictionRecord]) -> Future[int]:
+        """Append ``records``; the future resolves once they are committed."""
+        return self._submit("write", records)
+
+    def feedback(self, request_id: str, outcome: int, ts: float) -> Future[bool]:
+        """Record an outcome; the future resolves to False for an unknown request id."""
+        return self._submit("feedback", (request_id, outcome, ts))
+
+    def ensure_features(self, kinds: Mapping[str, str]) -> Future[None]:
+        """Add typed columns for a newly served model's features."""
+        return self._submit("schema", dict(kinds))
+
+    # ------------------------------------------------------------------ thread
+    def _run(self) -> None:
+        assert self._conn is not None
+        stop = False
+        while not stop:
+            ops: list[_Op] = []
+            first = self._queue.get()
+            if first is None:
+                break
+            ops.append(first)
+            while len(ops) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                ops.append(nxt)
+            self._handle(ops)
+        self._conn.close()
+
+    def _handle(self, ops: list[_Op]) -> None:
+        writes = [op for op in ops if op.kind == "write"]
+        for op in ops:
+            if op.kind == "schema":
+                self._settle(op, lambda p: predlog.ensure_schema(self._conn, p))  # type: ignore[arg-type]
+        if writes:
+            self._commit(writes)
+        for op in ops:
+            if op.kind == "feedback":
+                self._settle(op, lambda p: predlog.record_feedback(self._conn, *p))  # type: ignore[arg-type]
+
+    def _commit(self, writes: list[_Op]) -> None:
+        assert self._conn is not None
+        start = time.perf_counter()
+        records = [rec for op in writes for rec in op.payload]
+        try:
+            predlog.insert_rows(self._conn, records)
+        except Exception:
+            # One bad group must not fail the others: retry each request on its own.
+            for op in writes:
+                self._settle(op, lambda p: predlog.insert_rows(self._conn, p))  # type: ignore[arg-type]
+            return
+        seconds = time.perf_counter() - start
+        self.stats.rows += len(records)
+        self.stats.commits += 1
+        if self._on_commit is not None:
+            self._on_commit(len(records), seconds)
+        for op in writes:
+            op.future.set_result(len(op.payload))
+
+    def _settle(self, op: _Op, action: Callable[[Any], Any]) -> None:
+        try:
+            result = action(op.payload)
+        except Exception as exc:  # reported to the waiting request, which answers 503
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("prediction log %s: %s failed: %s", self.path, op.kind, exc)
+            op.future.set_exception(exc)
+            return
+        if op.kind == "write":
+            self.stats.rows += len(op.payload)
+            self.stats.commits += 1
+        op.future.set_result(result)

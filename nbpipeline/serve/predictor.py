@@ -1,0 +1,109 @@
+"""Model calls off the event loop, with micro-batching.
+
+One worker thread runs every ``predict_proba``. Rows that arrive while it is busy are
+gathered and scored in one call per model, so concurrent single-row requests share the
+fixed cost of a pipeline call (DataFrame, encoders) instead of queueing behind it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nbpipeline.serve.schema import FeatureSchema
+
+MAX_ROWS_PER_CALL = 4096
+
+
+def frame(schema: FeatureSchema, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Validated rows as the DataFrame the model was trained on (numbers as float, None -> NaN)."""
+    columns: dict[str, Any] = {}
+    for name in schema.names:
+        values = [row[name] for row in rows]
+        if schema.kinds[name] == "number":
+            columns[name] = np.array(values, dtype=np.float64)
+        else:
+            columns[name] = np.array(values, dtype=object)
+    return pd.DataFrame(columns, columns=list(schema.names))
+
+
+def score(model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]) -> list[float]:
+    """P(target == 1) for each row."""
+    proba = model.predict_proba(frame(schema, rows))
+    return [float(p) for p in np.asarray(proba)[:, 1]]
+
+
+@dataclass
+class _Job:
+    model: Any
+    schema: FeatureSchema
+    rows: list[dict[str, Any]]
+    future: Future[list[float]] = field(default_factory=Future)
+
+
+class Predictor:
+    """The one thread that calls models; :meth:`submit` returns a future of probabilities."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="predictor", daemon=True)
+        self._thread.start()
+        self.calls = 0
+
+    def submit(self, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]) -> Future[list[float]]:
+        job = _Job(model, schema, rows)
+        self._queue.put(job)
+        return job.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            count = len(job.rows)
+            stop = False
+            while count < MAX_ROWS_PER_CALL:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+                count += len(nxt.rows)
+            self._score(jobs)
+            if stop:
+                return
+
+    def _score(self, jobs: list[_Job]) -> None:
+        groups: dict[int, list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(id(job.model), []).append(job)
+        for group in groups.values():
+            rows = [row for job in group for row in job.rows]
+            try:
+                self.calls += 1
+                probs = score(group[0].model, group[0].schema, rows)
+            except Exception as exc:
+                if len(group) == 1:  # the request answers 500 naming the model
+                    group[0].future.set_exception(exc)
+                else:  # one bad request must not fail the others gathered with it
+                    for job in group:
+                        self._score([job])
+                continue
+            start = 0
+            for job in group:
+                job.future.set_result(probs[start:start + len(job.rows)])
+                start += len(job.rows)

@@ -1,0 +1,49 @@
+"""`nbp serve`: run the model server with uvicorn on one host and port."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from nbpipeline.errors import ServeError
+from nbpipeline.project import Project
+from nbpipeline.serve.app import create_app
+from nbpipeline.serve.settings import ServeSettings, load_settings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def serve(
+    project: Project,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    settings: ServeSettings | None = None,
+    access_log: bool = False,
+) -> None:
+    """Serve ``project``'s production model(s) until interrupted (blocking)."""
+    import uvicorn
+
+    settings = settings or load_settings(project)
+    _check_port(host, port)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    app = create_app(project, settings=settings)
+    uvicorn.run(
+        app, host=host, port=port, access_log=access_log, log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with a clear message (not a traceback) if the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); another server is using it — "
+                "stop it or pick another port with --port"
+            ) from exc

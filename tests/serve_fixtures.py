@@ -1,0 +1,196 @@
+"""Test helpers for the model server: a tiny real model, a project, a real uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from nbpipeline.project import Project
+from nbpipeline.registry import Registry
+from nbpipeline.serve.settings import ServeSettings
+
+CATEGORIES = {"carrier": ["AA", "B6", "DL", "UA"], "origin": ["EWR", "JFK", "LGA"]}
+NUMBERS = ["distance", "hour", "temp"]
+FEATURES = [
+    *({"name": n, "kind": "category", "values": v} for n, v in CATEGORIES.items()),
+    *({"name": n, "kind": "number"} for n in NUMBERS),
+]
+FAST = {"poll_seconds": 0.1, "retry_seconds": 0.5}
+
+
+def synthetic_rows(n: int, seed: int = 0) -> pd.DataFrame:
+    """Rows with the test feature schema and a learnable target."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "carrier": rng.choice(CATEGORIES["carrier"], n),
+        "origin": rng.choice(CATEGORIES["origin"], n),
+        "distance": rng.uniform(100, 2500, n),
+        "hour": rng.integers(5, 23, n).astype(float),
+        "temp": rng.normal(55, 15, n),
+    })
+    logit = (frame["hour"] - 14) / 3 + (frame["carrier"] == "B6") - (frame["origin"] == "LGA")
+    frame["target"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame
+
+
+def sample_row(**overrides: Any) -> dict[str, Any]:
+    """One valid request row."""
+    return {"carrier": "AA", "origin": "JFK", "distance": 1000.0, "hour": 17, "temp": 60.5,
+            **overrides}
+
+
+def make_candidate(directory: Path, *, c: float = 1.0, seed: int = 0) -> Path:
+    """Fit OneHotEncoder + LogisticRegression on synthetic rows; write model.skops + metadata."""
+    import skops.io as sio
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    data = synthetic_rows(300, seed)
+    model = Pipeline([
+        ("encode", ColumnTransformer([
+            ("categories", OneHotEncoder(handle_unknown="ignore"), list(CATEGORIES)),
+            ("numbers", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]),
+             NUMBERS),
+        ])),
+        ("model", LogisticRegression(C=c, max_iter=500)),
+    ]).fit(data.drop(columns="target"), data["target"])
+    directory.mkdir(parents=True, exist_ok=True)
+    blob = sio.dumps(model)
+    (directory / "model.skops").write_bytes(blob)
+    metadata = {
+        "created": "2026-01-01T00:00:00+00:00",
+        "params": {"C": c},
+        "features": FEATURES,
+        "target": {"name": "target", "description": "synthetic"},
+        "model_sha256": hashlib.sha256(blob).hexdigest(),
+        "trusted_types": sorted(sio.get_untrusted_types(data=blob)),
+    }
+    (directory / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return directory
+
+
+def make_project(root: Path, serve: dict[str, Any] | None = None) -> Project:
+    """A minimal project dir (dvc.yaml + params.yaml with a `serve:` section)."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    params = {"serve": {"fallback_prediction": 0, **FAST, **(serve or {})}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return Project(root)
+
+
+def register(registry: Registry, candidate: Path, *, champion: bool = True) -> str:
+    """Register ``candidate`` (and make it champion); returns its version."""
+    mv = registry.register(candidate, None, force_reason=None, actor="test")
+    if champion:
+        registry.promote(mv.version, canary_fraction=None, reason="test", actor="test")
+    return mv.version
+
+
+@contextmanager
+def running_server(project: Project, settings: ServeSettings | None = None) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    from nbpipeline.serve import create_app, load_settings
+
+    app = create_app(project, settings=settings or load_settings(project))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server_process(project: Project, port: int) -> subprocess.Popen[bytes]:
+    """`nbp serve` as a real child process (python -m nbpipeline serve)."""
+    env = {**os.environ, "NBPIPELINE_ROOT": str(project.root)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "nbpipeline", "serve", "--port", str(port)],
+        cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def wait_ready(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy (or fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def hammer(url: str, total: int, concurrency: int, ids: list[str], timeout: float = 30) -> int:
+    """POST single rows with ``concurrency`` clients; collects request ids of 200s; returns errors."""
+    errors = 0
+    counter = iter(range(total))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for _ in counter:
+            try:
+                resp = await http.post("/predict", json=sample_row())
+            except httpx.HTTPError:
+                errors += 1
+                return
+            if resp.status_code == 200:
+                ids.append(resp.json()["request_id"])
+            else:
+                errors += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    return errors
