@@ -1,0 +1,213 @@
+"""Turn the prediction log into tables: traffic, drift, quality and ROI per window.
+
+:func:`analyze` is the monitor's one read of the log; everything the notebook shows, the
+alarms judge and the widgets plot comes from its :class:`Analysis` (pandas DataFrames).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nbpipeline.monitor.config import MonitorConfig
+from nbpipeline.monitor.drift import category_drift, number_drift
+from nbpipeline.monitor.quality import OutcomeCounts, quality_metrics
+from nbpipeline.monitor.reference import MISSING, Reference
+from nbpipeline.monitor.roi import roi_figures
+from nbpipeline.monitor.scan import (
+    LATENCY_STEP_MS,
+    PROB_BINS,
+    CodeHistograms,
+    OutcomeGroups,
+    TrafficGroups,
+    WindowSpec,
+    scan_all,
+)
+
+
+@dataclass
+class Analysis:
+    """Everything the monitor computed from the log (empty frames when there is no traffic)."""
+
+    windows: pd.DataFrame  # one row per window
+    traffic: pd.DataFrame  # one row per window x version x role
+    drift: pd.DataFrame  # one row per window x monitored column
+    quality: pd.DataFrame  # one row per window x version x role (labelled rows only)
+    trailing: pd.DataFrame  # one row per version x role: latest >= min_feedback outcomes
+    monitored: list[str]  # feature columns found in the log
+    missing_features: list[str]  # model features with no column in the log
+
+    @property
+    def has_traffic(self) -> bool:
+        return not self.windows.empty
+
+    def judged_window(self, min_rows: int) -> int | None:
+        """The latest window with at least ``min_rows`` predictions (drift is judged there)."""
+        ok = self.windows[self.windows["rows"] >= min_rows]
+        return int(ok["window"].iloc[-1]) if len(ok) else None
+
+
+def percentile_from_bins(bins: np.ndarray, counts: np.ndarray, q: float) -> float:
+    """Upper edge (ms) of the latency bin holding the q-quantile."""
+    if counts.sum() == 0:
+        return float("nan")
+    order = np.argsort(bins)
+    cum = np.cumsum(counts[order])
+    idx = int(np.searchsorted(cum, q * cum[-1]))
+    return float((bins[order][idx] + 1) * LATENCY_STEP_MS)
+
+
+def _traffic_tables(t: TrafficGroups) -> tuple[pd.DataFrame, pd.DataFrame]:
+    df = pd.DataFrame({
+        "window": t.window, "version": t.version, "role": t.role, "fallback": t.fallback,
+        "lat_bin": t.latency_bin, "count": t.count, "lat_sum": t.latency_sum,
+        "positive": t.positive, "ts_min": t.ts_min, "ts_max": t.ts_max,
+    })
+
+    def summarise(group: pd.DataFrame) -> pd.Series:
+        model = group[group["fallback"] == 0]
+        rows = int(group["count"].sum())
+        return pd.Series({
+            "start": group["ts_min"].min(), "end": group["ts_max"].max(), "rows": rows,
+            "fallback_rows": int(group.loc[group["fallback"] == 1, "count"].sum()),
+            "latency_mean_ms": group["lat_sum"].sum() / rows if rows else float("nan"),
+            "latency_p95_ms": percentile_from_bins(
+                group["lat_bin"].to_numpy(), group["count"].to_numpy(), 0.95),
+            "decision_rate": (model["positive"].sum() / model["count"].sum()
+                              if model["count"].sum() else float("nan")),
+        })
+
+    if df.empty:
+        cols = ["window", "start", "end", "rows", "fallback_rows", "latency_mean_ms",
+                "latency_p95_ms", "decision_rate"]
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=["version", "role", *cols])
+    windows = df.groupby("window").apply(summarise, include_groups=False).reset_index()
+    by_version = (
+        df.groupby(["window", "version", "role"]).apply(summarise, include_groups=False)
+        .reset_index()
+    )
+    for frame in (windows, by_version):
+        frame["rows"] = frame["rows"].astype(int)
+        frame["fallback_rows"] = frame["fallback_rows"].astype(int)
+        frame["fallback_rate"] = frame["fallback_rows"] / frame["rows"]
+    return windows, by_version
+
+
+def _drift_table(
+    ref: Reference, usable: list, hist: CodeHistograms, cfg: MonitorConfig
+) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for w_i, window in enumerate(hist.windows):
+        for b in usable:
+            cur = hist.counts[b.name][w_i]
+            refc = ref.counts[b.name]
+            if b.kind == "output":
+                if cur[:MISSING].sum() < cfg.min_rows:
+                    continue
+                d = number_drift(b.name, refc[:MISSING], 0, cur[:MISSING], 0, kind="output")
+                drifted = d.psi > cfg.output_psi_limit
+            elif b.kind == "category":
+                if cur.sum() < cfg.min_rows:
+                    continue
+                n = len(b.categories) + 1
+                d = category_drift(b.name, refc[:n], int(refc[MISSING]), cur[:n], int(cur[MISSING]))
+                drifted = d.psi > cfg.psi_limit or d.p_value < cfg.chi2_pvalue
+            else:
+                if cur.sum() < cfg.min_rows:
+                    continue
+                d = number_drift(b.name, refc[:MISSING], int(refc[MISSING]), cur[:MISSING],
+                                 int(cur[MISSING]))
+                drifted = d.psi > cfg.psi_limit or d.statistic > cfg.ks_limit
+            rows.append({"window": int(window), **d.__dict__, "drifted": bool(drifted)})
+    cols = ["window", "feature", "kind", "rows", "psi", "statistic", "p_value", "test",
+            "missing_ref", "missing_cur", "drifted"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _outcome_counts(o: OutcomeGroups) -> dict[tuple[int, str, str], OutcomeCounts]:
+    keys = list(zip(o.window.tolist(), o.version, o.role, strict=True))
+    found: dict[tuple[int, str, str], OutcomeCounts] = {}
+    for i, key in enumerate(keys):
+        c = found.setdefault(key, OutcomeCounts())
+        n, y, d = int(o.count[i]), int(o.outcome[i]), int(o.decision[i])
+        if y and d:
+            c.tp += n
+        elif y:
+            c.fn += n
+        elif d:
+            c.fp += n
+        else:
+            c.tn += n
+        (c.pos_hist if y else c.neg_hist)[int(o.prob_bin[i])] += n
+        c.brier_sum += float(o.brier_sum[i])
+    return found
+
+
+def _quality_row(key: tuple[int, str, str], c: OutcomeCounts, cfg: MonitorConfig) -> dict:
+    return {
+        "window": key[0], "version": key[1], "role": key[2],
+        "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn,
+        **quality_metrics(c), **roi_figures(c, cfg.value_model, cfg.cost_per_prediction),
+    }
+
+
+def _trailing(
+    counts: dict[tuple[int, str, str], OutcomeCounts], cfg: MonitorConfig
+) -> pd.DataFrame:
+    """Per version and role: the latest windows merged until min_feedback outcomes are in."""
+    rows = []
+    for version, role in sorted({(k[1], k[2]) for k in counts}):
+        keys = sorted((k for k in counts if k[1] == version and k[2] == role), reverse=True)
+        total = OutcomeCounts()
+        for k in keys:
+            total = total.add(counts[k])
+            if total.n >= cfg.min_feedback:
+                break
+        row = _quality_row((keys[0][0], version, role), total, cfg)
+        row["first_window"] = k[0]
+        row["enough"] = total.n >= cfg.min_feedback
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def empty_analysis(ref: Reference) -> Analysis:
+    """The analysis of a log with no traffic yet."""
+    empty = pd.DataFrame()
+    return Analysis(
+        pd.DataFrame(columns=["window", "rows"]), empty,
+        pd.DataFrame(columns=["window", "feature", "psi", "drifted"]), empty, empty,
+        [], [b.name for b in ref.features],
+    )
+
+
+def analyze(
+    cfg: MonitorConfig, ref: Reference, log_path: Path | str, since: float | None = None
+) -> Analysis:
+    """Scan the log at ``log_path`` (rows with ts >= ``since`` if given) and build the tables."""
+    window = WindowSpec(cfg.window_by, cfg.window_size)
+    scanned = scan_all(log_path, ref.binnings, window, since)
+    if scanned is None:
+        return empty_analysis(ref)
+    usable, hist, outcomes, traffic = scanned
+    windows, by_version = _traffic_tables(traffic)
+    if windows.empty:
+        return empty_analysis(ref)
+    counts = _outcome_counts(outcomes)
+    quality = pd.DataFrame([_quality_row(k, c, cfg) for k, c in sorted(counts.items())])
+    usable_names = {b.name for b in usable}
+    return Analysis(
+        windows=windows,
+        traffic=by_version,
+        drift=_drift_table(ref, usable, hist, cfg),
+        quality=quality,
+        trailing=_trailing(counts, cfg) if counts else pd.DataFrame(),
+        monitored=[b.name for b in ref.features if b.name in usable_names],
+        missing_features=[b.name for b in ref.features if b.name not in usable_names],
+    )
+
+
+__all__ = ["Analysis", "analyze", "PROB_BINS"]

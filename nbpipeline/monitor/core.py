@@ -1,0 +1,157 @@
+"""One monitor run: read reference and log, judge, alarm, act, and leave a summary.
+
+:func:`run_monitor` is what notebooks/monitor.ipynb calls (and so ``nbp monitor`` and the
+DVC ``monitor`` stage). It never raises because of what it *finds*: findings become alarms
+and actions; it raises MonitorError only when its inputs or settings are unusable.
+The summary (``alarms/last_run.json``) is how ``nbp monitor`` learns the outcome of the
+notebook run (to print alarms, run ``dvc repro`` if asked, and exit non-zero).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nbpipeline.errors import RegistryError
+from nbpipeline.monitor import actions as act
+from nbpipeline.monitor import alarms as al
+from nbpipeline.monitor.analysis import Analysis, analyze
+from nbpipeline.monitor.config import MonitorConfig
+from nbpipeline.monitor.reference import Reference, load_reference
+from nbpipeline.project import write_text_atomic
+from nbpipeline.record import json_value
+from nbpipeline.registry import ProductionState, Registry
+
+SUMMARY_NAME = "last_run.json"
+STATE_KINDS = ("promote", "rollback", "switch_off")
+
+
+@dataclass
+class MonitorResult:
+    """What one monitor run found and did."""
+
+    status: str  # "no traffic yet" | "ok" | "alarms"
+    analysis: Analysis
+    roi: pd.DataFrame
+    alarms: list[al.Alarm] = field(default_factory=list)
+    new_alarms: list[al.Alarm] = field(default_factory=list)
+    actions: list[act.Action] = field(default_factory=list)
+    reference_source: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+    webhook_error: str | None = None
+    since_window: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (written to alarms/last_run.json)."""
+        windows = self.analysis.windows
+        return json_value({
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "status": self.status,
+            "windows": int(len(windows)),
+            "predictions": int(windows["rows"].sum()) if len(windows) else 0,
+            "reference": self.reference_source,
+            "state": self.state,
+            "alarms": [a.to_dict() for a in self.alarms],
+            "new_alarms": [a.id for a in self.new_alarms],
+            "actions": [a.to_dict() for a in self.actions],
+            "webhook_error": self.webhook_error,
+            "missing_features": self.analysis.missing_features,
+        })
+
+    def lines(self) -> list[str]:
+        """Human-readable report lines (printed by the notebook and by `nbp monitor`)."""
+        if self.status == "no traffic yet":
+            return ["no traffic yet: the prediction log has no predictions to monitor"]
+        out = [a.line() for a in self.alarms] + [a.line() for a in self.actions]
+        if self.webhook_error:
+            out.append(f"WARNING {self.webhook_error}")
+        return out or ["no alarms"]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _state_dict(state: ProductionState | None) -> dict[str, Any]:
+    if state is None:
+        return {"champion": None, "canary": None, "switched_off": False}
+    return {
+        "champion": state.champion.version if state.champion else None,
+        "canary": state.canary.version if state.canary else None,
+        "canary_fraction": state.canary_fraction, "switched_off": state.switched_off,
+        "off_reason": state.off_reason,
+    }
+
+
+def choose_reference(cfg: MonitorConfig, root: Path, reg: Registry | None) -> tuple[Reference, str]:
+    """The serving champion's stored reference if any, else the candidate's files."""
+    if reg is not None:
+        state = reg.state()
+        if state.champion is not None:
+            try:
+                path = reg.reference_path(state.champion.version)
+                ref = load_reference(path, metadata=dict(state.champion.metadata))
+                return ref, f"registry {state.champion.version} (champion)"
+            except RegistryError:
+                pass
+    ref = load_reference(root / cfg.reference_path, root / cfg.metadata_path)
+    return ref, cfg.reference_path
+
+
+def since_window(analysis: Analysis, reg: Registry | None) -> int | None:
+    """First window that starts after the last production change (promote/rollback/off)."""
+    if reg is None or analysis.windows.empty:
+        return None
+    changes = [e for e in reg.events() if e.kind in STATE_KINDS]
+    if not changes:
+        return None
+    t = _epoch(changes[-1].ts)
+    later = analysis.windows[analysis.windows["start"] >= t]
+    return int(later["window"].iloc[0]) if len(later) else int(analysis.windows["window"].max()) + 1
+
+
+def run_monitor(
+    cfg: MonitorConfig, root: Path | str, *, registry: Registry | None = None,
+    act_on_alarms: bool = True, write_summary: bool = True,
+) -> MonitorResult:
+    """Analyse the log, raise alarms (log, webhook), act on them, write the summary."""
+    root = Path(root)
+    reg = registry
+    if reg is None and (root / cfg.registry_dir).is_dir():
+        reg = Registry(root / cfg.registry_dir)
+    ref, source = choose_reference(cfg, root, reg)
+    analysis = analyze(cfg, ref, root / cfg.predlog_path)
+    state = reg.state() if reg is not None else None
+    result = MonitorResult("no traffic yet", analysis, al.roi_series(analysis, cfg),
+                           reference_source=source, state=_state_dict(state))
+    if analysis.has_traffic:
+        since = since_window(analysis, reg)
+        result.since_window = since
+        roi_since = result.roi if since is None else result.roi[result.roi["window"] >= since]
+        result.alarms = (
+            al.drift_alarms(analysis, cfg)
+            + al.traffic_alarms(analysis, cfg, bool(state and state.switched_off))
+            + al.quality_alarms(analysis, cfg, since)
+            + al.roi_alarms(roi_since, cfg)
+        )
+        result.new_alarms = al.AlarmLog(root / cfg.alarm_log).append(result.alarms)
+        if cfg.webhook_url and result.new_alarms:
+            result.webhook_error = al.post_webhook(cfg.webhook_url, result.new_alarms)
+        if act_on_alarms:
+            if reg is not None and cfg.auto_rollback:
+                result.actions += act.rollbacks(result.alarms, reg)
+            if reg is not None and cfg.off_switch:
+                result.actions += act.off_switch(roi_since, cfg, reg)
+            result.actions += act.retrain_trigger(result.alarms, cfg, root, reg)
+        result.status = "alarms" if result.alarms else "ok"
+        if reg is not None:
+            result.state = _state_dict(reg.state())
+    if write_summary:
+        path = (root / cfg.alarm_log).parent / SUMMARY_NAME
+        write_text_atomic(path, json.dumps(result.summary(), indent=2) + "\n")
+    return result

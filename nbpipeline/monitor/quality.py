@@ -1,0 +1,76 @@
+"""Model quality on the outcomes received so far, from grouped counts.
+
+Inputs are additive counts (confusion matrix, probability histograms per outcome, sum of
+squared errors), so any set of windows or versions can be merged by adding them before
+the metrics are computed. ROC AUC is computed on ``PROB_BINS`` probability bins (pairs
+in the same bin count one half): within 1/PROB_BINS of the exact figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nbpipeline.monitor.scan import PROB_BINS
+
+
+@dataclass
+class OutcomeCounts:
+    """Additive sufficient statistics of labelled predictions."""
+
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+    brier_sum: float = 0.0
+    pos_hist: np.ndarray = field(default_factory=lambda: np.zeros(PROB_BINS))
+    neg_hist: np.ndarray = field(default_factory=lambda: np.zeros(PROB_BINS))
+
+    @property
+    def n(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    def add(self, other: OutcomeCounts) -> OutcomeCounts:
+        """A new OutcomeCounts holding both."""
+        return OutcomeCounts(
+            self.tp + other.tp, self.fp + other.fp, self.tn + other.tn, self.fn + other.fn,
+            self.brier_sum + other.brier_sum, self.pos_hist + other.pos_hist,
+            self.neg_hist + other.neg_hist,
+        )
+
+
+def binned_auc(pos_hist: np.ndarray, neg_hist: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties within a bin counted half."""
+    n_pos, n_neg = pos_hist.sum(), neg_hist.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg_hist) - neg_hist
+    wins = np.sum(pos_hist * neg_below) + 0.5 * np.sum(pos_hist * neg_hist)
+    return float(wins / (n_pos * n_neg))
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def quality_metrics(c: OutcomeCounts) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, ROC AUC, Brier score, rates; NaN where undefined."""
+    precision = _ratio(c.tp, c.tp + c.fp)
+    recall = _ratio(c.tp, c.tp + c.fn)
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision + recall > 0 and not np.isnan(precision + recall)
+        else float("nan")
+    )
+    return {
+        "labelled": float(c.n),
+        "accuracy": _ratio(c.tp + c.tn, c.n),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "roc_auc": binned_auc(c.pos_hist, c.neg_hist),
+        "brier": _ratio(c.brier_sum, c.n),
+        "outcome_rate": _ratio(c.tp + c.fn, c.n),
+        "decision_rate": _ratio(c.tp + c.fp, c.n),
+    }

@@ -1,0 +1,154 @@
+"""Replay real rows of chosen months through a running model server, then send outcomes.
+
+``nbp replay --months 12 --rows 3000`` takes flights of December 2013 (the real data set,
+offline, :mod:`nbpipeline.datasets`), cleans them like the data stage, and for each row:
+POST /predict with the model's feature columns (one JSON row), remembers the request_id,
+and then POST /feedback with the real outcome (arrival delay above the threshold). The
+number of rows and the request rate are bounded; only 127.0.0.1-style URLs are expected.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nbpipeline.errors import MonitorError
+
+DEFAULT_THRESHOLD_MIN = 15
+MAX_ROWS = 200_000
+
+
+def month_rows(
+    months: Sequence[int], *, rows: int | None = None, seed: int = 0,
+    delay_threshold_min: float = DEFAULT_THRESHOLD_MIN, frame: Any = None,
+) -> Any:
+    """Clean flights of ``months`` (1..12) in time order, with the target ``delayed``.
+
+    Cleaning follows the data stage: rows without an arrival delay (cancelled/diverted)
+    or without a weather record are dropped. ``rows`` draws a random sample (then re-sorts
+    by time). ``frame`` (the output of ``load_flights()``) can be passed to avoid reloading.
+    """
+    from nbpipeline.datasets import TARGET, load_flights
+
+    bad = [m for m in months if not 1 <= int(m) <= 12]
+    if bad or not months:
+        raise MonitorError(
+            f"months {list(months)!r}: give month numbers 1..12 of 2013, e.g. --months 11 12"
+        )
+    raw = load_flights() if frame is None else frame
+    keep = raw["month"].isin([int(m) for m in months]) & raw["arr_delay"].notna()
+    keep &= raw["temp"].notna()
+    picked = raw[keep]
+    if rows is not None and rows < len(picked):
+        picked = picked.sample(rows, random_state=seed).sort_values("time_hour", kind="stable")
+    picked = picked.copy()
+    picked[TARGET] = (picked["arr_delay"] > delay_threshold_min).astype("int8")
+    return picked.reset_index(drop=True)
+
+
+def json_row(row: dict[str, Any], features: Sequence[str]) -> dict[str, Any]:
+    """The JSON body of one /predict request: the features, NaN sent as null."""
+    out: dict[str, Any] = {}
+    for name in features:
+        value = row.get(name)
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        elif hasattr(value, "item"):
+            value = value.item()
+        out[name] = value
+    return out
+
+
+@dataclass
+class ReplayResult:
+    """What a replay sent and what came back."""
+
+    sent: int = 0
+    predicted: int = 0
+    feedback: int = 0
+    errors: int = 0
+    fallback: int = 0
+    seconds: float = 0.0
+    first_error: str | None = None
+
+    def summary(self) -> str:
+        return (
+            f"replayed {self.predicted}/{self.sent} rows ({self.fallback} fallback decisions), "
+            f"{self.feedback} outcomes sent, {self.errors} errors in {self.seconds:.1f}s"
+        )
+
+
+def replay(
+    url: str, frame: Any, features: Sequence[str], *, target: str = "delayed",
+    rate: float = 200.0, max_rows: int = MAX_ROWS, timeout: float = 10.0,
+    send_feedback: bool = True, progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """POST each row of ``frame`` to ``url``/predict at most ``rate`` per second, then feedback."""
+    import httpx
+
+    if len(frame) > max_rows:
+        raise MonitorError(
+            f"replay of {len(frame):,} rows refused: the bound is {max_rows:,}; pass fewer "
+            "rows (--rows) or raise --max-rows"
+        )
+    if rate <= 0:
+        raise MonitorError(f"replay rate {rate!r}/s must be > 0")
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise MonitorError(
+            f"replay rows lack the model's feature(s) {', '.join(missing)}; the served "
+            "model expects columns the example data set does not have"
+        )
+    base = url.rstrip("/")
+    result = ReplayResult()
+    started = time.perf_counter()
+    pending: list[tuple[str, int]] = []
+    records = frame[list(features) + [target]].to_dict("records")
+    with httpx.Client(timeout=timeout) as client:
+        for i, row in enumerate(records):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            result.sent += 1
+            try:
+                resp = client.post(f"{base}/predict", json=json_row(row, features))
+                resp.raise_for_status()
+                body = resp.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                result.errors += 1
+                result.first_error = result.first_error or _describe(exc)
+                if isinstance(exc, httpx.ConnectError):
+                    raise MonitorError(
+                        f"cannot reach the model server at {base} ({exc}); start it with "
+                        "`nbp serve` or pass its address with --url"
+                    ) from exc
+                continue
+            result.predicted += 1
+            result.fallback += int(bool(body.get("fallback")))
+            pending.append((str(body["request_id"]), int(row[target])))
+            if progress and result.sent % 500 == 0:
+                progress(result.sent)
+        if send_feedback:
+            for request_id, outcome in pending:
+                try:
+                    resp = client.post(
+                        f"{base}/feedback", json={"request_id": request_id, "outcome": outcome}
+                    )
+                    resp.raise_for_status()
+                    result.feedback += 1
+                except httpx.HTTPError as exc:
+                    result.errors += 1
+                    result.first_error = result.first_error or _describe(exc)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _describe(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,45 @@
+"""Return on investment of the model's decisions, from a value model in params.yaml.
+
+``value_model`` gives the value (money, minutes, any unit) of each decision outcome:
+``tp``, ``fp``, ``tn``, ``fn``; ``cost_per_prediction`` is what serving one prediction
+costs in the same unit. Over the labelled predictions of a window::
+
+    value gained = tp*V_tp + fp*V_fp + tn*V_tn + fn*V_fn
+    cost         = labelled predictions * cost_per_prediction
+    ROI %        = (value gained - cost) / cost * 100
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from nbpipeline.errors import MonitorError
+from nbpipeline.monitor.quality import OutcomeCounts
+
+OUTCOMES = ("tp", "fp", "tn", "fn")
+
+
+def check_value_model(value_model: Mapping[str, float], cost_per_prediction: float) -> None:
+    """Raise MonitorError naming the params.yaml field when the value model is unusable."""
+    missing = [k for k in OUTCOMES if k not in value_model]
+    unknown = sorted(set(value_model) - set(OUTCOMES))
+    if missing or unknown:
+        raise MonitorError(
+            "params.yaml monitor.value_model: needs exactly the keys tp, fp, tn, fn "
+            f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})"
+        )
+    if not cost_per_prediction > 0:
+        raise MonitorError(
+            f"params.yaml monitor.cost_per_prediction: {cost_per_prediction!r} must be > 0 "
+            "(ROI divides by the serving cost)"
+        )
+
+
+def roi_figures(
+    c: OutcomeCounts, value_model: Mapping[str, float], cost_per_prediction: float
+) -> dict[str, float]:
+    """Value gained, cost and ROI % of the labelled predictions in ``c``."""
+    value = sum(getattr(c, k) * float(value_model[k]) for k in OUTCOMES)
+    cost = c.n * cost_per_prediction
+    roi = (value - cost) / cost * 100 if cost else float("nan")
+    return {"value": float(value), "cost": float(cost), "roi_pct": float(roi)}
