@@ -77,6 +77,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from nbpipeline.serve import serve
+
+    serve(find_project(), args.host, args.port)
+    return 0
+
+
+def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="serve the champion (+ canary) over HTTP; log decisions")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.set_defaults(handler=_cmd_serve)
+
+
 def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     promote = sub.add_parser("promote", help="register models/candidate if its gate passed; "
                              "make it champion (or canary)")
@@ -110,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-output", action="store_true", help="stream cell output to stderr")
     run.set_defaults(handler=_cmd_run)
     _add_release_commands(sub)
+    _add_serve_command(sub)
     return parser
 
 

@@ -5,7 +5,7 @@ the champion's on the same golden data and applies the criteria from params.yaml
 ``evaluate:`` (``gate_*`` keys). It returns a JSON-ready decision that the evaluate
 stage writes to ``metrics/gate.json`` and that ``nbp promote`` obeys::
 
-    {"passed": bool, "metric": "roc_auc", "champion_version": "v3" | None,
+    {"passed": bool, "metric": "roc_auc", "candidate_sha256": ..., "champion_version": "v3" | None,
      "champion_sha256": ... | None, "checks": [{name, value, threshold, passed, detail}],
      "metrics": {"valid": {...}, "golden": {...}},        # the candidate's
      "champion_metrics": {"golden": {...}} | None, "criteria": {...}}
@@ -108,7 +108,9 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
            criteria: Mapping[str, Any]) -> dict[str, Any]:
     """Apply the gate; ``champion`` is None for the first model (champion-less criteria).
 
-    ``champion`` carries ``version`` (and ``sha256``) besides its golden metrics and slices,
+    ``candidate`` may carry the model file's ``sha256`` (so `nbp promote` can check that
+    the decision is about the model in models/candidate). ``champion`` carries
+    ``version`` (and ``sha256``) besides its golden metrics and slices,
     computed on the same golden data as the candidate's.
     """
     crit = _criteria(criteria)
@@ -145,6 +147,7 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
     return {
         "passed": all(c["passed"] for c in checks),
         "metric": metric,
+        "candidate_sha256": candidate.get("sha256"),
         "champion_version": None if champion is None else champion.get("version"),
         "champion_sha256": None if champion is None else champion.get("sha256"),
         "checks": checks,

@@ -1,0 +1,183 @@
+"""Release commands as library functions: promote the candidate, roll back, list models.
+
+Each `nbp` release command is a thin call into one function here. ``promote_candidate``
+obeys the gate decision that the evaluate stage wrote to ``metrics/gate.json``: it refuses
+a failed gate (unless forced with a reason) and a gate that was computed against another
+champion than the one serving now.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbpipeline.errors import GateError, RegistryError
+from nbpipeline.lineage import capture, report_files
+from nbpipeline.project import Project
+from nbpipeline.record import file_sha256
+from nbpipeline.registry import Event, ModelVersion, Registry, default_actor
+
+__all__ = ["Promotion", "models_table", "promote_candidate", "read_gate", "rollback"]
+
+GATE_FILE = "gate.json"
+CANDIDATE_DIR = "models/candidate"
+REPRO_EVALUATE = "`dvc repro -f -s evaluate`"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `nbp promote` did."""
+
+    model: ModelVersion
+    event: Event
+    role: str
+
+
+def read_gate(project: Project) -> dict[str, Any]:
+    """The evaluate stage's gate decision (metrics/gate.json)."""
+    path = project.metrics / GATE_FILE
+    if not path.is_file():
+        raise GateError(
+            f"{project.rel(path)} not found: the evaluate stage writes the gate decision; "
+            "run `dvc repro` first"
+        )
+    try:
+        gate = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise GateError(f"{project.rel(path)}: not valid JSON ({exc}); run {REPRO_EVALUATE}") from exc
+    if not isinstance(gate, dict) or "passed" not in gate or "checks" not in gate:
+        raise GateError(f"{project.rel(path)}: no gate decision (passed, checks); run {REPRO_EVALUATE}")
+    return gate
+
+
+def _check_gate_is_current(project: Project, reg: Registry, gate: dict[str, Any],
+                           candidate: Path) -> list[str]:
+    """Reasons the gate decision does not apply to this candidate and champion (empty: it does)."""
+    problems = []
+    state = reg.state()
+    champion = state.champion.version if state.champion else None
+    if gate.get("champion_version") != champion:
+        problems.append(
+            f"the gate compared the candidate with champion {gate.get('champion_version') or '(none)'}"
+            f" but the champion now is {champion or '(none)'}; re-run {REPRO_EVALUATE} "
+            "to compare with the current champion"
+        )
+    elif state.champion and gate.get("champion_sha256") not in (None, state.champion.sha256):
+        problems.append(
+            f"the gate's champion {champion} had another model file than the registry's; "
+            f"re-run {REPRO_EVALUATE}"
+        )
+    expected = gate.get("candidate_sha256")
+    model = candidate / "model.skops"
+    if expected and model.is_file() and file_sha256(model) != expected:
+        problems.append(
+            f"{project.rel(model)} is not the model the gate evaluated; re-run `dvc repro`"
+        )
+    return problems
+
+
+def promote_candidate(
+    project: Project,
+    *,
+    canary: float | None = None,
+    force: bool = False,
+    reason: str | None = None,
+    actor: str | None = None,
+) -> Promotion:
+    """Register models/candidate if its gate passed, then make it champion or canary."""
+    actor = actor or default_actor()
+    if force and not (reason and reason.strip()):
+        raise RegistryError("--force needs --reason TEXT saying why the gate is overridden")
+    reg = Registry(project.registry)
+    candidate = project.root / CANDIDATE_DIR
+    gate = read_gate(project)
+    problems = _check_gate_is_current(project, reg, gate, candidate)
+    if problems and not force:
+        raise GateError("; ".join(problems))
+    if not gate.get("passed") and not force:
+        failed = [f"{c['name']} ({c.get('value')} vs {c.get('threshold')})"
+                  for c in gate.get("checks", []) if not c.get("passed")]
+        raise GateError(
+            f"the candidate failed the gate in {project.rel(project.metrics / GATE_FILE)}: "
+            f"{'; '.join(failed)}; see reports/evaluate.html, improve the model and re-run "
+            "`dvc repro`, or override with --force --reason TEXT (recorded)"
+        )
+    forced = None
+    if force:
+        overridden = problems + ([] if gate.get("passed") else ["gate failed"])
+        forced = reason if not overridden else f"{reason} (overrode: {'; '.join(overridden)})"
+    why = reason or "gate passed"
+    model = reg.register(
+        candidate, gate, force_reason=forced, actor=actor, reason=why,
+        lineage=capture(project), extra_files=report_files(project),
+    )
+    event = reg.promote(model.version, canary_fraction=canary, reason=why, actor=actor)
+    return Promotion(model, event, "champion" if canary is None else "canary")
+
+
+def rollback(project: Project, *, canary: bool = False, reason: str | None = None,
+             actor: str | None = None) -> Event:
+    """Undo the last champion promotion (or remove the canary)."""
+    reg = Registry(project.registry)
+    return reg.rollback(role="canary" if canary else "champion",
+                        reason=reason or "manual rollback", actor=actor or default_actor())
+
+
+def _metric_summary(metrics: dict[str, Any]) -> str:
+    golden, valid = metrics.get("golden", {}), metrics.get("valid", {})
+    parts = []
+    for name in ("roc_auc", "average_precision"):
+        if name in golden:
+            parts.append(f"golden {name} {golden[name]:.4f}")
+    if "roc_auc" in valid:
+        parts.append(f"valid roc_auc {valid['roc_auc']:.4f}")
+    return ", ".join(parts) or "-"
+
+
+def _data_version(metadata: dict[str, Any]) -> str:
+    data = metadata.get("data", {})
+    return " ".join(f"{k}:{v.get('sha256', '')[:8]}" for k, v in data.items()) or "-"
+
+
+def _params(metadata: dict[str, Any]) -> str:
+    params = metadata.get("search", {}).get("best_params") or metadata.get("params", {})
+    return " ".join(f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def models_rows(reg: Registry) -> list[dict[str, str]]:
+    """One row per version, newest first (the data behind `nbp models`)."""
+    state = reg.state()
+    rows = []
+    for mv in reversed(reg.versions()):
+        role = state.role(mv.version) or ""
+        if role == "canary":
+            role = f"canary {state.canary_fraction:.0%}"
+        if role == "champion" and state.switched_off:
+            role = "champion (OFF)"
+        gate = "forced" if mv.forced_reason else ("-" if mv.gate is None else
+                                                   "passed" if mv.gate.get("passed") else "failed")
+        rev = str(mv.lineage.get("git", {}).get("rev") or mv.metadata.get("git_rev") or "-")
+        rows.append({
+            "version": mv.version, "role": role, "gate": gate,
+            "metrics": _metric_summary(mv.metrics), "data": _data_version(mv.metadata),
+            "params": _params(mv.metadata), "git": rev[:8],
+            "who/when/why": f"{mv.actor} {mv.created[:19].replace('T', ' ')} {mv.forced_reason or mv.reason}",
+        })
+    return rows
+
+
+def models_table(reg: Registry) -> str:
+    """`nbp models`: a plain-text table of every version."""
+    rows = models_rows(reg)
+    if not rows:
+        return f"no models in the registry {reg.path} yet; run `dvc repro` then `nbp promote`"
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
+    lines = ["  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip()]
+    lines += ["  ".join(r[h].ljust(widths[h]) for h in headers).rstrip() for r in rows]
+    state = reg.state()
+    if state.switched_off:
+        lines.append(f"serving is SWITCHED OFF: {state.off_reason}")
+    return "\n".join(lines)

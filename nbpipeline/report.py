@@ -1,0 +1,321 @@
+"""The review page: ``reports/index.html`` from the pipeline's outputs.
+
+One self-contained HTML file (inline CSS, no scripts, no external assets) linking every
+stage's executed notebook (``reports/<stage>.html``) with its params and metrics, the gate
+decision, the candidate against the production champion, the change against the previous
+run (``dvc metrics diff`` / ``dvc params diff`` against git HEAD) and the registry's
+recent events.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from html import escape
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import yaml
+
+from nbpipeline.errors import NbpipelineError
+from nbpipeline.lineage import git_output, read_lock
+from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.registry import ModelVersion, Registry
+
+__all__ = ["build_index", "previous_run_diff"]
+
+INDEX = "index.html"
+LOWER_IS_BETTER = ("log_loss", "brier", "latency")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return "–" if value is None else str(value)
+
+
+def _delta(name: str, new: Any, old: Any) -> str:
+    if not isinstance(new, int | float) or not isinstance(old, int | float) or isinstance(new, bool):
+        return '<span class="same">–</span>'
+    diff = float(new) - float(old)
+    if abs(diff) < 1e-12:
+        return '<span class="same">=</span>'
+    better = (diff < 0) if any(k in name for k in LOWER_IS_BETTER) else (diff > 0)
+    return f'<span class="{"up" if better else "down"}">{diff:+.4f}</span>'
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
+    numeric = numeric or set()
+    head = "".join(f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>"
+                   for i, h in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                         for i, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _badge(kind: str, text: str) -> str:
+    return f'<span class="badge {kind}">{escape(text)}</span>'
+
+
+def _dvc(project: Project, *args: str) -> dict[str, Any] | str:
+    """Run a dvc command that prints JSON; its parsed output, or why it failed."""
+    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    try:
+        out = subprocess.run([exe, *args, "--json"], cwd=project.root, capture_output=True,
+                             text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"dvc could not run ({exc})"
+    if out.returncode != 0:
+        lines = (out.stderr or out.stdout).strip().splitlines()
+        return lines[-1] if lines else f"dvc exited {out.returncode}"
+    try:
+        data = json.loads(out.stdout or "{}")
+    except ValueError:
+        return "dvc printed no JSON"
+    return data if isinstance(data, dict) else {}
+
+
+def previous_run_diff(project: Project) -> tuple[dict[str, Any] | str, dict[str, Any] | str]:
+    """(metrics diff, params diff) of the workspace against git HEAD, as DVC computes them."""
+    if not (project.root / ".dvc").is_dir():
+        reason = "not a DVC repository (no .dvc/)"
+        return reason, reason
+    with ThreadPoolExecutor(2) as pool:  # each dvc start-up costs seconds: run both at once
+        metrics = pool.submit(_dvc, project, "metrics", "diff", "--all")
+        params = pool.submit(_dvc, project, "params", "diff")
+        return metrics.result(), params.result()
+
+
+# ----------------------------------------------------------------------------- sections
+def _gate_section(gate: dict[str, Any]) -> str:
+    if not gate:
+        return ('<div class="card"><h2>Gate decision ' + _badge("none", "not computed")
+                + '</h2><p class="muted">metrics/gate.json is missing: run <code>dvc repro</code>.</p></div>')
+    verdict = _badge("pass", "PASSED") if gate.get("passed") else _badge("fail", "FAILED")
+    champ = gate.get("champion_version") or "none (first model)"
+    rows = [[_badge("pass", "ok") if c.get("passed") else _badge("fail", "fail"),
+             f"<code>{escape(str(c.get('name')))}</code>", _fmt(c.get("value")),
+             _fmt(c.get("threshold")), escape(str(c.get("detail", "")))]
+            for c in gate.get("checks", [])]
+    table = _table(["", "check", "value", "threshold", "detail"], rows, {2, 3})
+    hint = ("<code>nbp promote</code> will register it" if gate.get("passed") else
+            "<code>nbp promote</code> will refuse it (override: <code>--force --reason</code>)")
+    return (f'<div class="card"><h2>Gate decision {verdict}</h2>'
+            f'<p class="muted">metric <code>{escape(str(gate.get("metric")))}</code>, compared with '
+            f"champion <b>{escape(str(champ))}</b>; {hint}.</p>{table}</div>")
+
+
+def _production_section(reg: Registry) -> str:
+    try:
+        state = reg.state()
+        events = reg.events()[-8:]
+    except NbpipelineError as exc:
+        return f'<div class="card"><h2>Production</h2><p class="fail">{escape(str(exc))}</p></div>'
+
+    def describe(mv: ModelVersion | None) -> str:
+        if mv is None:
+            return '<span class="muted">none</span>'
+        forced = " " + _badge("warn", "forced") if mv.forced_reason else ""
+        return f"<b>{mv.version}</b> <code>{mv.sha256[:12]}</code>{forced}"
+
+    off = (_badge("fail", f"switched off: {state.off_reason}") if state.switched_off
+           else _badge("pass", "serving") if state.champion else _badge("none", "no model"))
+    canary = describe(state.canary) + (f" at {state.canary_fraction:.0%}" if state.canary else "")
+    kv = (f'<dl class="kv"><dt>status</dt><dd>{off}</dd><dt>champion</dt><dd>{describe(state.champion)}'
+          f"</dd><dt>canary</dt><dd>{canary}</dd><dt>versions</dt><dd>{len(reg.versions())}</dd></dl>")
+    rows = [[str(e.seq), escape(e.ts[:19].replace("T", " ")), f"<code>{escape(e.kind)}</code>",
+             escape(e.actor), escape(_event_text(e))] for e in reversed(events)]
+    log = _table(["#", "when (UTC)", "event", "who", "what / why"], rows) if rows else (
+        '<p class="muted">no events yet: <code>nbp promote</code> registers the first model.</p>')
+    return f'<div class="card"><h2>Production (registry)</h2>{kv}<h3>Recent events</h3>{log}</div>'
+
+
+def _event_text(event: Any) -> str:
+    data = event.data
+    what = {
+        "register": lambda: f"registered {data.get('version')}",
+        "promote": lambda: f"{data.get('version')} -> {data.get('role')}"
+        + (f" {float(data.get('canary_fraction', 0)):.0%}" if data.get("role") == "canary" else ""),
+        "rollback": lambda: f"{data.get('role')} {data.get('from')} -> {data.get('to') or 'removed'}",
+    }.get(event.kind, lambda: "")()
+    return f"{what}: {event.reason}" if what else event.reason
+
+
+def _champion_section(project: Project, gate: dict[str, Any], reg: Registry) -> str:
+    try:
+        champion = reg.state().champion
+    except NbpipelineError:
+        champion = None
+    candidate_meta = _read_json(project.root / "models" / "candidate" / "metadata.json")
+    if champion is None:
+        return ('<div class="card"><h2>Candidate vs champion</h2><p class="muted">No champion yet: '
+                "the gate applied the first-model criteria.</p></div>")
+    cand = _flat(gate.get("metrics") or {})
+    same_golden = _flat(gate.get("champion_metrics") or {}) if (
+        gate.get("champion_version") == champion.version) else {}
+    champ = {**_flat(champion.metrics), **same_golden}
+    rows = [[f"<code>{escape(k)}</code>", _fmt(cand.get(k)), _fmt(champ.get(k)),
+             _delta(k, cand.get(k), champ.get(k))]
+            for k in sorted(set(cand) | set(champ)) if not k.endswith(".rows")]
+    metrics = _table(["metric", "candidate", f"champion {champion.version}", "difference"], rows,
+                     {1, 2, 3})
+
+    def params(meta: dict[str, Any]) -> dict[str, Any]:
+        return _flat(meta.get("search", {}).get("best_params") or meta.get("params", {}))
+
+    cp, hp = params(candidate_meta), params(champion.metadata)
+    prow = [[f"<code>{escape(k)}</code>", escape(_fmt(cp.get(k))), escape(_fmt(hp.get(k)))]
+            for k in sorted(set(cp) | set(hp)) if cp.get(k) != hp.get(k)]
+    ptable = _table(["param", "candidate", "champion"], prow) if prow else (
+        '<p class="muted">same parameters</p>')
+    cd, hd = candidate_meta.get("data", {}), champion.metadata.get("data", {})
+    drow = [[escape(split), f"<code>{str(cd.get(split, {}).get('sha256', '–'))[:12]}</code>",
+             f"<code>{str(hd.get(split, {}).get('sha256', '–'))[:12]}</code>",
+             _badge("none", "same") if cd.get(split, {}).get("sha256") == hd.get(split, {}).get("sha256")
+             else _badge("warn", "changed")]
+            for split in sorted(set(cd) | set(hd))]
+    note = ("" if same_golden else '<p class="muted">champion metrics as recorded at its '
+            "registration; re-run <code>dvc repro -f -s evaluate</code> to score it on this golden set.</p>")
+    return (f'<div class="card wide"><h2>Candidate vs champion {champion.version}</h2>{note}'
+            f'<div class="grid"><div>{metrics}</div><div><h3>Parameters that differ</h3>{ptable}'
+            f"<h3>Data versions</h3>{_table(['split', 'candidate', 'champion', ''], drow)}</div></div></div>")
+
+
+def _importance_section(project: Project) -> str:
+    path = project.plots / "evaluate" / "importance.csv"
+    if not path.is_file():
+        return ""
+    import csv
+
+    with open(path, encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("feature")]
+    try:
+        values = [(r["feature"], float(r["importance"])) for r in rows]
+    except (KeyError, ValueError):
+        return ""
+    values.sort(key=lambda fv: -fv[1])
+    top = max((v for _, v in values), default=0.0) or 1.0
+    bars = [[f"<code>{escape(f)}</code>", f"{v:.4f}",
+             f'<div class="bar" style="width:{max(0.0, v) / top * 100:.0f}%"></div>']
+            for f, v in values[:15]]
+    return ('<div class="card"><h2>What the candidate relies on</h2><p class="muted">permutation '
+            "importance on golden (drop in the gate metric when a feature is shuffled)</p>"
+            + _table(["feature", "importance", ""], bars, {1}) + "</div>")
+
+
+def _stage_card(project: Project, name: str, params: dict[str, Any],
+                metrics_diff: dict[str, Any] | str, params_diff: dict[str, Any] | str) -> str:
+    html_path = project.reports / f"{name}.html"
+    if html_path.is_file():
+        when = datetime.fromtimestamp(html_path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        link = f'<a class="stage-link" href="{escape(name)}.html">executed notebook &rarr;</a>'
+        status = f'<span class="when">ran {when}</span>'
+    else:
+        link, status = "", _badge("none", "not run")
+    metric_file = project.metrics / f"{name}.json"
+    values = _flat(_read_json(metric_file))
+    old: dict[str, Any] = {}
+    if isinstance(metrics_diff, dict):
+        for key, entry in (metrics_diff.get(f"metrics/{name}.json") or {}).items():
+            old[key] = entry.get("old") if isinstance(entry, dict) else None
+    rows = [[f"<code>{escape(k)}</code>", _fmt(v), _fmt(old.get(k)), _delta(k, v, old.get(k))]
+            for k, v in values.items()]
+    metrics = _table(["metric", "this run", "previous (HEAD)", "change"], rows, {1, 2, 3}) if rows \
+        else '<p class="muted">no metrics recorded</p>'
+    changed = {}
+    if isinstance(params_diff, dict):
+        changed = {k: v for k, v in (params_diff.get("params.yaml") or {}).items()
+                   if k.split(".")[0] in params or k in params}
+    prow = []
+    for key, value in _flat(params).items():
+        was = changed.get(key)
+        mark = f' <span class="badge warn">was {escape(_fmt(was.get("old")))}</span>' if was else ""
+        prow.append([f"<code>{escape(key)}</code>", escape(_fmt(value)) + mark])
+    ptable = _table(["param", "value"], prow) if prow else '<p class="muted">no params</p>'
+    return (f'<div class="card"><h2>{escape(name)} {status}{link}</h2><div class="two">'
+            f"<div><h3>Metrics</h3>{metrics}</div><div><h3>Params</h3>{ptable}</div></div></div>")
+
+
+def _stages(project: Project) -> dict[str, dict[str, Any]]:
+    """Stage name -> its params as dvc.lock recorded them (params.yaml sections if never run)."""
+    try:
+        spec = yaml.safe_load(project.dvc_yaml.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise NbpipelineError(f"{project.dvc_yaml}: cannot read it ({exc}); fix the YAML") from exc
+    lock = read_lock(project)
+    try:
+        params_yaml = yaml.safe_load(project.params_yaml.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        params_yaml = {}
+    stages = {}
+    for name, stage in (spec.get("stages") or {}).items():
+        locked = (lock.get(name) or {}).get("params", {}).get("params.yaml")
+        if locked is None:
+            locked = {}
+            for key in stage.get("params", []) if isinstance(stage, dict) else []:
+                if isinstance(key, str) and key.split(".")[0] in params_yaml:
+                    locked[key] = _flat(params_yaml).get(key, params_yaml.get(key))
+        stages[name] = locked
+    return stages
+
+
+def build_index(project: Project, *, compare_previous: bool = True) -> Path:
+    """Write reports/index.html and return its path."""
+    gate = _read_json(project.metrics / "gate.json")
+    reg = Registry(project.registry)
+    stages = _stages(project)
+    metrics_diff, params_diff = (previous_run_diff(project) if compare_previous
+                                 else ("not compared", "not compared"))
+    prev_note = ""
+    if isinstance(metrics_diff, str):
+        prev_note = (f'<p class="muted">previous run: not available ({escape(metrics_diff)})</p>')
+    cards = "".join(_stage_card(project, name, params, metrics_diff, params_diff)
+                    for name, params in stages.items())
+    body = (
+        f'<div class="grid"><div>{_gate_section(gate)}</div><div>{_production_section(reg)}'
+        f"{_importance_section(project)}</div></div>"
+        f"{_champion_section(project, gate, reg)}"
+        f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}'
+        f"{cards}"
+    )
+    rev = git_output(project.root, "rev-parse", "--short", "HEAD")
+    meta = f"project <code>{escape(project.root.name)}</code>" + (
+        f" &middot; git <code>{escape(rev)}</code>" if rev else "")
+    template = Template(files("nbpipeline").joinpath("templates/index.html").read_text("utf-8"))
+    page = template.substitute(
+        title="Pipeline review", meta=meta, body=body,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+    target = project.reports / INDEX
+    write_text_atomic(target, page)
+    return target
