@@ -180,7 +180,7 @@ def empty_analysis(ref: Reference) -> Analysis:
     return Analysis(
         pd.DataFrame(columns=["window", "rows"]), empty,
         pd.DataFrame(columns=["window", "feature", "psi", "drifted"]), empty, empty,
-        [], [b.name for b in ref.features],
+        [], [],
     )
 
 

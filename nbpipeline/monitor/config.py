@@ -21,7 +21,7 @@ def _default_quality() -> dict[str, list[float]]:
 
 
 def _default_value() -> dict[str, float]:
-    return {"tp": 4.0, "fp": -1.0, "tn": 0.0, "fn": 0.0}
+    return {"tp": 40.0, "fp": -15.0, "tn": 0.0, "fn": 0.0}
 
 
 @dataclass
@@ -46,9 +46,9 @@ class MonitorConfig:
     latency_p95_ms: float = 250.0
     fallback_rate_max: float = 0.05
     value_model: dict[str, float] = field(default_factory=_default_value)
-    cost_per_prediction: float = 0.05
+    cost_per_prediction: float = 1.0
     roi_min: float = 0.0
-    roi_max: float = 2000.0
+    roi_max: float = 1000.0
     roi_windows: int = 3
     webhook_url: str = ""
     auto_rollback: bool = True
@@ -70,6 +70,11 @@ class MonitorConfig:
                 f"known settings: {', '.join(sorted(known))}"
             )
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_namespace(cls, namespace: dict[str, Any]) -> MonitorConfig:
+        """Pick this config's names out of a namespace (a notebook's ``globals()``)."""
+        return cls(**{f.name: namespace[f.name] for f in fields(cls) if f.name in namespace})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

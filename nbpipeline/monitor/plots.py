@@ -1,0 +1,75 @@
+"""Matplotlib views of an Analysis (drawn on axes the caller owns: notebook or widget).
+
+Each function draws one figure's worth onto ``ax`` and returns it; nothing here keeps
+pyplot state, so the monitor notebook and the widgets can share them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from nbpipeline.monitor.analysis import Analysis
+from nbpipeline.monitor.config import MonitorConfig
+
+
+def drift_table(analysis: Analysis, value: str = "psi", last: int = 12) -> pd.DataFrame:
+    """Feature x window table of ``value`` (psi, statistic, p_value) for the last windows."""
+    if analysis.drift.empty:
+        return pd.DataFrame()
+    table = analysis.drift.pivot(index="feature", columns="window", values=value)
+    return table[table.columns[-last:]]
+
+
+def plot_drift(ax: Any, analysis: Analysis, cfg: MonitorConfig, top: int = 6) -> Any:
+    """PSI over windows of the most drifted features, with the alarm limit."""
+    table = drift_table(analysis, last=10_000)
+    ax.set_title("Input/output drift (PSI) per window")
+    if table.empty:
+        ax.text(0.5, 0.5, "no traffic yet", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    worst = table.max(axis=1).sort_values(ascending=False).index[:top]
+    for feature in worst:
+        ax.plot(table.columns, table.loc[feature], marker="o", label=feature)
+    ax.axhline(cfg.psi_limit, color="red", linestyle="--", label=f"limit {cfg.psi_limit:g}")
+    ax.set_xlabel("window")
+    ax.set_ylabel("PSI")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.legend(fontsize="small", ncol=2)
+    return ax
+
+
+def plot_quality(ax: Any, analysis: Analysis, cfg: MonitorConfig, metric: str = "roc_auc") -> Any:
+    """``metric`` on the received outcomes per window, one line per version and role."""
+    ax.set_title(f"{metric} on feedback per window")
+    q = analysis.quality
+    if q.empty:
+        ax.text(0.5, 0.5, "no feedback yet", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    for (version, role), group in q.groupby(["version", "role"]):
+        group = group[group["labelled"] >= min(cfg.min_feedback, group["labelled"].max())]
+        ax.plot(group["window"], group[metric], marker="o", label=f"{version} ({role})")
+    limits = cfg.quality_limits.get(metric)
+    if limits:
+        for limit in limits:
+            ax.axhline(limit, color="red", linestyle="--")
+    ax.set_xlabel("window")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_roi(ax: Any, roi: pd.DataFrame, cfg: MonitorConfig) -> Any:
+    """ROI % per window with the off-switch threshold."""
+    ax.set_title("ROI per window (%)")
+    if roi.empty:
+        ax.text(0.5, 0.5, "no feedback yet", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    colors = ["tab:red" if v < cfg.roi_min else "tab:green" for v in roi["roi_pct"]]
+    ax.bar(roi["window"], roi["roi_pct"], color=colors)
+    ax.axhline(cfg.roi_min, color="red", linestyle="--", label=f"roi_min {cfg.roi_min:g}%")
+    ax.set_xlabel("window")
+    ax.set_ylabel("ROI %")
+    ax.legend(fontsize="small")
+    return ax
