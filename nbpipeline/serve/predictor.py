@@ -3,6 +3,9 @@
 One worker thread runs every ``predict_proba``. Rows that arrive while it is busy are
 gathered and scored in one call per model, so concurrent single-row requests share the
 fixed cost of a pipeline call (DataFrame, encoders) instead of queueing behind it.
+The thread runs the models single-threaded (OpenMP/BLAS pools limited to 1): a server
+already has concurrency, and sklearn's thread pools on a busy machine turn a 1 ms call
+into a 1 s tail.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ class Predictor:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:

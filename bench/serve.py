@@ -1,0 +1,293 @@
+"""Benchmark `nbp serve`: throughput and latency at concurrency 1, 8, 32, log on and off.
+
+Bounded: each run stops after --requests requests or --seconds seconds, whichever first.
+The server runs as its own process (`python -m nbpipeline serve`) against a temporary
+registry holding the candidate model (models/candidate by default; a tiny synthetic
+model if there is none), with request rows taken from data/valid.parquet when present.
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (httpx
+costs more CPU per request than the server does, and both share this machine's cores).
+
+Prints, side by side: the in-process model call cost (predict_proba on one row), and for
+each concurrency the server's throughput, p50/p99 latency, errors and, with the log on,
+the prediction rows missing from the log (lost rows) after the run.
+
+    .venv/bin/python bench/serve.py [--requests 3000] [--seconds 15] [--concurrency 1 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    concurrency: int
+    log: bool
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+    request_ids: list[str] = field(default_factory=list)
+    lost: int | None = None
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+# ------------------------------------------------------------------ model and rows
+def candidate_dir(arg: str | None, workdir: Path) -> Path:
+    if arg:
+        return Path(arg)
+    default = REPO / "models" / "candidate"
+    if (default / "model.skops").is_file():
+        return default
+    sys.path.insert(0, str(REPO / "tests"))
+    from serve_fixtures import make_candidate  # a tiny synthetic model
+
+    return make_candidate(workdir / "candidate")
+
+
+def request_rows(candidate: Path, n: int = 500) -> list[dict[str, Any]]:
+    """Valid rows for the candidate's feature schema: real rows if available."""
+    import pandas as pd
+
+    features = json.loads((candidate / "metadata.json").read_text())["features"]
+    names = [f["name"] for f in features]
+    for source in (REPO / "data" / "valid.parquet", candidate / "reference.parquet"):
+        if source.is_file():
+            frame = pd.read_parquet(source, columns=names).head(n)
+            rows = json.loads(frame.to_json(orient="records"))  # NaN -> null
+            if rows:
+                return rows
+    sys.path.insert(0, str(REPO / "tests"))
+    from serve_fixtures import synthetic_rows
+
+    return json.loads(synthetic_rows(n).drop(columns="target").to_json(orient="records"))
+
+
+def in_process_cost(reg: Any, version: str, rows: list[dict[str, Any]], seconds: float) -> Run:
+    """predict_proba on one row at a time, as the server's predictor builds it."""
+    from nbpipeline.serve.predictor import score
+    from nbpipeline.serve.schema import FeatureSchema
+
+    model, metadata = reg.load(version)
+    schema = FeatureSchema.from_metadata(metadata, version="candidate")
+    clean = [schema.validate_row(r, ("body",)) for r in rows]
+    run = Run(concurrency=1, log=False)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds and len(run.latencies) < 2000:
+        row = clean[len(run.latencies) % len(clean)]
+        t = time.perf_counter()
+        score(model, schema, [row])
+        run.latencies.append(time.perf_counter() - t)
+    run.seconds = sum(run.latencies)
+    return run
+
+
+# ------------------------------------------------------------------ server
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(root: Path, log: bool, port: int) -> subprocess.Popen[bytes]:
+    import yaml
+
+    (root / "params.yaml").write_text(yaml.safe_dump({"serve": {"log": log}}))
+    env = {**os.environ, "NBPIPELINE_ROOT": str(root), "NBPIPELINE_PREDLOG": str(root / "log.db")}
+    env.pop("NBPIPELINE_REGISTRY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbpipeline", "serve", "--port", str(port)], cwd=root, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if b" 200 " in sock.recv(200):
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not become ready in 60 s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ------------------------------------------------------------------ load
+async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
+    writer.write(
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
+async def load(port: int, run: Run, bodies: list[bytes], total: int, seconds: float) -> None:
+    """``run.concurrency`` keep-alive connections posting single rows until a limit is hit."""
+    issued = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal issued
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while issued < total and time.perf_counter() < deadline:
+                body = bodies[issued % len(bodies)]
+                issued += 1
+                t = time.perf_counter()
+                try:
+                    status, payload = await _post(reader, writer, body)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    run.errors += 1
+                    return
+                if status == 200:
+                    run.latencies.append(time.perf_counter() - t)
+                    if run.log:
+                        run.request_ids.append(json.loads(payload)["request_id"])
+                else:
+                    run.errors += 1
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(run.concurrency)))
+    run.seconds = time.perf_counter() - start
+
+
+def count_lost(db: Path, ids: list[str]) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        found = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            found += conn.execute(
+                f"SELECT count(*) FROM predictions WHERE request_id IN ({marks})", chunk
+            ).fetchone()[0]
+        return len(ids) - found
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="max requests per run")
+    parser.add_argument("--seconds", type=float, default=15.0, help="max seconds per run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--candidate", help="candidate dir (default models/candidate)")
+    parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(REPO))
+    from nbpipeline.project import Project
+    from nbpipeline.registry import Registry
+
+    work = Path(tempfile.mkdtemp(prefix="nbp-bench-"))
+    try:
+        candidate = candidate_dir(args.candidate, work)
+        rows = request_rows(candidate)
+        random.Random(0).shuffle(rows)
+        bodies = [json.dumps(r).encode() for r in rows]
+        (work / "dvc.yaml").write_text("stages: {}\n")
+        reg = Registry(Project(work).registry)
+        mv = reg.register(candidate, None, force_reason=None, actor="bench")
+        reg.promote(mv.version, canary_fraction=None, reason="bench", actor="bench")
+
+        print(f"nbp serve benchmark: model {candidate} ({len(rows)} distinct rows), "
+              f"{os.cpu_count()} cores shared by the server process AND this load generator")
+        print(f"limits per run: {args.requests} requests or {args.seconds:.0f} s\n")
+        inproc = in_process_cost(reg, mv.version, rows, seconds=3.0)
+        print(f"in-process predict_proba, 1 row: p50 {percentile(inproc.latencies, .5)*1e3:.2f} ms,"
+              f" p99 {percentile(inproc.latencies, .99)*1e3:.2f} ms, "
+              f"{inproc.throughput:.0f} calls/s on one core\n")
+
+        results: list[Run] = []
+        for log in (True, False):
+            port = free_port()
+            proc = start_server(work, log, port)
+            try:
+                for c in args.concurrency:
+                    asyncio.run(load(port, Run(c, False), bodies, args.warmup, 10))
+                    run = Run(c, log)
+                    asyncio.run(load(port, run, bodies, args.requests, args.seconds))
+                    results.append(run)
+            finally:
+                stop_server(proc)
+            if log:
+                for run in results:
+                    if run.log:
+                        run.lost = count_lost(work / "log.db", run.request_ids)
+
+        header = f"{'conc':>4} {'log':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ok':>6} {'errors':>6} {'lost':>5}"
+        print(header)
+        print("-" * len(header))
+        for run in results:
+            print(f"{run.concurrency:>4} {'on' if run.log else 'off':>4} {run.throughput:>8.0f} "
+                  f"{percentile(run.latencies, .5)*1e3:>8.2f} {percentile(run.latencies, .99)*1e3:>8.2f} "
+                  f"{len(run.latencies):>6} {run.errors:>6} "
+                  f"{'-' if run.lost is None else run.lost:>5}")
+        print()
+        for c in args.concurrency:
+            on = next(r for r in results if r.concurrency == c and r.log)
+            off = next(r for r in results if r.concurrency == c and not r.log)
+            cost = (1 - on.throughput / off.throughput) * 100 if off.throughput else float("nan")
+            print(f"c={c}: logging costs {cost:.1f}% throughput "
+                  f"({on.throughput:.0f} vs {off.throughput:.0f} req/s)")
+        c8 = [r for r in results if r.concurrency == 8 and r.log]
+        if c8:
+            p99 = percentile(c8[0].latencies, .99) * 1e3
+            print(f"target p99 <= 15 ms at c=8 (log on): {p99:.2f} ms -> "
+                  f"{'met' if p99 <= 15 else 'MISSED'}")
+        errors = sum(r.errors for r in results)
+        lost = sum(r.lost or 0 for r in results)
+        print(f"errors: {errors}, lost log rows: {lost}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

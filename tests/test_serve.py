@@ -1,0 +1,328 @@
+"""The model server over real HTTP: a real uvicorn on a free loopback port, a real registry,
+a real SQLite prediction log and a small real sklearn model."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from serve_fixtures import (
+    FEATURES,
+    make_candidate,
+    make_project,
+    register,
+    running_server,
+    sample_row,
+    wait_for,
+)
+
+from nbpipeline import predlog
+from nbpipeline.errors import ServeError
+from nbpipeline.project import Project
+from nbpipeline.registry import Registry
+from nbpipeline.serve.settings import settings_from_params
+
+NAMES = [f["name"] for f in FEATURES]
+
+
+@pytest.fixture(scope="module")
+def candidates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("candidates")
+    return {
+        "a": make_candidate(base / "a", c=1.0, seed=0),
+        "b": make_candidate(base / "b", c=0.05, seed=1),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NBPIPELINE_PREDLOG", raising=False)
+    monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return make_project(tmp_path / "proj")
+
+
+@pytest.fixture
+def registry(project: Project) -> Registry:
+    return Registry(project.registry)
+
+
+@pytest.fixture
+def served(project: Project, registry: Registry, candidates: dict[str, Path]) -> Iterator[str]:
+    """A server whose champion is candidate 'a' (v1)."""
+    register(registry, candidates["a"])
+    with running_server(project) as url:
+        yield url
+
+
+def log_rows(project: Project, where: str = "1=1", args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    conn = predlog.connect(predlog.default_log_path(project.root), readonly=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return list(conn.execute(f"SELECT * FROM predictions WHERE {where}", args))
+    finally:
+        conn.close()
+
+
+def post(url: str, body: Any, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{url}/predict", json=body, timeout=10, **kwargs)
+
+
+def serving(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/health", timeout=5).json()
+
+
+# ---------------------------------------------------------------- predict
+def test_single_row_is_answered_and_logged_before_the_response(
+    served: str, project: Project
+) -> None:
+    resp = post(served, sample_row())
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["model_version"] == "v1" and body["role"] == "champion"
+    assert body["fallback"] is False and body["prediction"] in (0, 1)
+    assert 0.0 <= body["probability"] <= 1.0
+    [row] = log_rows(project, "request_id = ?", (body["request_id"],))
+    assert row["model_version"] == "v1" and row["probability"] == body["probability"]
+    assert row["f_carrier"] == "AA" and row["f_hour"] == 17.0 and row["latency_ms"] > 0
+    assert json.loads(row["features"]) == {**sample_row(), "hour": 17.0}
+
+
+def test_batch_accepts_unseen_categories_and_missing_numbers(served: str, project: Project) -> None:
+    rows = [sample_row(), sample_row(carrier="never-seen"), sample_row(temp=None)]
+    resp = post(served, {"rows": rows})
+    assert resp.status_code == 200
+    answers = resp.json()["predictions"]
+    assert len(answers) == 3 and len({a["request_id"] for a in answers}) == 3
+    logged = log_rows(project)
+    assert {r["request_id"] for r in logged} == {a["request_id"] for a in answers}
+    assert {r["f_carrier"] for r in logged} == {"AA", "never-seen"}
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({k: v for k, v in sample_row().items() if k != "temp"}, ["body", "temp"]),
+        (sample_row(extra_field=1), ["body", "extra_field"]),
+        (sample_row(hour="17"), ["body", "hour"]),
+        (sample_row(carrier=7), ["body", "carrier"]),
+        (sample_row(distance=True), ["body", "distance"]),
+        ({"rows": [sample_row(), sample_row(origin=None)]}, ["body", "rows", 1, "origin"]),
+        ({"rows": []}, ["body", "rows"]),
+        ([sample_row()], ["body"]),
+    ],
+)
+def test_bad_rows_get_422_naming_the_field(served: str, body: Any, loc: list[Any]) -> None:
+    resp = post(served, body)
+    assert resp.status_code == 422
+    assert loc in [problem["loc"] for problem in resp.json()["detail"]]
+
+
+def test_not_json_and_oversized_batches_get_422(served: str) -> None:
+    resp = httpx.post(f"{served}/predict", content=b"{not json", timeout=5)
+    assert resp.status_code == 422 and "not valid JSON" in resp.json()["detail"][0]["msg"]
+    resp = post(served, {"rows": [sample_row()] * 1001})
+    assert resp.status_code == 422 and "max_batch_rows" in resp.json()["detail"][0]["msg"]
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | finite | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+wrong_for_number = st.text(max_size=5) | st.booleans() | st.lists(st.integers(), max_size=2)
+wrong_for_category = st.integers() | finite | st.none() | st.booleans()
+
+
+@st.composite
+def broken_rows(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    """A valid row with one field missing, mistyped or added; returns (row, field)."""
+    row = sample_row()
+    name = draw(st.sampled_from(NAMES))
+    how = draw(st.sampled_from(["missing", "mistyped", "extra"]))
+    if how == "missing":
+        del row[name]
+    elif how == "mistyped":
+        kind = next(f["kind"] for f in FEATURES if f["name"] == name)
+        row[name] = draw(wrong_for_number if kind == "number" else wrong_for_category)
+    else:
+        name = draw(st.text(min_size=1, max_size=10).filter(lambda n: n not in NAMES))
+        row[name] = draw(json_values)
+    return row, name
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, candidates: dict[str, Path]) -> Iterator[str]:
+    project = make_project(tmp_path_factory.mktemp("fuzz") / "proj")
+    register(Registry(project.registry), candidates["a"])
+    with running_server(project) as url:
+        yield url
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=json_values)
+def test_fuzzed_bodies_never_get_a_5xx(fuzz_server: str, body: Any) -> None:
+    resp = post(fuzz_server, body)
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.json()["detail"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.binary(max_size=64) | st.sampled_from([
+    b'{"carrier": "AA", "origin": "JFK", "distance": NaN, "hour": 1, "temp": 2}',
+    b'{"carrier": "AA", "origin": "JFK", "distance": Infinity, "hour": 1, "temp": 2}',
+    b"[" * 100000, b'{"rows": ' + b"[" * 5000 + b"]" * 5000 + b"}", b"",
+]))
+def test_fuzzed_bytes_never_get_a_5xx(fuzz_server: str, raw: bytes) -> None:
+    resp = httpx.post(f"{fuzz_server}/predict", content=raw, timeout=10)
+    assert 400 <= resp.status_code < 500, resp.text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=broken_rows(), batch=st.booleans())
+def test_fuzzed_rows_get_422_naming_the_broken_field(
+    fuzz_server: str, case: tuple[dict[str, Any], str], batch: bool
+) -> None:
+    row, name = case
+    resp = post(fuzz_server, {"rows": [sample_row(), row]} if batch else row)
+    assert resp.status_code == 422, resp.text
+    where = ["body", "rows", 1, name] if batch else ["body", name]
+    assert where in [problem["loc"] for problem in resp.json()["detail"]]
+
+
+# ---------------------------------------------------------------- canary
+def test_canary_gets_its_fraction_and_a_key_always_lands_on_one_side(
+    served: str, registry: Registry, candidates: dict[str, Path]
+) -> None:
+    v2 = register(registry, candidates["b"], champion=False)
+    registry.promote(v2, canary_fraction=0.3, reason="try", actor="test")
+    wait_for(lambda: serving(served)["canary"] == v2)
+    roles = []
+    for _ in range(5):
+        answers = post(served, {"rows": [sample_row()] * 200}).json()["predictions"]
+        roles += [(a["role"], a["model_version"]) for a in answers]
+    share = sum(role == "canary" for role, _ in roles) / len(roles)
+    assert 0.24 <= share <= 0.36, share
+    assert {v for r, v in roles if r == "canary"} == {v2}
+    for key in ("customer-1", "customer-2", "customer-3"):
+        seen = {post(served, sample_row(), headers={"X-Routing-Key": key}).json()["role"]
+                for _ in range(5)}
+        assert len(seen) == 1
+
+
+# ---------------------------------------------------------------- feedback
+def test_feedback_is_recorded_for_known_ids_and_404_for_unknown(
+    served: str, project: Project
+) -> None:
+    request_id = post(served, sample_row()).json()["request_id"]
+    resp = httpx.post(f"{served}/feedback", json={"request_id": request_id, "outcome": 1})
+    assert resp.status_code == 200 and resp.json()["recorded"] is True
+    conn = predlog.connect(predlog.default_log_path(project.root), readonly=True)
+    assert conn.execute("SELECT outcome FROM feedback WHERE request_id = ?",
+                        (request_id,)).fetchone() == (1,)
+    conn.close()
+    resp = httpx.post(f"{served}/feedback", json={"request_id": "no-such-id", "outcome": 0})
+    assert resp.status_code == 404 and "no-such-id" in resp.json()["detail"]
+    resp = httpx.post(f"{served}/feedback", json={"request_id": request_id, "outcome": 3})
+    assert resp.status_code == 422 and resp.json()["detail"][0]["loc"] == ["body", "outcome"]
+
+
+# ---------------------------------------------------------------- metrics, health
+def test_metrics_count_requests_errors_latency_per_version_and_process(served: str) -> None:
+    for _ in range(3):
+        post(served, sample_row())
+    post(served, {"bad": 1})
+    text = httpx.get(f"{served}/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+    assert samples[("nbp_http_requests_total", (("endpoint", "/predict"), ("status", "200")))] == 3
+    assert samples[("nbp_http_requests_total", (("endpoint", "/predict"), ("status", "422")))] == 1
+    assert samples[("nbp_errors_total", (("kind", "validation"),))] == 1
+    assert samples[("nbp_predict_latency_seconds_count",
+                    (("model_version", "v1"), ("role", "champion")))] == 3
+    assert samples[("nbp_log_rows_total", ())] == 3
+    assert samples[("nbp_model_serving", (("model_version", "v1"), ("role", "champion")))] == 1
+    assert samples[("process_resident_memory_bytes", ())] > 10e6
+    assert ("process_cpu_seconds_total", ()) in samples
+
+
+def test_not_ready_without_a_champion_then_serves_once_promoted(
+    project: Project, registry: Registry, candidates: dict[str, Path]
+) -> None:
+    with running_server(project) as url:
+        assert httpx.get(f"{url}/ready").status_code == 503
+        resp = post(url, sample_row())
+        assert resp.status_code == 503 and "nbp promote" in resp.json()["detail"]
+        register(registry, candidates["a"])
+        wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200)
+        assert post(url, sample_row()).json()["model_version"] == "v1"
+
+
+# ---------------------------------------------------------------- hot reload
+def test_promote_rollback_and_off_switch_apply_without_restart(
+    served: str, project: Project, registry: Registry, candidates: dict[str, Path]
+) -> None:
+    register(registry, candidates["b"])
+    wait_for(lambda: post(served, sample_row()).json()["model_version"] == "v2")
+    registry.rollback(reason="worse", actor="test")
+    wait_for(lambda: post(served, sample_row()).json()["model_version"] == "v1")
+
+    registry.switch_off(reason="incident", actor="test")
+    answer = wait_for(lambda: (a := post(served, sample_row()).json())["fallback"] and a)
+    assert answer["role"] == "fallback" and answer["prediction"] == 0
+    assert answer["model_version"] is None
+    assert httpx.get(f"{served}/ready").status_code == 200
+    assert serving(served)["off_reason"] == "incident"
+    [row] = log_rows(project, "request_id = ?", (answer["request_id"],))
+    assert row["fallback"] == 1 and row["role"] == "fallback" and row["f_carrier"] == "AA"
+    bad = post(served, sample_row(hour="x"))
+    assert bad.status_code == 422  # still validated while switched off
+
+    registry.promote("v2", canary_fraction=None, reason="fixed", actor="test")
+    wait_for(lambda: post(served, sample_row()).json()["model_version"] == "v2")
+
+
+def test_damaged_model_file_is_kept_out_and_the_last_good_one_serves(
+    served: str, registry: Registry, candidates: dict[str, Path]
+) -> None:
+    mv = registry.register(candidates["b"], None, force_reason=None, actor="test")
+    stored = registry.object_path(mv.sha256)
+    good = stored.read_bytes()
+    stored.write_bytes(good[: len(good) // 2])
+    registry.promote(mv.version, canary_fraction=None, reason="try", actor="test")
+    health = wait_for(lambda: (h := serving(served))["errors"] and h)
+    assert health["status"] == "degraded" and health["champion"] == "v1"
+    assert "v2" in health["errors"][0] and "damaged" in health["errors"][0]
+    for _ in range(5):
+        assert post(served, sample_row()).json()["model_version"] == "v1"
+
+    stored.write_bytes(good)  # repaired: picked up by the periodic retry
+    wait_for(lambda: serving(served)["champion"] == "v2")
+    assert serving(served)["status"] == "ok"
+
+
+# ---------------------------------------------------------------- settings
+def test_serve_settings_are_checked(tmp_path: Path) -> None:
+    s = settings_from_params({"serve": {"fallback_prediction": 1},
+                              "evaluate": {"decision_threshold": 0.35}}, tmp_path)
+    assert s.fallback_prediction == 1 and s.decision_threshold == 0.35
+    with pytest.raises(ServeError, match="serve.fallback_predicton"):
+        settings_from_params({"serve": {"fallback_predicton": 1}}, tmp_path)
+    with pytest.raises(ServeError, match="serve.log"):
+        settings_from_params({"serve": {"log": "yes"}}, tmp_path)
+    with pytest.raises(ServeError, match="serve.fallback_prediction"):
+        settings_from_params({"serve": {"fallback_prediction": 2}}, tmp_path)
