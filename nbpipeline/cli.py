@@ -91,6 +91,38 @@ def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     serve.set_defaults(handler=_cmd_serve)
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from nbpipeline.monitor.command import monitor_command
+
+    return monitor_command(find_project(), log_output=args.log_output)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from nbpipeline.monitor.command import replay_command
+
+    return replay_command(
+        find_project(), args.months, rows=args.rows, rate=args.rate, url=args.url,
+        seed=args.seed, feedback=not args.no_feedback,
+    )
+
+
+def _add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    monitor = sub.add_parser("monitor", help="run notebooks/monitor.ipynb: drift, quality, ROI, "
+                             "alarms and actions (exit 3 on alarms)")
+    monitor.add_argument("--log-output", action="store_true", help="stream cell output to stderr")
+    monitor.set_defaults(handler=_cmd_monitor)
+    replay = sub.add_parser("replay", help="send real 2013 flights of given months through the "
+                            "running server, then their real outcomes as feedback")
+    replay.add_argument("--months", type=int, nargs="+", required=True, metavar="M",
+                        help="months of 2013 (1-12), e.g. --months 11 12")
+    replay.add_argument("--rows", type=int, default=2000, help="rows to send (default 2000)")
+    replay.add_argument("--rate", type=float, default=200.0, help="max requests/s (default 200)")
+    replay.add_argument("--url", default="http://127.0.0.1:8000", help="server address")
+    replay.add_argument("--seed", type=int, default=0, help="seed of the row sample")
+    replay.add_argument("--no-feedback", action="store_true", help="do not send outcomes")
+    replay.set_defaults(handler=_cmd_replay)
+
+
 def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     promote = sub.add_parser("promote", help="register models/candidate if its gate passed; "
                              "make it champion (or canary)")
@@ -125,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
     _add_release_commands(sub)
     _add_serve_command(sub)
+    _add_monitor_commands(sub)
     return parser
 
 

@@ -7,7 +7,21 @@ alarms (limits, alarm log, webhook), actions (rollback, off switch, retrain trig
 core (one run), replay (real rows through a running server), command (``nbp monitor``).
 """
 
-from nbpipeline.monitor.config import MonitorConfig
-from nbpipeline.monitor.core import MonitorResult, run_monitor
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["MonitorConfig", "MonitorResult", "run_monitor"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `nbp` imports nbpipeline.monitor.command without pulling in pandas/scipy
+    if name == "MonitorConfig":
+        from nbpipeline.monitor.config import MonitorConfig
+
+        return MonitorConfig
+    if name in ("MonitorResult", "run_monitor"):
+        from nbpipeline.monitor import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'nbpipeline.monitor' has no attribute {name!r}")

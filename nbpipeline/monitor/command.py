@@ -1,0 +1,131 @@
+"""What ``nbp monitor`` and ``nbp replay`` do (the CLI only parses flags and calls these).
+
+``nbp monitor`` executes notebooks/monitor.ipynb through the runner (its executed notebook,
+reports/monitor.html, is the monitoring report), then reads the run's summary
+(``alarms/last_run.json``), prints every alarm and action, runs ``dvc repro`` when a
+retrain was requested with ``retrain_action: dvc``, and returns exit code
+:data:`ALARM_EXIT` when there are alarms (0 when quiet or when there is no traffic yet).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nbpipeline.errors import MonitorError
+from nbpipeline.params import load_params
+from nbpipeline.project import Project
+
+ALARM_EXIT = 3
+STAGE = "monitor"
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _settings(project: Project) -> dict[str, Any]:
+    from nbpipeline.monitor.config import MonitorConfig
+
+    section = load_params(project.params_yaml).get(STAGE) or {}
+    return MonitorConfig.from_params(dict(section)).as_dict()
+
+
+def summary_path(project: Project) -> Path:
+    """Where the monitor notebook leaves the summary of its run."""
+    from nbpipeline.monitor.core import SUMMARY_NAME
+
+    return (project.root / _settings(project)["alarm_log"]).parent / SUMMARY_NAME
+
+
+def monitor_command(
+    project: Project, *, log_output: bool = False, echo: Callable[[str], None] = print
+) -> int:
+    """Run the monitor stage, print its findings, maybe retrain; return the exit code."""
+    from nbpipeline.run import run_stage
+
+    started = time.time()
+    settings = _settings(project)
+    result = run_stage(project, STAGE, log_output=log_output)
+    path = summary_path(project)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MonitorError(
+            f"{project.rel(path)}: no readable summary after running the monitor notebook "
+            f"({exc}); the notebook must call nbpipeline.monitor.run_monitor (see "
+            "notebooks/monitor.ipynb in the nbpipeline repository)"
+        ) from exc
+    if path.stat().st_mtime < started - 1:
+        raise MonitorError(
+            f"{project.rel(path)} was not written by this run; the monitor notebook must call "
+            "nbpipeline.monitor.run_monitor"
+        )
+    echo(f"nbp: monitor: {summary['status']} ({summary['predictions']:,} predictions in "
+         f"{summary['windows']} windows; report {project.rel(result.html)})")
+    if summary["status"] == "no traffic yet":
+        echo("nbp: monitor: no traffic yet - start `nbp serve` and send requests, "
+             "or replay real months with `nbp replay --months 12`")
+    for alarm in summary["alarms"]:
+        where = f" [{alarm['version']} {alarm['role']}]" if alarm.get("version") else ""
+        new = "" if alarm["id"] in summary["new_alarms"] else " (already logged)"
+        echo(f"ALARM {alarm['kind']}{where}: {alarm['message']}{new}")
+    for action in summary["actions"]:
+        echo(f"ACTION {action['kind']}: {action['reason']}"
+             + (f" ({action['detail']})" if action.get("detail") else ""))
+    if summary.get("webhook_error"):
+        echo(f"WARNING {summary['webhook_error']}")
+    retrain = any(a["kind"] == "retrain_requested" for a in summary["actions"])
+    if retrain and settings["retrain_action"] == "dvc":
+        echo("nbp: monitor: retraining: dvc repro")
+        proc = subprocess.run(["dvc", "repro"], cwd=project.root, check=False)
+        if proc.returncode != 0:
+            raise MonitorError(
+                f"retraining (`dvc repro` in {project.root}) failed with exit code "
+                f"{proc.returncode}; see its output above; the request stays in "
+                f"{settings['retrain_marker']}"
+            )
+    return ALARM_EXIT if summary["alarms"] else 0
+
+
+def served_features(url: str, timeout: float = 10.0) -> list[str]:
+    """Feature names the running server's champion expects (GET /schema)."""
+    import httpx
+
+    try:
+        body = httpx.get(f"{url.rstrip('/')}/schema", timeout=timeout).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise MonitorError(
+            f"cannot read {url}/schema ({exc}); start the server with `nbp serve` "
+            "or pass its address with --url"
+        ) from exc
+    for role in ("champion", "canary"):
+        props = (body.get(role) or {}).get("row", {}).get("properties")
+        if props:
+            return list(props)
+    raise MonitorError(
+        f"{url}/schema lists no serving model; promote one with `nbp promote` first"
+    )
+
+
+def replay_command(
+    project: Project, months: Sequence[int], *, rows: int, rate: float, url: str,
+    seed: int = 0, feedback: bool = True, echo: Callable[[str], None] = print,
+) -> int:
+    """Replay ``rows`` real flights of ``months`` through the server at ``url``."""
+    from nbpipeline.monitor.replay import month_rows, replay
+
+    features = served_features(url)
+    params = load_params(project.params_yaml)
+    threshold = float((params.get("data") or {}).get("delay_threshold_min", 15))
+    frame = month_rows(months, rows=rows, seed=seed, delay_threshold_min=threshold)
+    echo(f"nbp: replay: {len(frame):,} flights of 2013 month(s) "
+         f"{', '.join(map(str, months))} to {url} at <= {rate:g}/s "
+         f"(delayed rate {frame['delayed'].mean():.1%})")
+    result = replay(url, frame, features, rate=rate, send_feedback=feedback,
+                    progress=lambda n: echo(f"  {n:,} sent"))
+    echo(f"nbp: replay: {result.summary()}")
+    if result.first_error:
+        echo(f"nbp: replay: first error: {result.first_error}")
+    return 0 if result.errors == 0 else 1
