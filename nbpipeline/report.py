@@ -228,9 +228,41 @@ def _importance_section(project: Project) -> str:
     bars = [[f"<code>{escape(f)}</code>", f"{v:.4f}",
              f'<div class="bar" style="width:{max(0.0, v) / top * 100:.0f}%"></div>']
             for f, v in values[:15]]
+    headers = ["feature", "importance", '<span style="display:inline-block;width:180px"></span>']
     return ('<div class="card"><h2>What the candidate relies on</h2><p class="muted">permutation '
             "importance on golden (drop in the gate metric when a feature is shuffled)</p>"
-            + _table(["feature", "importance", ""], bars, {1}) + "</div>")
+            + _table(headers, bars, {1}) + "</div>")
+
+
+def _slices_section(project: Project, gate: dict[str, Any]) -> str:
+    """Per-slice gate metric of candidate and champion (plots/evaluate/slices.csv)."""
+    path = project.plots / "evaluate" / "slices.csv"
+    metric = str(gate.get("metric") or "roc_auc")
+    if not path.is_file():
+        return ""
+    import csv
+
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    min_rows = float((gate.get("criteria") or {}).get("gate_min_slice_rows", 0))
+
+    def num(text: str | None) -> float | None:
+        try:
+            return float(text) if text not in (None, "") else None
+        except ValueError:
+            return None
+
+    out = []
+    for row in sorted(rows, key=lambda r: (r.get("slice", ""), -(num(r.get("rows")) or 0))):
+        n, cand, champ = num(row.get("rows")), num(row.get(metric)), num(row.get(f"champion_{metric}"))
+        judged = n is not None and n >= min_rows
+        out.append([escape(row.get("slice", "")), f"<code>{escape(row.get('value', ''))}</code>",
+                    _fmt(int(n)) if n is not None else "–", _fmt(cand), _fmt(champ),
+                    _delta(metric, cand, champ) if judged else '<span class="muted">too small</span>'])
+    table = _table(["slice", "value", "rows", "candidate", "champion", "difference"], out[:40],
+                   {2, 3, 4})
+    return (f'<div class="card"><h2>Slices (golden, {escape(metric)})</h2><p class="muted">'
+            f"slices under {int(min_rows):,} rows are not judged by the gate</p>{table}</div>")
 
 
 def _stage_card(project: Project, name: str, params: dict[str, Any],
@@ -302,8 +334,8 @@ def build_index(project: Project, *, compare_previous: bool = True) -> Path:
     cards = "".join(_stage_card(project, name, params, metrics_diff, params_diff)
                     for name, params in stages.items())
     body = (
-        f'<div class="grid"><div>{_gate_section(gate)}</div><div>{_production_section(reg)}'
-        f"{_importance_section(project)}</div></div>"
+        f'{_gate_section(gate)}<div class="grid"><div>{_production_section(reg)}'
+        f"{_slices_section(project, gate)}</div><div>{_importance_section(project)}</div></div>"
         f"{_champion_section(project, gate, reg)}"
         f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}'
         f"{cards}"
