@@ -1,0 +1,68 @@
+"""`nbp serve` as a real process, killed with SIGKILL under load: no answered prediction
+is missing from the log and the database is intact."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from serve_fixtures import (
+    free_port,
+    hammer,
+    make_candidate,
+    make_project,
+    register,
+    start_server_process,
+    wait_ready,
+)
+
+from nbpipeline import predlog
+from nbpipeline.registry import Registry
+
+
+def test_kill_9_under_load_loses_no_answered_prediction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NBPIPELINE_PREDLOG", raising=False)
+    monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
+    project = make_project(tmp_path / "proj")
+    register(Registry(project.registry), make_candidate(tmp_path / "cand"))
+    port = free_port()
+    proc = start_server_process(project, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc=proc)
+        ids: list[str] = []
+        errors: list[int] = []
+        load = threading.Thread(
+            target=lambda: errors.append(asyncio.run(hammer(url, 20000, 8, ids, timeout=5)))
+        )
+        load.start()
+        deadline = time.monotonic() + 30
+        while len(ids) < 300 and time.monotonic() < deadline:  # well into the load
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        load.join(30)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not load.is_alive()
+    assert proc.returncode == -signal.SIGKILL
+    answered = set(ids)
+    assert len(answered) >= 300 and errors and errors[0] >= 1  # cut off mid-load
+
+    conn = sqlite3.connect(predlog.default_log_path(project.root))
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    logged = {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
+    conn.close()
+    assert answered <= logged, f"{len(answered - logged)} answered predictions missing from the log"
+    # Rows committed but whose response was lost with the process are allowed (logged >= answered).
+    assert len(logged) - len(answered) <= 64
