@@ -28,6 +28,7 @@ def project_env() -> dict[str, str]:
     """Environment for dvc/nbp subprocesses: this venv first on PATH, no debug leaks."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
     for key in ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING", "NBP_DEBUG"):
         env.pop(key, None)
     env.setdefault("GIT_AUTHOR_NAME", "nbp-test")
@@ -63,6 +64,8 @@ def init_repo(root: Path) -> None:
     """git init + dvc init + first commit, as a user's fresh clone would be."""
     sh("git", "init", "-q", "-b", "main", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
+    sh("dvc", "config", "core.analytics", "false", cwd=root)
+    sh("dvc", "config", "core.check_update", "false", cwd=root)
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "init", cwd=root)
 
@@ -75,8 +78,30 @@ def make_example_project(root: Path, overrides: dict | None = None) -> Path:
         shutil.copy(REPO / name, root / name)
     (root / ".gitignore").write_text("*.tmp\n")
     merge_params(root / "params.yaml", overrides if overrides is not None else SMALL_PARAMS)
+    sync_defaults(root)
     init_repo(root)
     return root
+
+
+def sync_defaults(root: Path) -> None:
+    """Rewrite each stage notebook's parameters cell to the project's params.yaml values,
+    so running a notebook by hand gives what `dvc repro` gives."""
+    from nbpipeline.notebook import (
+        notebook_parameters,
+        parameters_cell_index,
+        read_notebook,
+        write_notebook,
+    )
+    from nbpipeline.params import load_params, stage_values
+
+    params = load_params(root / "params.yaml")
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        nb = read_notebook(path)
+        values = stage_values(params, path.stem, notebook_parameters(nb))
+        nb.cells[parameters_cell_index(nb)].source = "\n".join(
+            f"{k} = {v!r}" for k, v in values.items()
+        )
+        write_notebook(nb, path)
 
 
 def add_stage(root: Path, stage: str, notebook: str, params: dict | None = None) -> None:

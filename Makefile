@@ -1,0 +1,24 @@
+# Two entry points (see README): `make pipeline` and `make test`. Both set up .venv first.
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup pipeline test bench check
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+pipeline: setup  ## run the example pipeline end to end with DVC
+	dvc repro
+
+test: setup  ## the whole test suite (what CI runs)
+	python -m pytest
+
+bench: setup  ## notebooks-vs-scripts benchmark
+	python bench/pipeline.py
