@@ -94,7 +94,7 @@ def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from nbpipeline.monitor.command import monitor_command
 
-    return monitor_command(find_project(), log_output=args.log_output)
+    return monitor_command(find_project(), log_output=args.log_output, exit_zero=args.exit_zero)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -110,6 +110,8 @@ def _add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     monitor = sub.add_parser("monitor", help="run notebooks/monitor.ipynb: drift, quality, ROI, "
                              "alarms and actions (exit 3 on alarms)")
     monitor.add_argument("--log-output", action="store_true", help="stream cell output to stderr")
+    monitor.add_argument("--exit-zero", action="store_true",
+                         help="exit 0 even with alarms (the dvc.yaml stage uses this)")
     monitor.set_defaults(handler=_cmd_monitor)
     replay = sub.add_parser("replay", help="send real 2013 flights of given months through the "
                             "running server, then their real outcomes as feedback")

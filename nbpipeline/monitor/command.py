@@ -40,9 +40,15 @@ def summary_path(project: Project) -> Path:
 
 
 def monitor_command(
-    project: Project, *, log_output: bool = False, echo: Callable[[str], None] = print
+    project: Project, *, log_output: bool = False, exit_zero: bool = False,
+    echo: Callable[[str], None] = print,
 ) -> int:
-    """Run the monitor stage, print its findings, maybe retrain; return the exit code."""
+    """Run the monitor stage, print its findings, maybe retrain; return the exit code.
+
+    ``exit_zero`` is the pipeline mode (the dvc.yaml ``monitor`` stage): alarms are printed
+    but the exit code is 0, and ``retrain_action: dvc`` only leaves the marker (DVC holds
+    its lock while the stage runs).
+    """
     from nbpipeline.run import run_stage
 
     started = time.time()
@@ -77,7 +83,10 @@ def monitor_command(
     if summary.get("webhook_error"):
         echo(f"WARNING {summary['webhook_error']}")
     retrain = any(a["kind"] == "retrain_requested" for a in summary["actions"])
-    if retrain and settings["retrain_action"] == "dvc":
+    if retrain and settings["retrain_action"] == "dvc" and exit_zero:
+        echo("nbp: monitor: retraining requested; inside `dvc repro` only the marker "
+             f"{settings['retrain_marker']} is written - run `dvc repro` afterwards")
+    elif retrain and settings["retrain_action"] == "dvc":
         echo("nbp: monitor: retraining: dvc repro")
         proc = subprocess.run(["dvc", "repro"], cwd=project.root, check=False)
         if proc.returncode != 0:
@@ -86,7 +95,7 @@ def monitor_command(
                 f"{proc.returncode}; see its output above; the request stays in "
                 f"{settings['retrain_marker']}"
             )
-    return ALARM_EXIT if summary["alarms"] else 0
+    return ALARM_EXIT if summary["alarms"] and not exit_zero else 0
 
 
 def served_features(url: str, timeout: float = 10.0) -> list[str]:

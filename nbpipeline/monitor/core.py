@@ -117,9 +117,13 @@ def since_window(analysis: Analysis, reg: Registry | None) -> int | None:
 
 def run_monitor(
     cfg: MonitorConfig, root: Path | str, *, registry: Registry | None = None,
-    act_on_alarms: bool = True, write_summary: bool = True,
+    act_on_alarms: bool = True, write_summary: bool = True, log_alarms: bool = True,
 ) -> MonitorResult:
-    """Analyse the log, raise alarms (log, webhook), act on them, write the summary."""
+    """Analyse the log, raise alarms (log, webhook), act on them, write the summary.
+
+    With ``log_alarms``, ``act_on_alarms`` and ``write_summary`` all False it only reads
+    (what the monitoring widget does).
+    """
     root = Path(root)
     reg = registry
     if reg is None and (root / cfg.registry_dir).is_dir():
@@ -139,8 +143,9 @@ def run_monitor(
             + al.quality_alarms(analysis, cfg, since)
             + al.roi_alarms(roi_since, cfg)
         )
-        result.new_alarms = al.AlarmLog(root / cfg.alarm_log).append(result.alarms)
-        if cfg.webhook_url and result.new_alarms:
+        if log_alarms:
+            result.new_alarms = al.AlarmLog(root / cfg.alarm_log).append(result.alarms)
+        if log_alarms and cfg.webhook_url and result.new_alarms:
             result.webhook_error = al.post_webhook(cfg.webhook_url, result.new_alarms)
         if act_on_alarms:
             if reg is not None and cfg.auto_rollback:
