@@ -21,7 +21,8 @@ Handler = Callable[[argparse.Namespace], int]
 def _cmd_run(args: argparse.Namespace) -> int:
     from nbpipeline.run import run_stage
 
-    result = run_stage(find_project(), args.stage, log_output=args.log_output)
+    lenient = True if args.lenient or os.environ.get("NBP_LENIENT") == "1" else args.strict
+    result = run_stage(find_project(), args.stage, log_output=args.log_output, lenient=lenient)
     project = find_project()
     print(
         f"nbp: stage '{result.stage}' done in {result.seconds:.1f}s: "
@@ -146,6 +147,60 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     report.set_defaults(handler=_cmd_report)
 
 
+def _cmd_stage_add(args: argparse.Namespace) -> int:
+    from nbpipeline.authoring import add_stage
+
+    result = add_stage(find_project(), args.notebook, deps=args.deps, outs=args.outs,
+                       metrics=args.metrics, plots=args.plots)
+    for change in result.changes:
+        print(f"nbp: {change}")
+    if not result.changes:
+        print(f"nbp: stage '{result.stage}' is already up to date")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from nbpipeline.check import check_project
+
+    problems = check_project(find_project())
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"nbp: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("nbp: dvc.yaml, params.yaml and the notebooks agree")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from nbpipeline.check import sync_notebooks
+
+    changed = sync_notebooks(find_project())
+    for line in changed:
+        print(f"nbp: {line}")
+    if not changed:
+        print("nbp: every parameters cell already matches params.yaml")
+    return 0
+
+
+def _add_authoring_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    stage = sub.add_parser("stage", help="manage notebook stages in dvc.yaml")
+    stage_sub = stage.add_subparsers(dest="stage_command", required=True, metavar="ACTION")
+    add = stage_sub.add_parser("add", help="make notebooks/<name>.ipynb a pipeline stage "
+                               "(parameters cell, params.yaml section, dvc.yaml stage)")
+    add.add_argument("notebook", help="notebooks/<name>.ipynb")
+    for flag, what in (("deps", "input file or directory"), ("outs", "output file or directory"),
+                       ("metrics", "metrics file"), ("plots", "plots file")):
+        add.add_argument(f"--{flag}", nargs="+", default=[], metavar="PATH", action="extend",
+                         help=f"{what} of the stage (repeatable)")
+    add.set_defaults(handler=_cmd_stage_add)
+    check = sub.add_parser("check", help="verify that dvc.yaml, params.yaml and the notebooks "
+                           "agree (exit 1 on problems)")
+    check.set_defaults(handler=_cmd_check)
+    sync = sub.add_parser("sync", help="rewrite the parameters cells' defaults from params.yaml")
+    sync.set_defaults(handler=_cmd_sync)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -156,7 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute notebooks/<stage>.ipynb with its params (DVC cmd)")
     run.add_argument("stage", help="stage name (= notebook file name without .ipynb)")
     run.add_argument("--log-output", action="store_true", help="stream cell output to stderr")
+    trace = run.add_mutually_exclusive_group()
+    trace.add_argument("--lenient", action="store_true",
+                       help="only warn when the stage reads or writes files dvc.yaml does not "
+                       "declare (also NBP_LENIENT=1); default: fail under DVC, warn by hand")
+    trace.add_argument("--strict", action="store_const", const=False, default=None,
+                       help="fail on undeclared reads/writes even when not run by DVC")
     run.set_defaults(handler=_cmd_run)
+    _add_authoring_commands(sub)
     _add_release_commands(sub)
     _add_serve_command(sub)
     _add_monitor_commands(sub)

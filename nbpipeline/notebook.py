@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-import nbformat
-from nbformat import NotebookNode
+# jsonschema imports rfc3987_syntax (~1-4 s: it builds a grammar) only for the "iri"
+# format, which nbformat's schema never uses; skip it (see run._quiet_imports).
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+import nbformat  # noqa: E402
+from nbformat import NotebookNode  # noqa: E402
 
 from nbpipeline.errors import NotebookError
 from nbpipeline.project import write_text_atomic
@@ -26,8 +32,13 @@ _VOLATILE_CELL_META = ("execution", "papermill", "ExecuteTime", "collapsed", "sc
 _VOLATILE_NB_PAPERMILL = ("start_time", "end_time", "duration", "input_path", "output_path")
 
 
-def read_notebook(path: Path) -> NotebookNode:
-    """Read ``path`` as an nbformat v4 notebook, with errors that name the file and the fix."""
+def read_notebook(path: Path, *, upgrade: bool = False) -> NotebookNode:
+    """Read ``path`` as an nbformat v4 notebook, with errors that name the file and the fix.
+
+    Older formats (v2, v3) are refused unless ``upgrade`` (they are then converted to v4
+    in memory); a notebook that breaks the nbformat schema is refused with the JSON path
+    of the first problem.
+    """
     if not path.is_file():
         raise NotebookError(f"{path}: notebook not found; create it or fix the stage name")
     try:
@@ -40,15 +51,27 @@ def read_notebook(path: Path) -> NotebookNode:
     if not isinstance(raw, dict) or "nbformat" not in raw:
         raise NotebookError(f"{path}: not a notebook (no 'nbformat' field)")
     major = raw.get("nbformat")
-    if not isinstance(major, int) or major < 4:
+    if not isinstance(major, int) or major < 4 and not (upgrade and major in (2, 3)):
         raise NotebookError(
             f"{path}: nbformat v{major} is too old to run; upgrade it with "
             f"`jupyter nbconvert --to notebook --inplace {path}` (writes v4)"
         )
     try:
-        nb = nbformat.reads(json.dumps(raw), as_version=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing cell ids etc.: repaired on write
+            nb = nbformat.reads(json.dumps(raw), as_version=4)
     except Exception as exc:  # nbformat raises several unrelated types
         raise NotebookError(f"{path}: unreadable notebook ({exc})") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "top level"
+        raise NotebookError(
+            f"{path}: invalid notebook at {where}: {exc.message}; fix that field or "
+            "re-save the notebook from JupyterLab"
+        ) from exc
     return nb
 
 
@@ -119,13 +142,96 @@ def notebook_parameters(nb: NotebookNode, path: Path | str = "notebook") -> dict
 def kernel_name(nb: NotebookNode, path: Path | str = "notebook") -> str:
     """The kernelspec name the notebook asks for."""
     spec = nb.metadata.get("kernelspec") or {}
-    name = spec.get("name")
+    name = spec.get("name") if isinstance(spec, dict) else None
     if not name:
         raise NotebookError(
             f"{path}: no kernelspec in the notebook metadata; open it in JupyterLab and "
             "choose a kernel (e.g. Python 3), then save"
         )
     return str(name)
+
+
+def kernel_language(nb: NotebookNode) -> str | None:
+    """The notebook's language in lower case (kernelspec, then language_info), if recorded."""
+    for key in ("kernelspec", "language_info"):
+        meta = nb.metadata.get(key)
+        if isinstance(meta, dict):
+            language = meta.get("language") if key == "kernelspec" else meta.get("name")
+            if language:
+                return str(language).lower()
+    return None
+
+
+def literal_source(value: Any) -> str:
+    """Python source for a parameter value (strings in double quotes, as people write them)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(literal_source(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{literal_source(k)}: {literal_source(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    return repr(value)
+
+
+def rewrite_parameters(source: str, values: dict[str, Any]) -> str:
+    """``source`` of a parameters cell with the literals of ``values`` put in.
+
+    Only the value expressions whose literal differs are replaced; names, type annotations,
+    comments and layout stay as they were. Names not in ``values`` are kept unchanged.
+    """
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line.encode("utf-8")))
+    raw = source.encode("utf-8")
+    edits: list[tuple[int, int, str]] = []
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        value = getattr(node, "value", None)
+        if not isinstance(target, ast.Name) or value is None or target.id not in values:
+            continue
+        try:
+            same = ast.literal_eval(value) == values[target.id]
+            same = same and type(ast.literal_eval(value)) is type(values[target.id])
+        except (ValueError, SyntaxError):
+            same = False
+        if not same:
+            start = offsets[value.lineno - 1] + value.col_offset
+            end = offsets[value.end_lineno - 1] + value.end_col_offset  # type: ignore[operator]
+            edits.append((start, end, literal_source(values[target.id])))
+    for start, end, text in reversed(edits):
+        raw = raw[:start] + text.encode("utf-8") + raw[end:]
+    return raw.decode("utf-8")
+
+
+RAISES_TAG = "raises-exception"
+ERROR_BANNER_TAG = "papermill-error-cell-tag"
+
+
+def without_error_banners(nb: NotebookNode) -> NotebookNode:
+    """``nb`` without the markdown banners papermill inserts around a failing cell."""
+    nb.cells = [c for c in nb.cells if ERROR_BANNER_TAG not in c.get("metadata", {}).get("tags", [])]
+    return nb
+
+
+def first_unexpected_error(nb: NotebookNode) -> tuple[int, Any] | None:
+    """(cell index, error output) of the first error not in a cell tagged ``raises-exception``.
+
+    A cell that papermill marked as failed without an error output counts too; ``sys.exit()``
+    and ``sys.exit(0)`` do not (as in papermill).
+    """
+    for index, cell in enumerate(nb.cells):
+        if RAISES_TAG in cell.get("metadata", {}).get("tags", []):
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error" and not (
+                    output.get("ename") == "SystemExit" and output.get("evalue") in ("", "0")):
+                return index, output
+        if cell.get("metadata", {}).get("papermill", {}).get("exception") is True:
+            return index, {"ename": "CellExecutionError", "evalue": "", "traceback": []}
+    return None
 
 
 def stable_cell_ids(nb: NotebookNode) -> NotebookNode:

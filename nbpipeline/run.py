@@ -12,6 +12,12 @@ calls. Order of work:
    ``reports/<stage>.html``, each atomically;
    on failure keep the partially executed notebook as ``reports/<stage>.failed.ipynb``
    (+ ``.html``) and raise StageFailedError naming notebook, cell and exception.
+   Errors in cells tagged ``raises-exception`` are expected and do not fail the stage;
+4. when dvc.yaml defines the stage, the files the kernel read and wrote were traced
+   (nbpipeline.trace): reading a project file that is not a dep, or writing one that is not
+   an out, fails the stage when DVC runs it (``$DVC_STAGE`` set: dvc.lock would record a
+   lie) and is a warning on stderr when `nbp run` is typed by hand; ``lenient`` True/False
+   forces the warning/the failure.
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ from typing import Any
 
 from nbpipeline.errors import NotebookError, StageError, StageFailedError
 from nbpipeline.notebook import (
+    first_unexpected_error,
+    kernel_language,
     kernel_name,
     notebook_parameters,
     parameters_cell_index,
     read_notebook,
     stable_cell_ids,
     strip_volatile,
+    without_error_banners,
     write_notebook,
 )
 from nbpipeline.params import load_params, stage_values
@@ -78,12 +87,37 @@ def plan_stage(project: Project, stage: str) -> StagePlan:
         )
     nb = read_notebook(path)
     rel = project.rel(path)
+    language = kernel_language(nb)
+    if language not in (None, "python", "python3"):
+        kernel = kernel_name(nb, rel)
+        not_python = (
+            f"a {language} notebook cannot run as an nbpipeline stage (its parameters cell is "
+            "parsed as Python literals); port it to Python, or run it from dvc.yaml with its "
+            "own command instead of `nbp run`"
+        )
+        if kernel not in _installed_kernels():
+            raise _kernel_missing(rel, kernel, f"; besides, {not_python}")
+        raise NotebookError(f"{rel}: {not_python}")
     declared = notebook_parameters(nb, rel)
     params = load_params(project.params_yaml)
     values = stage_values(params, stage, declared, params_file="params.yaml", notebook=rel)
     return StagePlan(
         stage, path, kernel_name(nb, rel), values, parameters_cell_index(nb, rel),
         stable_cell_ids(nb),
+    )
+
+
+def _installed_kernels() -> list[str]:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return sorted(KernelSpecManager().find_kernel_specs())
+
+
+def _kernel_missing(rel: str, kernel: str, extra: str = "") -> NotebookError:
+    known = ", ".join(_installed_kernels()) or "none"
+    return NotebookError(
+        f"{rel}: kernel '{kernel}' is not installed (installed kernels: {known}); pick one of "
+        f"them in JupyterLab (Kernel > Change Kernel) and save, or install the kernel{extra}"
     )
 
 
@@ -153,10 +187,64 @@ def _source_cell_number(plan: StagePlan, executed_index: int, injected: bool) ->
     return executed_index - shift + 1
 
 
-def run_stage(project: Project, stage: str, *, log_output: bool = False) -> RunResult:
-    """Execute ``stage``'s notebook with its parameters; write its reports atomically."""
+_HINTS = {
+    "StdinNotImplementedError": "a stage cannot ask for input(); make the value a parameter",
+    "SystemExit": "sys.exit() with an error code fails the stage; let the notebook finish",
+}
+
+
+def _tolerate_expected_errors(running: Path, exc: Any) -> Any:
+    """The executed notebook if every error was in a ``raises-exception`` cell; else raise.
+
+    papermill fails a run on any error output; nbclient (and JupyterLab users) treat cells
+    tagged ``raises-exception`` as expected to raise.
+    """
+    from papermill.exceptions import PapermillExecutionError
+
+    if not running.exists():
+        raise exc
+    nb = without_error_banners(read_notebook(running))
+    unexpected = first_unexpected_error(nb)
+    if unexpected is None:
+        return nb
+    if unexpected[0] == exc.cell_index:
+        raise exc
+    index, output = unexpected
+    raise PapermillExecutionError(
+        cell_index=index, exec_count=nb.cells[index].get("execution_count"),
+        source=nb.cells[index].source, ename=output.get("ename"),
+        evalue=output.get("evalue"), traceback=output.get("traceback", []),
+    ) from exc
+
+
+def _traced_problems(trace: Any, declared: Any, plan: StagePlan, project: Project) -> str:
+    from nbpipeline.trace import describe
+
+    reads, writes = trace.undeclared(declared.deps, declared.outs)
+    return describe(declared.name, reads, writes, project.rel(plan.notebook_path))
+
+
+def run_stage(
+    project: Project, stage: str, *, log_output: bool = False, lenient: bool | None = None,
+    trace: bool = True,
+) -> RunResult:
+    """Execute ``stage``'s notebook with its parameters; write its reports atomically.
+
+    With ``trace`` (and a dvc.yaml stage running ``nbp run <stage>``), undeclared reads and
+    writes fail the stage after its reports are written (``lenient=None``: only under DVC;
+    True: never, a warning; False: always).
+    """
+    if lenient is None:
+        lenient = not os.environ.get("DVC_STAGE")
     started = time.perf_counter()
     plan = plan_stage(project, stage)
+    declared = tracer = None
+    if trace:
+        from nbpipeline.stages import load_stage
+        from nbpipeline.trace import Tracer
+
+        declared = load_stage(project, stage)
+        tracer = Tracer(project.root, stage) if declared else None
     html = _HtmlExporterLoader()
     html.start()
     _quiet_imports()
@@ -177,19 +265,23 @@ def run_stage(project: Project, stage: str, *, log_output: bool = False) -> RunR
     os.environ[STAGE_ENV] = stage
     os.environ[ROOT_ENV] = str(project.root)
     os.environ[RUNNING_ENV] = "1"
+    traced = tracer.start() if tracer else False
     try:
-        nb = papermill.execute_notebook(
-            plan.notebook,
-            str(running),
-            parameters=plan.parameters,
-            kernel_name=plan.kernel,
-            cwd=str(project.root),
-            progress_bar=False,
-            log_output=log_output,
-            request_save_on_cell_execute=False,
-            shutdown_kernel="immediate",
-            kernel_manager_class=_kernel_manager_class(),
-        )
+        try:
+            nb = papermill.execute_notebook(
+                plan.notebook,
+                str(running),
+                parameters=plan.parameters,
+                kernel_name=plan.kernel,
+                cwd=str(project.root),
+                progress_bar=False,
+                log_output=log_output,
+                request_save_on_cell_execute=False,
+                shutdown_kernel="immediate",
+                kernel_manager_class=_kernel_manager_class(),
+            )
+        except PapermillExecutionError as first:
+            nb = _tolerate_expected_errors(running, first)
     except PapermillExecutionError as exc:
         shutil.move(running, failed)
         try:
@@ -198,21 +290,17 @@ def run_stage(project: Project, stage: str, *, log_output: bool = False) -> RunR
             pass
         cell = _source_cell_number(plan, exc.cell_index, bool(plan.parameters))
         evalue = (exc.evalue or "").strip().splitlines()
+        hint = f"\n  hint: {_HINTS[exc.ename]}" if exc.ename in _HINTS else ""
         raise StageFailedError(
             f"stage '{stage}' failed: {project.rel(plan.notebook_path)} cell {cell} raised "
             f"{exc.ename}: {evalue[0] if evalue else ''}\n"
             f"  partially executed notebook (error shown at that cell): {project.rel(failed)}"
+            f"{hint}"
         ) from exc
     except NoSuchKernel as exc:
-        from jupyter_client.kernelspec import KernelSpecManager
-
-        known = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
-        raise NotebookError(
-            f"{project.rel(plan.notebook_path)}: kernel '{plan.kernel}' is not installed "
-            f"(installed kernels: {known}); pick one of them in JupyterLab "
-            "(Kernel > Change Kernel) and save, or install the kernel"
-        ) from exc
+        raise _kernel_missing(project.rel(plan.notebook_path), plan.kernel) from exc
     finally:
+        trace_result = tracer.stop() if tracer and traced else None
         running.unlink(missing_ok=True)
         for key, value in env_before.items():
             if value is None:
@@ -225,6 +313,12 @@ def run_stage(project: Project, stage: str, *, log_output: bool = False) -> RunR
     nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
     write_notebook(nb, report)
     write_text_atomic(report_html, html.render(nb))
+    if trace_result is not None and declared is not None:
+        problems = _traced_problems(trace_result, declared, plan, project)
+        if problems and not lenient:
+            raise StageError(problems + f"\n  (`nbp run {stage} --lenient` only warns)")
+        if problems:
+            print(f"nbp: warning: {problems}", file=sys.stderr)
     return RunResult(
         stage, plan.notebook_path, report, report_html, plan.parameters,
         time.perf_counter() - started,

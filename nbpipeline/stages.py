@@ -1,0 +1,255 @@
+"""dvc.yaml as nbpipeline sees it: which stages are notebook stages, and what they declare.
+
+A *notebook stage* is a dvc.yaml stage whose ``cmd`` is ``nbp run <stage>`` (flags allowed).
+Everything else in dvc.yaml (script stages, ``foreach``/``matrix`` stages, top-level
+``vars``/``params``/``metrics``/``plots``/``artifacts``) is read but never rewritten.
+
+``${...}`` in deps and outs is resolved the way DVC does for the common forms: names from
+params.yaml (loaded by default) and from ``vars:`` (inline mappings and ``file[:keys]``
+entries, YAML or JSON), dotted paths and ``[index]``. A reference that cannot be resolved is
+kept as written and reported by ``nbp check``; it never raises.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nbpipeline.errors import StageError
+from nbpipeline.params import load_params
+from nbpipeline.project import Project
+from nbpipeline.yamledit import YamlDoc
+
+PARAMS_FILE = "params.yaml"
+OUT_KINDS = ("outs", "metrics", "plots")
+_INTERPOLATION = re.compile(r"\$\{\s*([^}]*?)\s*\}")
+_RUN_CMD = ("nbp", "run")
+_MODULE_CMD = ("python", "-m", "nbpipeline", "run")
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """One entry of a stage's ``params:`` list: ``key`` in ``file`` (None = whole file)."""
+
+    file: str
+    key: str | None
+
+    def covers(self, file: str, key: str) -> bool:
+        """True if a change of ``key`` in ``file`` invalidates the stage through this entry."""
+        if self.file != file:
+            return False
+        return self.key is None or key == self.key or key.startswith(self.key + ".")
+
+
+@dataclass(frozen=True)
+class NotebookStage:
+    """A notebook stage of dvc.yaml with its ``${}`` references resolved."""
+
+    name: str  # the dvc.yaml stage name
+    runs: str  # the nbp stage it runs (notebooks/<runs>.ipynb), normally == name
+    cmd: str
+    flags: tuple[str, ...]
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]  # outs, metrics and plots: everything the stage writes
+    params: tuple[ParamRef, ...]
+    written: tuple[str, ...]  # deps and outs as written in dvc.yaml (before resolving)
+    unresolved: tuple[str, ...] = field(default=())
+
+    def declares_dep(self, path: str) -> bool:
+        return covered(path, self.deps)
+
+    def declares_out(self, path: str) -> bool:
+        return covered(path, self.outs)
+
+
+def normalize(path: str) -> str:
+    """A relative, posix, normalized form of a dvc.yaml path for comparisons."""
+    return posixpath.normpath(path.replace("\\", "/")).removeprefix("./")
+
+
+def covered(path: str, declared: Iterable[str]) -> bool:
+    """True if ``path`` is one of ``declared`` or inside a declared directory."""
+    path = normalize(path)
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in declared)
+
+
+def nbp_stage_name(cmd: Any) -> tuple[str, tuple[str, ...]] | None:
+    """``(stage, flags)`` if ``cmd`` is ``nbp run <stage> [flags]``, else None."""
+    if not isinstance(cmd, str):
+        return None
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        return None
+    for prefix in (_RUN_CMD, _MODULE_CMD):
+        n = len(prefix)
+        if tuple(words[:n]) == prefix and len(words) > n and not words[n].startswith("-"):
+            return words[n], tuple(w for w in words[n + 1:])
+    return None
+
+
+def entry_path(entry: Any) -> str | None:
+    """The path of a deps/outs/metrics/plots entry (``path`` or ``{path: {options}}``)."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, Mapping) and len(entry) == 1:
+        key = next(iter(entry))
+        return key if isinstance(key, str) else None
+    return None
+
+
+class _Unresolved(Exception):
+    pass
+
+
+def _lookup(context: Mapping[str, Any], expr: str) -> Any:
+    node: Any = context
+    for part in re.findall(r"[^.\[\]]+", expr):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise _Unresolved(expr)
+    return node
+
+
+def interpolate(text: str, context: Mapping[str, Any]) -> str:
+    """``text`` with ``${name.path}`` replaced from ``context``; raises _Unresolved."""
+    return _INTERPOLATION.sub(lambda m: str(_lookup(context, m.group(1))), text)
+
+
+def _vars_file(root: Path, ref: str) -> dict[str, Any]:
+    name, _, keys = ref.partition(":")
+    path = root / name
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: data[k] for k in keys.split(",") if k in data} if keys else data
+
+
+def _vars_context(root: Path, entries: Any, base: Mapping[str, Any]) -> dict[str, Any]:
+    context = dict(base)
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, str):
+            context.update(_vars_file(root, entry))
+        elif isinstance(entry, Mapping):
+            context.update(entry)
+    return context
+
+
+class DvcYaml:
+    """dvc.yaml of a project: its text, its round-trip tree and its notebook stages."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.file = YamlDoc.load(project.dvc_yaml, StageError)
+        stages = self.doc.get("stages")
+        if stages is not None and not isinstance(stages, Mapping):
+            raise StageError("dvc.yaml: `stages:` must be a mapping of stage name to stage; "
+                             "fix the file")
+
+    @property
+    def doc(self) -> Any:
+        return self.file.doc
+
+    @property
+    def raw_stages(self) -> Mapping[str, Any]:
+        return self.doc.get("stages") or {}
+
+    def context(self, stage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Names available to ``${}``: params.yaml, then top-level and stage ``vars``."""
+        try:
+            base = load_params(self.project.params_yaml)
+        except Exception:  # a broken params.yaml is reported by its own check
+            base = {}
+        context = _vars_context(self.project.root, self.doc.get("vars"), base)
+        if stage is not None:
+            context = _vars_context(self.project.root, stage.get("vars"), context)
+        return context
+
+    def notebook_stages(self) -> dict[str, NotebookStage]:
+        """Every stage whose cmd is ``nbp run <stage>``, resolved; others are skipped."""
+        found: dict[str, NotebookStage] = {}
+        for name, spec in self.raw_stages.items():
+            if not isinstance(spec, Mapping) or "foreach" in spec or "matrix" in spec:
+                continue
+            parsed = nbp_stage_name(spec.get("cmd"))
+            if parsed is None:
+                continue
+            found[str(name)] = self._stage(str(name), spec, *parsed)
+        return found
+
+    def _stage(self, name: str, spec: Mapping[str, Any], runs: str,
+               flags: tuple[str, ...]) -> NotebookStage:
+        context = self.context(spec)
+        unresolved: list[str] = []
+
+        def paths(kinds: Iterable[str]) -> tuple[list[str], list[str]]:
+            resolved, written = [], []
+            for kind in kinds:
+                for entry in spec.get(kind) or []:
+                    path = entry_path(entry)
+                    if path is None:
+                        continue
+                    written.append(path)
+                    try:
+                        resolved.append(normalize(interpolate(path, context)))
+                    except _Unresolved:
+                        unresolved.append(path)
+            return resolved, written
+
+        deps, written_deps = paths(["deps"])
+        outs, written_outs = paths(OUT_KINDS)
+        return NotebookStage(
+            name, runs, str(spec.get("cmd")), flags,
+            tuple(deps), tuple(outs), tuple(param_refs(spec.get("params"))),
+            tuple(written_deps + written_outs), tuple(unresolved),
+        )
+
+    def stage_kind(self, name: str) -> str | None:
+        """'notebook', 'generated' (foreach/matrix), 'other', or None if not defined."""
+        spec = self.raw_stages.get(name)
+        if spec is None:
+            return None
+        if isinstance(spec, Mapping) and ("foreach" in spec or "matrix" in spec):
+            return "generated"
+        parsed = nbp_stage_name(spec.get("cmd") if isinstance(spec, Mapping) else None)
+        return "notebook" if parsed and parsed[0] == name else "other"
+
+
+def param_refs(entries: Any) -> list[ParamRef]:
+    """The entries of a stage's ``params:`` list (str keys of params.yaml, or file maps)."""
+    refs: list[ParamRef] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, str):
+            refs.append(ParamRef(PARAMS_FILE, entry))
+        elif isinstance(entry, Mapping):
+            for file, keys in entry.items():
+                if not keys:
+                    refs.append(ParamRef(str(file), None))
+                else:
+                    refs.extend(ParamRef(str(file), str(k)) for k in keys)
+    return refs
+
+
+def load_stage(project: Project, stage: str) -> NotebookStage | None:
+    """The dvc.yaml stage that runs ``nbp run <stage>``, or None if there is none."""
+    stages = DvcYaml(project).notebook_stages()
+    if stage in stages and stages[stage].runs == stage:
+        return stages[stage]
+    return next((s for s in stages.values() if s.runs == stage), None)
