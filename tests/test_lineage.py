@@ -2,64 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from _candidates import make_candidate
+from _candidates import gate_for, make_candidate, make_release_project
 
 from nbpipeline.cli import main
-from nbpipeline.gate import decide
 from nbpipeline.project import Project
 from nbpipeline.registry import Registry
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def gate_for(root: Path, golden: float, champion: str | None, champion_golden: float = 0.7) -> dict[str, Any]:
-    """Write metrics/gate.json as the evaluate stage would, for the current candidate."""
-    sha = hashlib.sha256((root / "models/candidate/model.skops").read_bytes()).hexdigest()
-    cand = {"sha256": sha, "valid": {"roc_auc": golden}, "golden": {"roc_auc": golden}}
-    champ = None
-    if champion is not None:
-        reg = Registry(root / "registry")
-        champ = {"version": champion, "sha256": reg.get(champion).sha256,
-                 "golden": {"roc_auc": champion_golden}}
-    decision = decide(cand, champ, {"gate_min": 0.6})
-    (root / "metrics" / "gate.json").write_text(json.dumps(decision))
-    return decision
-
-
 @pytest.fixture()
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A git repo with dvc.yaml, a dvc.lock matching its files, a candidate and reports."""
-    root = tmp_path / "proj"
-    (root / "reports").mkdir(parents=True)
-    (root / "metrics").mkdir()
-    (root / "data").mkdir()
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    (root / "data" / "golden.parquet").write_bytes(b"golden rows")
-    (root / "reports" / "train.html").write_text("<html><body>train report</body></html>")
-    make_candidate(root / "models" / "candidate")
-    lock = {"schema": "2.0", "stages": {
-        "data": {"cmd": "nbp run data", "deps": [], "params": {"params.yaml": {"data": {"n": 1}}},
-                 "outs": [{"path": "data/golden.parquet", "md5": _md5(root / "data/golden.parquet")}]},
-        "train": {"cmd": "nbp run train", "deps": [{"path": "data/golden.parquet",
-                                                    "md5": _md5(root / "data/golden.parquet")}],
-                  "params": {"params.yaml": {"train": {"max_depth": 4}}},
-                  "outs": [{"path": "reports/train.html", "md5": _md5(root / "reports/train.html")},
-                           {"path": "models/candidate", "md5": "abc.dir"}]},
-    }}
-    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "first run"]):
-        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+    root = make_release_project(tmp_path / "proj")
     monkeypatch.chdir(root)
     monkeypatch.setenv("NBP_ACTOR", "ana")
     monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)

@@ -1,0 +1,73 @@
+"""reports/index.html: content from a real registry and gate, and a look in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from _candidates import gate_for, make_candidate, make_release_project
+
+from nbpipeline.project import Project
+from nbpipeline.release import promote_candidate
+from nbpipeline.report import build_index
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture()
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
+    root = make_release_project(tmp_path / "proj")
+    gate_for(root, 0.7, None)
+    promote_candidate(Project(root), reason="first model", actor="ana")
+    make_candidate(root / "models" / "candidate", c=0.05)
+    gate_for(root, 0.66, "v1", champion_golden=0.7)  # a candidate that fails the gate
+    plots = root / "plots" / "evaluate"
+    plots.mkdir(parents=True)
+    (plots / "importance.csv").write_text("feature,importance,std\nhour,0.08,0.01\nwind,0.02,0.01\n")
+    (plots / "slices.csv").write_text(
+        "slice,value,rows,positive_rate,roc_auc,champion_roc_auc\n"
+        "origin,EWR,900,0.2,0.66,0.71\norigin,JFK,50,0.2,0.7,0.69\n"
+    )
+    return Project(root)
+
+
+def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
+    page = build_index(project).read_text()
+    assert "FAILED" in page and "improvement_over_champion" in page
+    assert "Candidate vs champion v1" in page and "-0.0400" in page
+    assert 'href="train.html"' in page and "executed notebook" in page
+    assert "max_depth" in page and "cv.roc_auc" in page
+    assert "registered v1: first model" in page and "ana" in page
+    assert "EWR" in page and "too small" in page  # JFK slice under gate_min_slice_rows
+    assert "not a DVC repository" in page  # previous-run diff needs dvc
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def test_index_renders_in_headless_chromium(project: Project, tmp_path: Path) -> None:
+    index = build_index(project)
+    shot = tmp_path / "index.png"
+    proc = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1280,1400", index.as_uri()],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _png_size(shot) == (1280, 1400)
+    assert shot.stat().st_size > 40_000  # a rendered page, not a blank canvas
+    if os.environ.get("NBP_SCREENSHOT"):  # keep it for a human look: NBP_SCREENSHOT=out.png
+        shutil.copy(shot, os.environ["NBP_SCREENSHOT"])
