@@ -24,7 +24,6 @@ import random
 import shutil
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,10 +44,18 @@ class Run:
     seconds: float = 0.0
     request_ids: list[str] = field(default_factory=list)
     lost: int | None = None
+    cpu_ms: float = float("nan")  # server CPU time per answered request
 
     @property
     def throughput(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,14 +103,19 @@ def in_process_cost(reg: Any, version: str, rows: list[dict[str, Any]], seconds:
 
     model, metadata = reg.load(version)
     schema = FeatureSchema.from_metadata(metadata, version="candidate")
+    from threadpoolctl import threadpool_limits
+
     clean = [schema.validate_row(r, ("body",)) for r in rows]
     run = Run(concurrency=1, log=False)
     start = time.perf_counter()
-    while time.perf_counter() - start < seconds and len(run.latencies) < 2000:
-        row = clean[len(run.latencies) % len(clean)]
-        t = time.perf_counter()
-        score(model, schema, [row])
-        run.latencies.append(time.perf_counter() - t)
+    cpu = time.thread_time()
+    with threadpool_limits(limits=1):  # as the server's predictor thread runs it
+        while time.perf_counter() - start < seconds and len(run.latencies) < 2000:
+            row = clean[len(run.latencies) % len(clean)]
+            t = time.perf_counter()
+            score(model, schema, [row])
+            run.latencies.append(time.perf_counter() - t)
+    run.cpu_ms = (time.thread_time() - cpu) * 1e3 / max(1, len(run.latencies))
     run.seconds = sum(run.latencies)
     return run
 
@@ -141,6 +153,19 @@ def start_server(root: Path, log: bool, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("server did not become ready in 60 s")
 
 
+def server_cpu_seconds(port: int) -> float:
+    """process_cpu_seconds_total of the server, from its /metrics."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return float("nan")
+
+
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -151,7 +176,9 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 # ------------------------------------------------------------------ load
-async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
+async def _post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+) -> tuple[int, bytes]:
     writer.write(
         b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -239,11 +266,12 @@ def main() -> None:
 
         print(f"nbp serve benchmark: model {candidate} ({len(rows)} distinct rows), "
               f"{os.cpu_count()} cores shared by the server process AND this load generator")
-        print(f"limits per run: {args.requests} requests or {args.seconds:.0f} s\n")
+        print(f"limits per run: {args.requests} requests or {args.seconds:.0f} s; "
+              f"load average before: {loadavg()}\n")
         inproc = in_process_cost(reg, mv.version, rows, seconds=3.0)
         print(f"in-process predict_proba, 1 row: p50 {percentile(inproc.latencies, .5)*1e3:.2f} ms,"
               f" p99 {percentile(inproc.latencies, .99)*1e3:.2f} ms, "
-              f"{inproc.throughput:.0f} calls/s on one core\n")
+              f"{inproc.throughput:.0f} calls/s on one core, {inproc.cpu_ms:.2f} ms CPU per call\n")
 
         results: list[Run] = []
         for log in (True, False):
@@ -253,7 +281,9 @@ def main() -> None:
                 for c in args.concurrency:
                     asyncio.run(load(port, Run(c, False), bodies, args.warmup, 10))
                     run = Run(c, log)
+                    cpu = server_cpu_seconds(port)
                     asyncio.run(load(port, run, bodies, args.requests, args.seconds))
+                    run.cpu_ms = (server_cpu_seconds(port) - cpu) * 1e3 / max(1, len(run.latencies))
                     results.append(run)
             finally:
                 stop_server(proc)
@@ -262,14 +292,16 @@ def main() -> None:
                     if run.log:
                         run.lost = count_lost(work / "log.db", run.request_ids)
 
-        header = f"{'conc':>4} {'log':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ok':>6} {'errors':>6} {'lost':>5}"
+        header = (f"{'conc':>4} {'log':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ok':>6} "
+                  f"{'errors':>6} {'lost':>5} {'server CPU ms/req':>18}")
         print(header)
         print("-" * len(header))
         for run in results:
             print(f"{run.concurrency:>4} {'on' if run.log else 'off':>4} {run.throughput:>8.0f} "
-                  f"{percentile(run.latencies, .5)*1e3:>8.2f} {percentile(run.latencies, .99)*1e3:>8.2f} "
+                  f"{percentile(run.latencies, .5)*1e3:>8.2f} "
+                  f"{percentile(run.latencies, .99)*1e3:>8.2f} "
                   f"{len(run.latencies):>6} {run.errors:>6} "
-                  f"{'-' if run.lost is None else run.lost:>5}")
+                  f"{'-' if run.lost is None else run.lost:>5} {run.cpu_ms:>18.2f}")
         print()
         for c in args.concurrency:
             on = next(r for r in results if r.concurrency == c and r.log)
@@ -284,7 +316,8 @@ def main() -> None:
                   f"{'met' if p99 <= 15 else 'MISSED'}")
         errors = sum(r.errors for r in results)
         lost = sum(r.lost or 0 for r in results)
-        print(f"errors: {errors}, lost log rows: {lost}")
+        print(f"errors: {errors}, lost log rows: {lost}; load average after: {loadavg()} "
+              "(other work on this machine inflates the figures)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

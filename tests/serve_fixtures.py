@@ -148,11 +148,15 @@ def start_server_process(project: Project, port: int) -> subprocess.Popen[bytes]
     )
 
 
-def wait_ready(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_ready(
+    url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait for /ready (generous: the machine may be busy); fail if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited: {err}")
         try:
             if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                 return
@@ -173,8 +177,10 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-async def hammer(url: str, total: int, concurrency: int, ids: list[str], timeout: float = 30) -> int:
-    """POST single rows with ``concurrency`` clients; collects request ids of 200s; returns errors."""
+async def hammer(
+    url: str, total: int, concurrency: int, ids: list[str], timeout: float = 30
+) -> int:
+    """POST single rows from ``concurrency`` clients; collect the ids of 200s; return errors."""
     errors = 0
     counter = iter(range(total))
 

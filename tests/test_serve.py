@@ -139,7 +139,8 @@ def test_not_json_and_oversized_batches_get_422(served: str) -> None:
 finite = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | finite | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 wrong_for_number = st.text(max_size=5) | st.booleans() | st.lists(st.integers(), max_size=2)
@@ -164,7 +165,9 @@ def broken_rows(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory, candidates: dict[str, Path]) -> Iterator[str]:
+def fuzz_server(
+    tmp_path_factory: pytest.TempPathFactory, candidates: dict[str, Path]
+) -> Iterator[str]:
     project = make_project(tmp_path_factory.mktemp("fuzz") / "proj")
     register(Registry(project.registry), candidates["a"])
     with running_server(project) as url:

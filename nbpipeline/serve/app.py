@@ -105,6 +105,13 @@ def create_app(
     )
     app.state.server = state
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        state.metrics.errors.labels("internal").inc()
+        state.metrics.requests.labels(request.url.path, "500").inc()
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _json(500, {"detail": f"internal error ({type(exc).__name__}); see the server log"})
+
     @app.post("/predict")
     async def predict(request: Request) -> Response:
         """One row (a JSON object of features) or {"rows": [...]}; see docs/serve.md."""
@@ -177,17 +184,17 @@ async def _refresh(state: ServerState) -> None:
 async def _poll(state: ServerState) -> None:
     """Follow the registry: rebuild on every change, retry a failed load now and then."""
     holder, settings = state.holder, state.settings
+    seen, attempted = holder.snapshot.token, time.monotonic()
     while True:
         await asyncio.sleep(settings.poll_seconds)
         try:
-            changed = await asyncio.to_thread(holder.changed)
+            token = await asyncio.to_thread(holder.registry.token)
         except OSError as exc:
             state.registry_error = f"cannot read {holder.registry.events_path}: {exc}"
             continue
-        retry_due = (holder.error is not None or state.registry_error is not None) and (
-            time.time() - (holder.error.at if holder.error else 0.0) >= settings.retry_seconds
-        )
-        if changed or retry_due:
+        failing = holder.error is not None or state.registry_error is not None
+        if token != seen or (failing and time.monotonic() - attempted >= settings.retry_seconds):
+            seen, attempted = token, time.monotonic()
             await _refresh(state)
 
 
@@ -341,7 +348,8 @@ async def _feedback(state: ServerState, request: Request) -> Response:
         return _json(503, {"detail": "the prediction log is off (serve.log: false); "
                                      "feedback cannot be recorded"})
     try:
-        known = await asyncio.wrap_future(state.writer.feedback(fb.request_id, fb.outcome, time.time()))
+        pending = state.writer.feedback(fb.request_id, fb.outcome, time.time())
+        known = await asyncio.wrap_future(pending)
     except Exception as exc:
         metrics.requests.labels("/feedback", "503").inc()
         metrics.errors.labels("log").inc()

@@ -88,10 +88,6 @@ class ModelHolder:
         self.loads = 0
         self.load_failures = 0
 
-    def changed(self) -> bool:
-        """True if the registry changed since the snapshot was built (a stat call)."""
-        return self.registry.token() != self.snapshot.token
-
     def build(self) -> Snapshot:
         """The snapshot the registry asks for (blocking: reads the registry, loads models)."""
         return self._build(self.registry.state())

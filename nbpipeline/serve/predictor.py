@@ -59,7 +59,10 @@ class Predictor:
         self._thread.start()
         self.calls = 0
 
-    def submit(self, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]) -> Future[list[float]]:
+    def submit(
+        self, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]
+    ) -> Future[list[float]]:
+        """Score ``rows`` with ``model``; the future gives P(target == 1) per row."""
         job = _Job(model, schema, rows)
         self._queue.put(job)
         return job.future

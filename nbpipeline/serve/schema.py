@@ -112,7 +112,8 @@ def parse_body(raw: bytes, max_rows: int) -> tuple[list[Any], bool]:
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise BodyError([_problem(("body",), f"body is not valid JSON ({exc})", "json_invalid")])
+        problem = _problem(("body",), f"body is not valid JSON ({exc})", "json_invalid")
+        raise BodyError([problem]) from None
     if isinstance(body, dict) and set(body) == {BATCH_KEY} and isinstance(body[BATCH_KEY], list):
         rows = body[BATCH_KEY]
         if not rows:
