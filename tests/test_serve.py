@@ -207,7 +207,7 @@ def test_fuzzed_rows_get_422_naming_the_broken_field(
 
 # ---------------------------------------------------------------- canary
 def test_canary_gets_its_fraction_and_a_key_always_lands_on_one_side(
-    served: str, registry: Registry, candidates: dict[str, Path]
+    served: str, project: Project, registry: Registry, candidates: dict[str, Path]
 ) -> None:
     v2 = register(registry, candidates["b"], champion=False)
     registry.promote(v2, canary_fraction=0.3, reason="try", actor="test")
@@ -223,6 +223,7 @@ def test_canary_gets_its_fraction_and_a_key_always_lands_on_one_side(
         seen = {post(served, sample_row(), headers={"X-Routing-Key": key}).json()["role"]
                 for _ in range(5)}
         assert len(seen) == 1
+    assert len(log_rows(project, "routing_key = ?", ("customer-2",))) == 5
 
 
 # ---------------------------------------------------------------- feedback

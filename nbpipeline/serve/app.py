@@ -45,6 +45,7 @@ class _Row:
     served: ServedModel | None
     role: str
     features: dict[str, Any]
+    routing_key: str | None
     probability: float | None = None
 
 
@@ -254,8 +255,8 @@ def _validate(snap: Snapshot, raw: bytes, key: str | None, max_rows: int) -> lis
         try:
             if schema_of is not None:
                 features = schema_of.schema.validate_row(raw_row, loc)
-            elif isinstance(raw_row, dict):  # switched off and nothing ever served
-                features = raw_row
+            elif isinstance(raw_row, dict):  # switched off and no model ever loaded
+                features = {k: v for k, v in raw_row.items() if _scalar(v)}
             else:
                 raise BodyError([{"loc": list(loc), "msg": "a row must be a JSON object",
                                   "type": "dict_type"}])
@@ -264,10 +265,14 @@ def _validate(snap: Snapshot, raw: bytes, key: str | None, max_rows: int) -> lis
             if len(problems) >= MAX_PROBLEMS:
                 break
             continue
-        rows.append(_Row(i if is_batch else -1, request_id, served, role, features))
+        rows.append(_Row(i if is_batch else -1, request_id, served, role, features, key))
     if problems:
         raise BodyError(problems[:MAX_PROBLEMS])
     return rows
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float)
 
 
 async def _score(state: ServerState, rows: list[_Row]) -> str | None:
@@ -322,7 +327,7 @@ def _decide(
         records.append(predlog.PredictionRecord(
             request_id=row.request_id, ts=now, model_version=version, role=row.role,
             prediction=prediction, probability=probability, latency_ms=latency_ms,
-            features=row.features, routing_key=None, fallback=fallback,
+            features=row.features, routing_key=row.routing_key, fallback=fallback,
         ))
     return answers, records
 

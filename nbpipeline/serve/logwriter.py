@@ -62,13 +62,20 @@ class LogWriter:
         try:
             self._conn = predlog.connect(self.path)
             predlog.ensure_schema(self._conn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise ServeError(
                 f"{self.path}: cannot open the prediction log ({exc}); check the directory is "
                 "writable and the file is an nbpipeline prediction log, or set $NBPIPELINE_PREDLOG"
             ) from exc
         self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def check(cls, path: Path) -> None:
+        """Open the log and create its tables once (ServeError naming the file if impossible)."""
+        writer = cls(path)
+        writer.start()
+        writer.close()
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the thread and close the database."""

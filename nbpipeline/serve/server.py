@@ -8,6 +8,7 @@ import socket
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
 from nbpipeline.serve.app import create_app
+from nbpipeline.serve.logwriter import LogWriter
 from nbpipeline.serve.settings import ServeSettings, load_settings
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,6 +28,8 @@ def serve(
 
     settings = settings or load_settings(project)
     _check_port(host, port)
+    if settings.log and settings.log_path is not None:
+        LogWriter.check(settings.log_path)  # fail here, as one clear line, not in the lifespan
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(project, settings=settings)
     uvicorn.run(
