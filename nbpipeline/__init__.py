@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from nbpipeline import record
 from nbpipeline.errors import NbpipelineError
 from nbpipeline.project import atomic_path
 
-__all__ = ["NbpipelineError", "atomic_path", "init", "record", "stage", "under_pipeline"]
+__all__ = [
+    "NbpipelineError", "atomic_path", "init", "params", "record", "stage", "under_pipeline",
+]
 __version__ = "0.1.0"
 
 _STAGE_ENV = "NBPIPELINE_STAGE"
@@ -56,3 +59,22 @@ def init(stage_name: str) -> Path:
     os.environ[_STAGE_ENV] = stage_name
     os.environ.setdefault(_ROOT_ENV, str(project.root))
     return project.root
+
+
+def params(stage_name: str | None = None) -> dict[str, Any]:
+    """The values `nbp run` injects for ``stage_name`` (default: the current stage).
+
+    Read from params.yaml for the names the stage notebook's parameters cell declares
+    (stage section > common > paths), checked the same way; so an interactive session
+    can use exactly what `dvc repro` would, e.g. ``globals().update(nbp.params())``.
+    """
+    from nbpipeline.project import find_project
+    from nbpipeline.run import plan_stage
+
+    name = stage_name or stage()
+    if not name:
+        raise NbpipelineError(
+            "nbpipeline.params(): unknown stage; call nbp.init('<stage>') first or pass the "
+            "stage name, e.g. nbp.params('train')"
+        )
+    return plan_stage(find_project(os.environ.get(_ROOT_ENV) or Path.cwd()), name).parameters

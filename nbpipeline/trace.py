@@ -76,7 +76,7 @@ def dvcignore(root: Path) -> Callable[[str], bool]:
         return lambda rel: False
     import pathspec
 
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", path.read_text().splitlines())
+    spec = pathspec.GitIgnoreSpec.from_lines(path.read_text().splitlines())
     return spec.match_file
 
 
