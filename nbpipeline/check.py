@@ -73,7 +73,7 @@ def check_project(project: Project) -> list[Problem]:
             problems += _check_recorded(stage, nb)
             if params is not None:
                 problems += _check_params(project, stage, nb, params)
-    return problems
+    return sorted(problems, key=lambda p: p.file)  # grouped by the file to edit
 
 
 def _check_notebook(project: Project, stage: NotebookStage, kernels: list[str],
