@@ -22,6 +22,12 @@ from ruamel.yaml.util import load_yaml_guess_indent
 from nbpipeline.errors import NbpipelineError
 
 
+def _trailing(line: str, column: int) -> bool:
+    """A blank line, or a comment at the key's indentation (it introduces the next key)."""
+    stripped = line.lstrip()
+    return not stripped or (stripped.startswith("#") and len(line) - len(stripped) <= column)
+
+
 def _yaml(sequence: int = 2, offset: int = 0) -> YAML:
     yaml = YAML()
     yaml.preserve_quotes = True
@@ -81,8 +87,7 @@ class YamlDoc:
                 end = parent.lc.key(following[0])[0]
             if depth < len(path) - 1:
                 parent = parent[key]
-        while end > line + 1 and (not lines[end - 1].strip()
-                                  or lines[end - 1].lstrip().startswith("#")):
+        while end > line + 1 and _trailing(lines[end - 1], column):
             end -= 1
         return line, end, column
 
