@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -71,3 +72,47 @@ def test_index_renders_in_headless_chromium(project: Project, tmp_path: Path) ->
     assert shot.stat().st_size > 40_000  # a rendered page, not a blank canvas
     if os.environ.get("NBP_SCREENSHOT"):  # keep it for a human look: NBP_SCREENSHOT=out.png
         shutil.copy(shot, os.environ["NBP_SCREENSHOT"])
+
+
+@pytest.mark.slow
+def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> None:
+    """Real dvc repro of the small example with a champion in the registry: the evaluate
+    stage scores it on the same golden rows, the gate records it, lineage and report show it."""
+    from projects import SMALL_PARAMS, make_example_project, sh
+
+    from nbpipeline.lineage import capture, report_files
+    from nbpipeline.registry import Registry
+
+    fast = {**SMALL_PARAMS, "evaluate": {"importance_rows": 400, "importance_repeats": 1}}
+    root = make_example_project(tmp_path / "project", fast)
+    if "/registry/" not in (root / ".dvcignore").read_text():
+        with open(root / ".dvcignore", "a") as fh:  # as docs/registry.md tells users
+            fh.write("/registry/\n")
+    sh("dvc", "repro", "train", cwd=root)
+    project = Project(root)
+    reg = Registry(project.registry)
+    v1 = reg.register(root / "models" / "candidate", None, force_reason=None, actor="test",
+                      reason="seed champion", lineage=capture(project),
+                      extra_files=report_files(project))
+    reg.promote(v1.version, canary_fraction=None, reason="seed champion", actor="test")
+
+    sh("dvc", "repro", cwd=root)
+    gate = json.loads((root / "metrics" / "gate.json").read_text())
+    assert gate["champion_version"] == "v1" and gate["champion_sha256"] == v1.sha256
+    assert gate["candidate_sha256"] == v1.sha256
+    # the champion is this very model: scored on the same golden rows, it scores the same
+    assert gate["champion_metrics"]["golden"]["roc_auc"] == pytest.approx(
+        gate["metrics"]["golden"]["roc_auc"])
+    names = {c["name"] for c in gate["checks"]}
+    assert {"improvement_over_champion", "slice_regression.carrier",
+            "slice_regression.origin"} <= names
+    assert (root / "plots" / "evaluate" / "importance.csv").is_file()
+    assert "slice,value,rows" in (root / "plots" / "evaluate" / "slices.csv").read_text()
+
+    same = sh("nbp", "promote", cwd=root, check=False)
+    assert same.returncode == 1 and "v1 is already the champion" in same.stderr
+    lineage = sh("nbp", "lineage", "v1", cwd=root).stdout
+    assert "data/golden.parquet" in lineage and "reports/train.html" in lineage
+    sh("nbp", "report", cwd=root)
+    page = (root / "reports" / "index.html").read_text()
+    assert "Candidate vs champion v1" in page and 'href="evaluate.html"' in page
