@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from nbpipeline.monitor.config import MonitorConfig
@@ -25,7 +24,7 @@ from nbpipeline.monitor.scan import (
     OutcomeGroups,
     TrafficGroups,
     WindowSpec,
-    scan_all,
+    scan_log,
 )
 
 
@@ -51,50 +50,40 @@ class Analysis:
         return int(ok["window"].iloc[-1]) if len(ok) else None
 
 
-def percentile_from_bins(bins: np.ndarray, counts: np.ndarray, q: float) -> float:
-    """Upper edge (ms) of the latency bin holding the q-quantile."""
-    if counts.sum() == 0:
-        return float("nan")
-    order = np.argsort(bins)
-    cum = np.cumsum(counts[order])
-    idx = int(np.searchsorted(cum, q * cum[-1]))
-    return float((bins[order][idx] + 1) * LATENCY_STEP_MS)
-
-
 def _traffic_tables(t: TrafficGroups) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = pd.DataFrame({
         "window": t.window, "version": t.version, "role": t.role, "fallback": t.fallback,
         "lat_bin": t.latency_bin, "count": t.count, "lat_sum": t.latency_sum,
         "positive": t.positive, "ts_min": t.ts_min, "ts_max": t.ts_max,
     })
-
-    def summarise(group: pd.DataFrame) -> pd.Series:
-        model = group[group["fallback"] == 0]
-        rows = int(group["count"].sum())
-        return pd.Series({
-            "start": group["ts_min"].min(), "end": group["ts_max"].max(), "rows": rows,
-            "fallback_rows": int(group.loc[group["fallback"] == 1, "count"].sum()),
-            "latency_mean_ms": group["lat_sum"].sum() / rows if rows else float("nan"),
-            "latency_p95_ms": percentile_from_bins(
-                group["lat_bin"].to_numpy(), group["count"].to_numpy(), 0.95),
-            "decision_rate": (model["positive"].sum() / model["count"].sum()
-                              if model["count"].sum() else float("nan")),
-        })
-
+    cols = ["window", "start", "end", "rows", "fallback_rows", "latency_mean_ms",
+            "latency_p95_ms", "decision_rate", "fallback_rate"]
     if df.empty:
-        cols = ["window", "start", "end", "rows", "fallback_rows", "latency_mean_ms",
-                "latency_p95_ms", "decision_rate"]
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=["version", "role", *cols])
-    windows = df.groupby("window").apply(summarise, include_groups=False).reset_index()
-    by_version = (
-        df.groupby(["window", "version", "role"]).apply(summarise, include_groups=False)
-        .reset_index()
-    )
-    for frame in (windows, by_version):
-        frame["rows"] = frame["rows"].astype(int)
-        frame["fallback_rows"] = frame["fallback_rows"].astype(int)
-        frame["fallback_rate"] = frame["fallback_rows"] / frame["rows"]
-    return windows, by_version
+    df["model_rows"] = df["count"].where(df["fallback"] == 0, 0)
+    df["model_positive"] = df["positive"].where(df["fallback"] == 0, 0)
+    df["fallback_rows"] = df["count"] - df["model_rows"]
+    return _summarise(df, ["window"]), _summarise(df, ["window", "version", "role"])
+
+
+def _summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group: span, rows, fallbacks, mean and p95 latency, share of positive decisions."""
+    g = df.groupby(keys)
+    out = g.agg(start=("ts_min", "min"), end=("ts_max", "max"), rows=("count", "sum"),
+                fallback_rows=("fallback_rows", "sum"), lat_sum=("lat_sum", "sum"),
+                model_rows=("model_rows", "sum"), model_positive=("model_positive", "sum"))
+    by_bin = df.groupby([*keys, "lat_bin"])["count"].sum().reset_index()
+    by_bin["cum"] = by_bin.groupby(keys)["count"].cumsum()
+    by_bin["total"] = by_bin.groupby(keys)["count"].transform("sum")
+    p95 = by_bin[by_bin["cum"] >= 0.95 * by_bin["total"]].groupby(keys)["lat_bin"].first()
+    out["latency_mean_ms"] = out["lat_sum"] / out["rows"]
+    out["latency_p95_ms"] = (p95 + 1) * LATENCY_STEP_MS
+    out["decision_rate"] = out["model_positive"] / out["model_rows"].where(out["model_rows"] > 0)
+    out["fallback_rate"] = out["fallback_rows"] / out["rows"]
+    out = out.drop(columns=["lat_sum", "model_rows", "model_positive"]).reset_index()
+    out["rows"] = out["rows"].astype(int)
+    out["fallback_rows"] = out["fallback_rows"].astype(int)
+    return out
 
 
 def _drift_table(
@@ -189,10 +178,11 @@ def analyze(
 ) -> Analysis:
     """Scan the log at ``log_path`` (rows with ts >= ``since`` if given) and build the tables."""
     window = WindowSpec(cfg.window_by, cfg.window_size)
-    scanned = scan_all(log_path, ref.binnings, window, since)
+    scanned = scan_log(log_path, ref.binnings, window, since)
     if scanned is None:
         return empty_analysis(ref)
-    usable, hist, outcomes, traffic = scanned
+    usable, hist, outcomes, traffic = (
+        scanned.binnings, scanned.codes, scanned.outcomes, scanned.traffic)
     windows, by_version = _traffic_tables(traffic)
     if windows.empty:
         return empty_analysis(ref)

@@ -1,24 +1,31 @@
-"""Reading the prediction log in SQL: per-window histograms, outcomes and traffic.
+"""Reading the prediction log: one SQL pass, binned in SQLite, counted with numpy.
 
-Three queries, each one pass over the log, none of which parses the JSON ``features``:
+The JSON ``features`` column is never parsed. One query over ``predictions LEFT JOIN
+feedback`` returns, per logged row, only small integers:
 
-* :func:`scan_codes` — every monitored column binned in SQL (see
-  :mod:`nbpipeline.monitor.reference`), nine 7-bit codes packed per integer, fetched in
-  chunks and counted with numpy: a histogram per window per column;
-* :func:`scan_outcomes` — predictions joined with feedback, grouped by window, model
-  version, role, outcome, decision and probability bin (for quality and ROI);
-* :func:`scan_traffic` — rows, time span, latency histogram and fallbacks per window,
-  model version and role.
+* the window number (an SQL expression, see :class:`WindowSpec`);
+* every monitored column's 7-bit code (see :mod:`nbpipeline.monitor.reference`), nine
+  packed per 64-bit integer;
+* a packed "meta" integer: model version (index into the log's versions), role,
+  fallback flag, decision, outcome (none/0/1);
+* time (ms), probability (millionths) and latency (µs) as integers.
 
-A *window* is either a block of ``size`` consecutive logged predictions (``by="rows"``,
-by insertion order) or a span of ``size`` seconds aligned to the Unix epoch
-(``by="seconds"``). The window number is an SQL expression, so grouping costs nothing extra.
+For a large log the rowid range is split between worker processes (the per-row SQL work
+is CPU-bound and holds the GIL between rows), rows are fetched in chunks into one int64
+array, and everything else is numpy: a
+histogram per window per column, traffic and latency per window/version/role, and
+labelled decisions grouped for quality and ROI.
+
+A *window* is a block of ``size`` consecutive logged predictions (``by="rows"``, in
+insertion order) or a span of ``size`` seconds aligned to the Unix epoch (``by="seconds"``).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +40,10 @@ PROB_BINS = 100
 LATENCY_STEP_MS = 0.25
 LATENCY_BINS = 8000  # 0.25 ms steps up to 2 s; slower requests land in the last bin
 CHUNK = 65536
+MAX_VERSIONS = 63
+PARALLEL_MIN_ROWS = 200_000  # below this, worker start-up costs more than it saves
+ROLES = ("", "champion", "canary", "fallback")
+_SEP = "\x1f"
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ def open_log(path: Path | str) -> sqlite3.Connection | None:
     try:
         conn = predlog.connect(path, readonly=True)
         conn.execute("SELECT 1 FROM predictions LIMIT 1").fetchall()
+        conn.execute("SELECT 1 FROM feedback LIMIT 1").fetchall()
     except sqlite3.DatabaseError as exc:
         if "no such table" in str(exc):
             return None
@@ -117,108 +129,159 @@ def present_binnings(conn: sqlite3.Connection, binnings: list[Binning]) -> list[
     return [b for b in binnings if b.kind == "output" or b.column in present]
 
 
-def _since(since: float | None, table: str = "") -> tuple[str, tuple[float, ...]]:
-    if since is None:
-        return "", ()
-    prefix = f"{table}." if table else ""
-    return f" WHERE {prefix}ts >= ?", (since,)
+def log_versions(conn: sqlite3.Connection) -> list[str]:
+    """Model versions present in the log (at most MAX_VERSIONS, most recent kept)."""
+    rows = conn.execute(
+        "SELECT model_version, MAX(rowid) FROM predictions WHERE model_version IS NOT NULL "
+        "GROUP BY model_version ORDER BY 2"
+    ).fetchall()
+    return [str(v) for v, _ in rows][-MAX_VERSIONS:]
+
+
+def _slot_code(column: str, values: list[str]) -> str:
+    """SQL giving 1..len(values) for a value of ``values`` (0 for others/NULL)."""
+    if not values:
+        return "0"
+    width = max(len(v) for v in values) + 3
+    slots = "".join(f"{_SEP}{v}{_SEP}".ljust(width, "\x1e") for v in values).replace("'", "''")
+    return (f"COALESCE((instr('{slots}', '{_SEP}' || {column} || '{_SEP}') + {width - 1})"
+            f" / {width}, 0)")
+
+
+def _query(binnings: list[Binning], window: WindowSpec, versions: list[str],
+           since: float | None) -> tuple[str, int]:
+    words = [binnings[i : i + PACK] for i in range(0, len(binnings), PACK)]
+    packed = [" | ".join(f"({b.sql()} << {7 * j})" for j, b in enumerate(word)) for word in words]
+    role = ("CASE p.role WHEN 'champion' THEN 1 WHEN 'canary' THEN 2 WHEN 'fallback' THEN 3 "
+            "ELSE 0 END")
+    meta = (f"({_slot_code('p.model_version', versions)}) | (({role}) << 6)"
+            " | ((p.fallback != 0) << 8) | ((COALESCE(p.prediction, 0) != 0) << 9)"
+            " | ((COALESCE(f.outcome, -1) + 1) << 10)")
+    where = " AND p.ts >= ?" if since is not None else ""
+    sql = (
+        f"SELECT {window.sql('p')}, {meta}, CAST(ROUND(p.ts * 1000) AS INTEGER),"
+        " CAST(ROUND(COALESCE(p.probability, -1) * 1000000) AS INTEGER),"
+        " CAST(ROUND(COALESCE(p.latency_ms, 0) * 1000) AS INTEGER)"
+        + "".join(f", {w}" for w in packed)
+        + " FROM predictions p LEFT JOIN feedback f ON f.request_id = p.request_id"
+        f" WHERE p.rowid BETWEEN ? AND ?{where}"
+    )
+    return sql, 5 + len(packed)
+
+
+def _fetch(path: Path, sql: str, width: int, lo: int, hi: int, since: float | None) -> np.ndarray:
+    conn = predlog.connect(path, readonly=True)
+    try:
+        args: tuple[float, ...] = (lo, hi) if since is None else (lo, hi, since)
+        cursor = conn.execute(sql, args)
+        chunks = []
+        while rows := cursor.fetchmany(CHUNK):
+            chunks.append(np.array(rows, dtype=np.int64))
+    finally:
+        conn.close()
+    return np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.int64)
+
+
+@dataclass
+class Scan:
+    """Everything one pass over the log yields."""
+
+    binnings: list[Binning]
+    codes: CodeHistograms
+    outcomes: OutcomeGroups
+    traffic: TrafficGroups
+
+
+def scan_log(
+    path: Path | str, binnings: list[Binning], window: WindowSpec, since: float | None = None,
+    workers: int | None = None,
+) -> Scan | None:
+    """One pass over the log at ``path``; None when there is no log (no traffic yet)."""
+    path = Path(path)
+    conn = open_log(path)
+    if conn is None:
+        return None
+    try:
+        usable = present_binnings(conn, binnings)
+        versions = log_versions(conn)
+        last = conn.execute("SELECT MAX(rowid) FROM predictions").fetchone()[0] or 0
+    finally:
+        conn.close()
+    sql, width = _query(usable, window, versions, since)
+    workers = workers or min(4, os.cpu_count() or 1)
+    if last < PARALLEL_MIN_ROWS or workers < 2:
+        data = _fetch(path, sql, width, 1, last, since)
+    else:
+        bounds = np.linspace(0, last, workers + 1).astype(int)
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            parts = pool.map(_fetch, [path] * workers, [sql] * workers, [width] * workers,
+                             [int(b) + 1 for b in bounds[:-1]], [int(b) for b in bounds[1:]],
+                             [since] * workers)
+            data = np.concatenate(list(parts))
+    return _count(data, usable, versions)
+
+
+def _count(data: np.ndarray, binnings: list[Binning], versions: list[str]) -> Scan:
+    windows, win = np.unique(data[:, 0], return_inverse=True)
+    n_win = len(windows)
+    meta, ts, prob, latency_us = data[:, 1], data[:, 2] / 1000.0, data[:, 3] / 1e6, data[:, 4]
+    counts: dict[str, np.ndarray] = {}
+    for i, b in enumerate(binnings):
+        column = data[:, 5 + i // PACK]
+        code = (column >> (7 * (i % PACK))) & 127
+        counts[b.name] = np.bincount(win * CODES + code, minlength=n_win * CODES).reshape(
+            n_win, CODES)
+    names = ["", *versions]
+    version_code, role_code = meta & 63, (meta >> 6) & 3
+    fallback, decision, outcome = (meta >> 8) & 1, (meta >> 9) & 1, ((meta >> 10) & 3) - 1
+    lat_bin = np.minimum(latency_us // int(LATENCY_STEP_MS * 1000), LATENCY_BINS - 1)
+
+    # traffic: (window, version, role, fallback, latency bin)
+    key = (((win * 64 + version_code) * 4 + role_code) * 2 + fallback) * LATENCY_BINS + lat_bin
+    groups, inv, n = np.unique(key, return_inverse=True, return_counts=True)
+    g_lat, rest = groups % LATENCY_BINS, groups // LATENCY_BINS
+    g_fb, rest = rest % 2, rest // 2
+    g_role, rest = rest % 4, rest // 4
+    g_ver, g_win = rest % 64, rest // 64
+    ts_min = np.full(len(groups), np.inf)
+    ts_max = np.full(len(groups), -np.inf)
+    np.minimum.at(ts_min, inv, ts)
+    np.maximum.at(ts_max, inv, ts)
+    traffic = TrafficGroups(
+        windows[g_win], [names[v] for v in g_ver], [ROLES[r] for r in g_role], g_fb, g_lat, n,
+        np.bincount(inv, weights=latency_us / 1000.0, minlength=len(groups)),
+        np.bincount(inv, weights=decision, minlength=len(groups)).astype(np.int64),
+        ts_min, ts_max,
+    )
+
+    # labelled model decisions: (window, version, role, outcome, decision, probability bin)
+    keep = (outcome >= 0) & (fallback == 0) & (prob >= 0)
+    p, y = prob[keep], outcome[keep]
+    pbin = np.clip((p * PROB_BINS).astype(np.int64), 0, PROB_BINS - 1)
+    key = ((((win[keep] * 64 + version_code[keep]) * 4 + role_code[keep]) * 2 + y) * 2
+           + decision[keep]) * PROB_BINS + pbin
+    groups, inv, n = np.unique(key, return_inverse=True, return_counts=True)
+    g_bin, rest = groups % PROB_BINS, groups // PROB_BINS
+    g_dec, rest = rest % 2, rest // 2
+    g_y, rest = rest % 2, rest // 2
+    g_role, rest = rest % 4, rest // 4
+    g_ver, g_win = rest % 64, rest // 64
+    outcomes = OutcomeGroups(
+        windows[g_win], [names[v] for v in g_ver], [ROLES[r] for r in g_role], g_y, g_dec,
+        g_bin, n, np.bincount(inv, weights=(p - y) ** 2, minlength=len(groups)),
+    )
+    return Scan(binnings, CodeHistograms(windows, counts), outcomes, traffic)
 
 
 def scan_codes(
     conn: sqlite3.Connection, binnings: list[Binning], window: WindowSpec,
     since: float | None = None,
 ) -> CodeHistograms:
-    """Histogram of every binning's codes per window (one pass, packed codes)."""
-    words = [binnings[i : i + PACK] for i in range(0, len(binnings), PACK)]
-    packed = [
-        " | ".join(f"({b.sql()} << {7 * j})" for j, b in enumerate(word)) for word in words
-    ]
-    where, args = _since(since)
-    sql = f"SELECT {window.sql()}, {', '.join(packed) or '0'} FROM predictions{where}"
-    cursor = conn.execute(sql, args)
-    chunks: list[np.ndarray] = []
-    while rows := cursor.fetchmany(CHUNK):
-        chunks.append(np.array(rows, dtype=np.int64))
-    data = np.concatenate(chunks) if chunks else np.zeros((0, 1 + len(words)), dtype=np.int64)
-    windows, win_index = np.unique(data[:, 0], return_inverse=True)
-    n_win = len(windows)
-    counts: dict[str, np.ndarray] = {}
-    for w, word in enumerate(words):
-        column = data[:, 1 + w]
-        for j, b in enumerate(word):
-            code = (column >> (7 * j)) & 127
-            flat = np.bincount(win_index * CODES + code, minlength=n_win * CODES)
-            counts[b.name] = flat.reshape(n_win, CODES)
-    return CodeHistograms(windows, counts)
-
-
-def scan_outcomes(
-    conn: sqlite3.Connection, window: WindowSpec, since: float | None = None
-) -> OutcomeGroups:
-    """Labelled model decisions grouped for quality and ROI (fallback rows excluded)."""
-    where, args = _since(since, "p")
-    where = (where + " AND" if where else " WHERE") + " p.fallback = 0"
-    sql = (
-        f"SELECT {window.sql('p')} AS w, COALESCE(p.model_version, ''), p.role, f.outcome,"
-        f" COALESCE(p.prediction, 0), MIN(MAX(CAST(p.probability * {PROB_BINS} AS INTEGER), 0),"
-        f" {PROB_BINS - 1}) AS b, COUNT(*),"
-        " SUM((p.probability - f.outcome) * (p.probability - f.outcome))"
-        f" FROM predictions p JOIN feedback f ON f.request_id = p.request_id{where}"
-        " GROUP BY 1, 2, 3, 4, 5, 6"
-    )
+    """Histogram of every binning's codes per window, on an open connection (one thread)."""
+    versions = log_versions(conn)
+    sql, width = _query(binnings, window, versions, since)
+    args: tuple[float, ...] = (1, 2**62) if since is None else (1, 2**62, since)
     rows = conn.execute(sql, args).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 8
-    return OutcomeGroups(
-        np.array(cols[0], dtype=np.int64), list(cols[1]), list(cols[2]),
-        np.array(cols[3], dtype=np.int64), np.array(cols[4], dtype=np.int64),
-        np.array(cols[5], dtype=np.int64), np.array(cols[6], dtype=np.int64),
-        np.array([v or 0.0 for v in cols[7]], dtype=float),
-    )
-
-
-def scan_traffic(
-    conn: sqlite3.Connection, window: WindowSpec, since: float | None = None
-) -> TrafficGroups:
-    """Rows, time span, latency bins, decisions and fallbacks per window/version/role."""
-    where, args = _since(since)
-    sql = (
-        f"SELECT {window.sql()}, COALESCE(model_version, ''), role, fallback,"
-        f" MIN(CAST(COALESCE(latency_ms, 0) / {LATENCY_STEP_MS!r} AS INTEGER), {LATENCY_BINS - 1}),"
-        " COUNT(*), SUM(latency_ms), SUM(COALESCE(prediction, 0)), MIN(ts), MAX(ts)"
-        f" FROM predictions{where} GROUP BY 1, 2, 3, 4, 5"
-    )
-    rows = conn.execute(sql, args).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 10
-    ints = [np.array(c, dtype=np.int64) for c in (cols[0], cols[3], cols[4], cols[5], cols[7])]
-    return TrafficGroups(
-        ints[0], list(cols[1]), list(cols[2]), ints[1], ints[2], ints[3],
-        np.array([v or 0.0 for v in cols[6]], dtype=float), ints[4],
-        np.array(cols[8], dtype=float), np.array(cols[9], dtype=float),
-    )
-
-
-def scan_all(
-    path: Path | str, binnings: list[Binning], window: WindowSpec, since: float | None = None
-) -> tuple[list[Binning], CodeHistograms, OutcomeGroups, TrafficGroups] | None:
-    """Run the three scans concurrently (SQLite releases the GIL); None if no log yet."""
-    conn = open_log(path)
-    if conn is None:
-        return None
-    try:
-        usable = present_binnings(conn, binnings)
-    finally:
-        conn.close()
-
-    def run(fn, *args):  # type: ignore[no-untyped-def]
-        c = open_log(path)
-        assert c is not None
-        try:
-            return fn(c, *args)
-        finally:
-            c.close()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        codes = pool.submit(run, scan_codes, usable, window, since)
-        outcomes = pool.submit(run, scan_outcomes, window, since)
-        traffic = pool.submit(run, scan_traffic, window, since)
-        return usable, codes.result(), outcomes.result(), traffic.result()
+    data = np.array(rows, dtype=np.int64) if rows else np.zeros((0, width), dtype=np.int64)
+    return _count(data, binnings, versions).codes
