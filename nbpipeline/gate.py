@@ -43,7 +43,9 @@ def _criteria(criteria: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in merged.items():
         if key == "gate_metric":
             if not isinstance(value, str):
-                raise GateError(f"params.yaml evaluate.gate_metric must be a metric name, got {value!r}")
+                raise GateError(
+                    f"params.yaml evaluate.gate_metric must be a metric name, got {value!r}"
+                )
         elif isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise GateError(
                 f"params.yaml evaluate.{key} must be a number, got {value!r}; "
@@ -85,7 +87,7 @@ def _slice_checks(candidate: Mapping[str, Any], champion: Mapping[str, Any], met
             if champ is None or min(cand.get("rows", 0), champ.get("rows", 0)) < min_rows:
                 continue
             c_val, h_val = cand.get(metric), champ.get(metric)
-            if c_val is None or h_val is None or not (math.isfinite(c_val) and math.isfinite(h_val)):
+            if c_val is None or h_val is None or not math.isfinite(c_val + h_val):
                 continue  # e.g. a slice with one class only
             judged += 1
             regression = sign * (h_val - c_val)

@@ -90,7 +90,9 @@ def capture(project: Project) -> dict[str, Any]:
         "git": {
             "rev": git_output(project.root, "rev-parse", "HEAD"),
             "branch": git_output(project.root, "rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": bool(git_output(project.root, "status", "--porcelain", "--untracked-files=no")),
+            "dirty": bool(
+                git_output(project.root, "status", "--porcelain", "--untracked-files=no")
+            ),
         },
     }
 
@@ -104,7 +106,8 @@ def trace(registry: Registry, version: str, project: Project | None = None) -> d
     for stage in stages.values():
         for out in stage["outs"]:
             if str(out.get("path", "")).startswith("data/"):
-                data.setdefault(Path(out["path"]).stem, {"path": out["path"]})["dvc_md5"] = out["md5"]
+                entry = data.setdefault(Path(out["path"]).stem, {"path": out["path"]})
+                entry["dvc_md5"] = out["md5"]
     reports = {}
     for name, sha in mv.files.items():
         if name.startswith("reports/"):

@@ -399,7 +399,9 @@ class Registry:
         try:
             metadata = json.loads(meta_path.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise RegistryError(f"{meta_path}: not valid JSON ({exc}); re-run `dvc repro train`") from exc
+            raise RegistryError(
+                f"{meta_path}: not valid JSON ({exc}); re-run `dvc repro train`"
+            ) from exc
         if "trusted_types" not in metadata:
             raise RegistryError(
                 f"{meta_path}: no 'trusted_types'; the model cannot be loaded safely — "
@@ -426,7 +428,8 @@ class Registry:
         extras = {"reference.parquet": directory / "reference.parquet", **(extra_files or {})}
         for name, path in extras.items():
             if Path(path).is_file():
-                files[name] = self._store(Path(path).read_bytes(), Path(name).suffix.lstrip(".") or "bin")
+                ext = Path(name).suffix.lstrip(".") or "bin"
+                files[name] = self._store(Path(path).read_bytes(), ext)
         self._store(blob, "skops")
         with self._locked() as (fh, events):
             replay = self._replay(events)

@@ -46,9 +46,13 @@ def read_gate(project: Project) -> dict[str, Any]:
     try:
         gate = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise GateError(f"{project.rel(path)}: not valid JSON ({exc}); run {REPRO_EVALUATE}") from exc
+        raise GateError(
+            f"{project.rel(path)}: not valid JSON ({exc}); run {REPRO_EVALUATE}"
+        ) from exc
     if not isinstance(gate, dict) or "passed" not in gate or "checks" not in gate:
-        raise GateError(f"{project.rel(path)}: no gate decision (passed, checks); run {REPRO_EVALUATE}")
+        raise GateError(
+            f"{project.rel(path)}: no gate decision (passed, checks); run {REPRO_EVALUATE}"
+        )
     return gate
 
 
@@ -60,9 +64,9 @@ def _check_gate_is_current(project: Project, reg: Registry, gate: dict[str, Any]
     champion = state.champion.version if state.champion else None
     if gate.get("champion_version") != champion:
         problems.append(
-            f"the gate compared the candidate with champion {gate.get('champion_version') or '(none)'}"
-            f" but the champion now is {champion or '(none)'}; re-run {REPRO_EVALUATE} "
-            "to compare with the current champion"
+            "the gate compared the candidate with champion "
+            f"{gate.get('champion_version') or '(none)'} but the champion now is "
+            f"{champion or '(none)'}; re-run {REPRO_EVALUATE} to compare with the current champion"
         )
     elif state.champion and gate.get("champion_sha256") not in (None, state.champion.sha256):
         problems.append(
@@ -163,7 +167,8 @@ def models_rows(reg: Registry) -> list[dict[str, str]]:
             "version": mv.version, "role": role, "gate": gate,
             "metrics": _metric_summary(mv.metrics), "data": _data_version(mv.metadata),
             "params": _params(mv.metadata), "git": rev[:8],
-            "who/when/why": f"{mv.actor} {mv.created[:19].replace('T', ' ')} {mv.forced_reason or mv.reason}",
+            "who/when/why": f"{mv.actor} {mv.created[:19].replace('T', ' ')} "
+                            f"{mv.forced_reason or mv.reason}",
         })
     return rows
 

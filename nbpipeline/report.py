@@ -62,7 +62,8 @@ def _fmt(value: Any) -> str:
 
 
 def _delta(name: str, new: Any, old: Any) -> str:
-    if not isinstance(new, int | float) or not isinstance(old, int | float) or isinstance(new, bool):
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (new, old))
+    if not numbers:
         return '<span class="same">–</span>'
     diff = float(new) - float(old)
     if abs(diff) < 1e-12:
@@ -120,7 +121,8 @@ def previous_run_diff(project: Project) -> tuple[dict[str, Any] | str, dict[str,
 def _gate_section(gate: dict[str, Any]) -> str:
     if not gate:
         return ('<div class="card"><h2>Gate decision ' + _badge("none", "not computed")
-                + '</h2><p class="muted">metrics/gate.json is missing: run <code>dvc repro</code>.</p></div>')
+                + '</h2><p class="muted">metrics/gate.json is missing: run '
+                "<code>dvc repro</code>.</p></div>")
     verdict = _badge("pass", "PASSED") if gate.get("passed") else _badge("fail", "FAILED")
     champ = gate.get("champion_version") or "none (first model)"
     rows = [[_badge("pass", "ok") if c.get("passed") else _badge("fail", "fail"),
@@ -131,8 +133,8 @@ def _gate_section(gate: dict[str, Any]) -> str:
     hint = ("<code>nbp promote</code> will register it" if gate.get("passed") else
             "<code>nbp promote</code> will refuse it (override: <code>--force --reason</code>)")
     return (f'<div class="card"><h2>Gate decision {verdict}</h2>'
-            f'<p class="muted">metric <code>{escape(str(gate.get("metric")))}</code>, compared with '
-            f"champion <b>{escape(str(champ))}</b>; {hint}.</p>{table}</div>")
+            f'<p class="muted">metric <code>{escape(str(gate.get("metric")))}</code>, '
+            f"compared with champion <b>{escape(str(champ))}</b>; {hint}.</p>{table}</div>")
 
 
 def _production_section(reg: Registry) -> str:
@@ -151,8 +153,8 @@ def _production_section(reg: Registry) -> str:
     off = (_badge("fail", f"switched off: {state.off_reason}") if state.switched_off
            else _badge("pass", "serving") if state.champion else _badge("none", "no model"))
     canary = describe(state.canary) + (f" at {state.canary_fraction:.0%}" if state.canary else "")
-    kv = (f'<dl class="kv"><dt>status</dt><dd>{off}</dd><dt>champion</dt><dd>{describe(state.champion)}'
-          f"</dd><dt>canary</dt><dd>{canary}</dd><dt>versions</dt><dd>{len(reg.versions())}</dd></dl>")
+    kv = (f'<dl class="kv"><dt>status</dt><dd>{off}</dd><dt>champion</dt>'
+          f"<dd>{describe(state.champion)}</dd><dt>canary</dt><dd>{canary}</dd><dt>versions</dt><dd>{len(reg.versions())}</dd></dl>")
     rows = [[str(e.seq), escape(e.ts[:19].replace("T", " ")), f"<code>{escape(e.kind)}</code>",
              escape(e.actor), escape(_event_text(e))] for e in reversed(events)]
     log = _table(["#", "when (UTC)", "event", "who", "what / why"], rows) if rows else (
@@ -166,7 +168,8 @@ def _event_text(event: Any) -> str:
         "register": lambda: f"registered {data.get('version')}",
         "promote": lambda: f"{data.get('version')} -> {data.get('role')}"
         + (f" {float(data.get('canary_fraction', 0)):.0%}" if data.get("role") == "canary" else ""),
-        "rollback": lambda: f"{data.get('role')} {data.get('from')} -> {data.get('to') or 'removed'}",
+        "rollback": lambda: (f"{data.get('role')} {data.get('from')} -> "
+                             f"{data.get('to') or 'removed'}"),
     }.get(event.kind, lambda: "")()
     return f"{what}: {event.reason}" if what else event.reason
 
@@ -201,14 +204,17 @@ def _champion_section(project: Project, gate: dict[str, Any], reg: Registry) -> 
     cd, hd = candidate_meta.get("data", {}), champion.metadata.get("data", {})
     drow = [[escape(split), f"<code>{str(cd.get(split, {}).get('sha256', '–'))[:12]}</code>",
              f"<code>{str(hd.get(split, {}).get('sha256', '–'))[:12]}</code>",
-             _badge("none", "same") if cd.get(split, {}).get("sha256") == hd.get(split, {}).get("sha256")
+             _badge("none", "same")
+             if cd.get(split, {}).get("sha256") == hd.get(split, {}).get("sha256")
              else _badge("warn", "changed")]
             for split in sorted(set(cd) | set(hd))]
     note = ("" if same_golden else '<p class="muted">champion metrics as recorded at its '
-            "registration; re-run <code>dvc repro -f -s evaluate</code> to score it on this golden set.</p>")
+            "registration; re-run <code>dvc repro -f -s evaluate</code> to score it on this "
+            "golden set.</p>")
     return (f'<div class="card wide"><h2>Candidate vs champion {champion.version}</h2>{note}'
             f'<div class="grid"><div>{metrics}</div><div><h3>Parameters that differ</h3>{ptable}'
-            f"<h3>Data versions</h3>{_table(['split', 'candidate', 'champion', ''], drow)}</div></div></div>")
+            f"<h3>Data versions</h3>{_table(['split', 'candidate', 'champion', ''], drow)}"
+            "</div></div></div>")
 
 
 def _importance_section(project: Project) -> str:
@@ -254,11 +260,13 @@ def _slices_section(project: Project, gate: dict[str, Any]) -> str:
 
     out = []
     for row in sorted(rows, key=lambda r: (r.get("slice", ""), -(num(r.get("rows")) or 0))):
-        n, cand, champ = num(row.get("rows")), num(row.get(metric)), num(row.get(f"champion_{metric}"))
+        n, cand = num(row.get("rows")), num(row.get(metric))
+        champ = num(row.get(f"champion_{metric}"))
         judged = n is not None and n >= min_rows
         out.append([escape(row.get("slice", "")), f"<code>{escape(row.get('value', ''))}</code>",
                     _fmt(int(n)) if n is not None else "–", _fmt(cand), _fmt(champ),
-                    _delta(metric, cand, champ) if judged else '<span class="muted">too small</span>'])
+                    _delta(metric, cand, champ) if judged
+                    else '<span class="muted">too small</span>'])
     table = _table(["slice", "value", "rows", "candidate", "champion", "difference"], out[:40],
                    {2, 3, 4})
     return (f'<div class="card"><h2>Slices (golden, {escape(metric)})</h2><p class="muted">'

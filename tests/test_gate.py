@@ -32,7 +32,8 @@ def checks(decision: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_first_model_uses_champion_less_criteria() -> None:
     decision = decide(metrics(0.72, 0.70), None, CRITERIA)
     assert decision["passed"] and decision["champion_version"] is None
-    assert set(checks(decision)) == {"min_roc_auc.valid", "min_roc_auc.golden", "too_good_to_be_true"}
+    assert set(checks(decision)) == {
+        "min_roc_auc.valid", "min_roc_auc.golden", "too_good_to_be_true"}
     assert decision["metrics"]["golden"]["roc_auc"] == 0.70
     json.dumps(decision)  # JSON-ready
 
@@ -51,7 +52,8 @@ def test_too_good_to_be_true_fails() -> None:
 
 
 def test_beats_champion_and_slices_hold() -> None:
-    champ = {"version": "v3", "sha256": "ab", **metrics(0.70, 0.70, {"carrier": {"AA": 0.70, "UA": 0.68}})}
+    slices = {"carrier": {"AA": 0.70, "UA": 0.68}}
+    champ = {"version": "v3", "sha256": "ab", **metrics(0.70, 0.70, slices)}
     cand = metrics(0.72, 0.72, {"carrier": {"AA": 0.69, "UA": 0.72}})
     decision = decide(cand, champ, CRITERIA)
     by_name = checks(decision)
@@ -81,7 +83,8 @@ def test_slice_regression_fails_and_small_slices_are_ignored() -> None:
     assert not decision["passed"] and check["value"] == pytest.approx(0.09)
     assert "EWR" in check["detail"]
     small = decide(cand, champ, dict(CRITERIA, gate_min_slice_rows=10_000))
-    assert small["passed"] and "no origin slice" in checks(small)["slice_regression.origin"]["detail"]
+    assert small["passed"]
+    assert "no origin slice" in checks(small)["slice_regression.origin"]["detail"]
 
 
 def test_lower_is_better_metric() -> None:

@@ -38,7 +38,8 @@ def test_promote_models_lineage_rollback(project: Path, capsys: pytest.CaptureFi
     gate_for(project, 0.75, "v1")
     assert nbp("promote", "--canary", "0.2", "--reason", "try it") == 0
     state = reg.state()
-    assert state.canary is not None and state.canary.version == "v2" and state.canary_fraction == 0.2
+    assert state.canary is not None and state.canary.version == "v2"
+    assert state.canary_fraction == 0.2
 
     assert nbp("models") == 0
     table = capsys.readouterr().out

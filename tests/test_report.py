@@ -31,7 +31,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     gate_for(root, 0.66, "v1", champion_golden=0.7)  # a candidate that fails the gate
     plots = root / "plots" / "evaluate"
     plots.mkdir(parents=True)
-    (plots / "importance.csv").write_text("feature,importance,std\nhour,0.08,0.01\nwind,0.02,0.01\n")
+    (plots / "importance.csv").write_text(
+        "feature,importance,std\nhour,0.08,0.01\nwind,0.02,0.01\n")
     (plots / "slices.csv").write_text(
         "slice,value,rows,positive_rate,roc_auc,champion_roc_auc\n"
         "origin,EWR,900,0.2,0.66,0.71\norigin,JFK,50,0.2,0.7,0.69\n"
