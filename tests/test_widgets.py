@@ -102,6 +102,7 @@ def test_widgets_render_in_jupyterlab(project, tmp_path):
         [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1",
          f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={project}",
          "--ServerApp.open_browser=False", "--LabApp.news_url=None",
+         *(["--allow-root"] if os.geteuid() == 0 else []),
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )

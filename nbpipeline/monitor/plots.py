@@ -14,6 +14,12 @@ from nbpipeline.monitor.analysis import Analysis
 from nbpipeline.monitor.config import MonitorConfig
 
 
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def drift_table(analysis: Analysis, value: str = "psi", last: int = 12) -> pd.DataFrame:
     """Feature x window table of ``value`` (psi, statistic, p_value) for the last windows."""
     if analysis.drift.empty:
@@ -34,8 +40,10 @@ def plot_drift(ax: Any, analysis: Analysis, cfg: MonitorConfig, top: int = 6) ->
         ax.plot(table.columns, table.loc[feature], marker="o", label=feature)
     ax.axhline(cfg.psi_limit, color="red", linestyle="--", label=f"limit {cfg.psi_limit:g}")
     ax.set_xlabel("window")
-    ax.set_ylabel("PSI")
-    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylabel("PSI (log scale)")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=max(1e-3, float(table.min().min()) / 2))
+    _integer_x(ax)
     ax.legend(fontsize="small", ncol=2)
     return ax
 
@@ -56,6 +64,7 @@ def plot_quality(ax: Any, analysis: Analysis, cfg: MonitorConfig, metric: str = 
             ax.axhline(limit, color="red", linestyle="--")
     ax.set_xlabel("window")
     ax.set_ylabel(metric)
+    _integer_x(ax)
     ax.legend(fontsize="small")
     return ax
 
@@ -71,5 +80,6 @@ def plot_roi(ax: Any, roi: pd.DataFrame, cfg: MonitorConfig) -> Any:
     ax.axhline(cfg.roi_min, color="red", linestyle="--", label=f"roi_min {cfg.roi_min:g}%")
     ax.set_xlabel("window")
     ax.set_ylabel("ROI %")
+    _integer_x(ax)
     ax.legend(fontsize="small")
     return ax
