@@ -165,7 +165,8 @@ def add_parameters_cell(nb: NotebookNode) -> str:
             return f"tagged cell {index + 1} `parameters` ({names})"
         cell.source = rest
         nb.cells.insert(index, _code_cell(head, [PARAMETERS_TAG]))
-        return f"split the literal assignments ({names}) off cell {index + 1} into a `parameters` cell"
+        return (f"split the literal assignments ({names}) off cell {index + 1} into a "
+                "`parameters` cell")
     nb.cells.insert(position, _code_cell(EMPTY_PARAMETERS, [PARAMETERS_TAG]))
     return (f"added an empty `parameters` cell as cell {position + 1} (no literal assignments "
             "at the top); move tunable values into it as `name = literal` lines")
@@ -176,7 +177,7 @@ def _prepare_notebook(path: Path, rel: str, stage: str) -> tuple[NotebookNode, l
     import json
 
     original = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    nb = read_notebook(path, upgrade=True)
+    nb = read_notebook(path, upgrade=True, name=rel)
     changes: list[str] = []
     if isinstance(original, dict) and original.get("nbformat", 4) < 4:
         changes.append(f"upgraded from nbformat v{original['nbformat']} to v4")
@@ -218,7 +219,7 @@ def _update_params(project: Project, stage: str, declared: dict[str, Any]) -> tu
         dict[str, Any], list[str]]:
     """Put the notebook's defaults under ``<stage>:`` in params.yaml; return the tree."""
     doc = YamlDoc.load(project.params_yaml, ParamsError)
-    own = doc.doc.get(stage)
+    own: Any = doc.doc.get(stage)
     if own is not None and not isinstance(own, dict):
         raise ParamsError(f"params.yaml: section '{stage}' must be a mapping of name: value")
     provided = {k for s in SHARED_SECTIONS if isinstance(doc.doc.get(s), dict) for k in doc.doc[s]}
@@ -234,7 +235,7 @@ def _update_params(project: Project, stage: str, declared: dict[str, Any]) -> tu
     return dict(doc.doc), changes
 
 
-def _merged(existing: CommentedMap, section: CommentedMap) -> CommentedMap:
+def _merged(existing: Any, section: CommentedMap) -> Any:
     for key, value in section.items():
         if key not in existing:
             existing[key] = value
@@ -306,7 +307,7 @@ def add_stage(project: Project, notebook: Path | str, *, deps: Sequence[str] = (
     declared = notebook_parameters(nb, rel)
     params, params_changes = _update_params(project, stage, declared)
     changes += params_changes
-    paths = params.get("paths") if isinstance(params.get("paths"), dict) else {}
+    paths: dict[str, Any] = params["paths"] if isinstance(params.get("paths"), dict) else {}
 
     spec = dvc.raw_stages.get(stage)
     spec = CommentedMap() if spec is None else spec

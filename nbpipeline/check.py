@@ -85,9 +85,9 @@ def _check_notebook(project: Project, stage: NotebookStage, kernels: list[str],
                                 "does not exist; create the notebook or fix the cmd"))
         return None
     try:
-        nb = read_notebook(path)
+        nb = read_notebook(path, name=rel)
     except NbpipelineError as exc:
-        problems.append(Problem(rel, str(exc).removeprefix(f"{path}: ")))
+        problems.append(Problem(rel, str(exc).removeprefix(f"{rel}: ")))
         return None
     language = kernel_language(nb)
     if language not in (None, "python", "python3"):
@@ -163,7 +163,8 @@ def _check_params(project: Project, stage: NotebookStage, nb: NotebookNode,
     except NbpipelineError as exc:
         return [Problem(rel, str(exc).removeprefix(f"{rel}: "))]
     problems: list[Problem] = []
-    own = params.get(stage.runs) if isinstance(params.get(stage.runs), Mapping) else {}
+    section_values = params.get(stage.runs)
+    own: Mapping[str, Any] = section_values if isinstance(section_values, Mapping) else {}
     for key in own:
         if key not in declared:
             problems.append(Problem("params.yaml", f"[{stage.runs}] {key} is not in {rel}'s "
@@ -239,7 +240,7 @@ def sync_notebooks(project: Project) -> list[str]:
         if not path.is_file():
             continue
         rel = project.rel(path)
-        nb = read_notebook(path)
+        nb = read_notebook(path, name=rel)
         declared = notebook_parameters(nb, rel)
         values = stage_values(params, stage.runs, declared, notebook=rel)
         index = parameters_cell_index(nb, rel)

@@ -14,15 +14,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from nbpipeline.errors import NotebookError
+from nbpipeline.project import write_text_atomic
+
 # jsonschema imports rfc3987_syntax (~1-4 s: it builds a grammar) only for the "iri"
 # format, which nbformat's schema never uses; skip it (see run._quiet_imports).
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 import nbformat  # noqa: E402
 from nbformat import NotebookNode  # noqa: E402
-
-from nbpipeline.errors import NotebookError
-from nbpipeline.project import write_text_atomic
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -32,36 +32,39 @@ _VOLATILE_CELL_META = ("execution", "papermill", "ExecuteTime", "collapsed", "sc
 _VOLATILE_NB_PAPERMILL = ("start_time", "end_time", "duration", "input_path", "output_path")
 
 
-def read_notebook(path: Path, *, upgrade: bool = False) -> NotebookNode:
+def read_notebook(
+    path: Path, *, upgrade: bool = False, name: str | None = None
+) -> NotebookNode:
     """Read ``path`` as an nbformat v4 notebook, with errors that name the file and the fix.
 
     Older formats (v2, v3) are refused unless ``upgrade`` (they are then converted to v4
     in memory); a notebook that breaks the nbformat schema is refused with the JSON path
-    of the first problem.
+    of the first problem. Messages name the file as ``name`` (default: ``path``).
     """
+    shown = name or path
     if not path.is_file():
-        raise NotebookError(f"{path}: notebook not found; create it or fix the stage name")
+        raise NotebookError(f"{shown}: notebook not found; create it or fix the stage name")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotebookError(
-            f"{path}: not a notebook (invalid JSON: {exc}); restore it from git or re-save it "
+            f"{shown}: not a notebook (invalid JSON: {exc}); restore it from git or re-save it "
             "from JupyterLab"
         ) from exc
     if not isinstance(raw, dict) or "nbformat" not in raw:
-        raise NotebookError(f"{path}: not a notebook (no 'nbformat' field)")
+        raise NotebookError(f"{shown}: not a notebook (no 'nbformat' field)")
     major = raw.get("nbformat")
     if not isinstance(major, int) or major < 4 and not (upgrade and major in (2, 3)):
         raise NotebookError(
-            f"{path}: nbformat v{major} is too old to run; upgrade it with "
-            f"`jupyter nbconvert --to notebook --inplace {path}` (writes v4)"
+            f"{shown}: nbformat v{major} is too old to run; upgrade it with "
+            f"`nbp stage add {shown}` or `jupyter nbconvert --to notebook --inplace {shown}`"
         )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing cell ids etc.: repaired on write
             nb = nbformat.reads(json.dumps(raw), as_version=4)
     except Exception as exc:  # nbformat raises several unrelated types
-        raise NotebookError(f"{path}: unreadable notebook ({exc})") from exc
+        raise NotebookError(f"{shown}: unreadable notebook ({exc})") from exc
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -69,7 +72,7 @@ def read_notebook(path: Path, *, upgrade: bool = False) -> NotebookNode:
     except nbformat.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "top level"
         raise NotebookError(
-            f"{path}: invalid notebook at {where}: {exc.message}; fix that field or "
+            f"{shown}: invalid notebook at {where}: {exc.message}; fix that field or "
             "re-save the notebook from JupyterLab"
         ) from exc
     return nb
@@ -212,7 +215,8 @@ ERROR_BANNER_TAG = "papermill-error-cell-tag"
 
 def without_error_banners(nb: NotebookNode) -> NotebookNode:
     """``nb`` without the markdown banners papermill inserts around a failing cell."""
-    nb.cells = [c for c in nb.cells if ERROR_BANNER_TAG not in c.get("metadata", {}).get("tags", [])]
+    nb.cells = [c for c in nb.cells
+                if ERROR_BANNER_TAG not in c.get("metadata", {}).get("tags", [])]
     return nb
 
 

@@ -85,8 +85,8 @@ def plan_stage(project: Project, stage: str) -> StagePlan:
             f"stage '{stage}': no notebook at {project.rel(path)}; create it, or check the "
             "stage name in dvc.yaml (`cmd: nbp run <stage>` runs notebooks/<stage>.ipynb)"
         )
-    nb = read_notebook(path)
     rel = project.rel(path)
+    nb = read_notebook(path, name=rel)
     language = kernel_language(nb)
     if language not in (None, "python", "python3"):
         kernel = kernel_name(nb, rel)
@@ -319,6 +319,10 @@ def run_stage(
             raise StageError(problems + f"\n  (`nbp run {stage} --lenient` only warns)")
         if problems:
             print(f"nbp: warning: {problems}", file=sys.stderr)
+        if not trace_result.complete:
+            print(f"nbp: warning: stage '{stage}': file tracing was incomplete (too many "
+                  "directories or events); undeclared deps/outs may have been missed",
+                  file=sys.stderr)
     return RunResult(
         stage, plan.notebook_path, report, report_html, plan.parameters,
         time.perf_counter() - started,
