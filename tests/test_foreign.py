@@ -46,9 +46,10 @@ def put(project: Project, fixture: str, stage: str) -> Path:
      "run; upgrade it with `nbp stage add notebooks/s.ipynb` or `jupyter nbconvert --to "
      "notebook --inplace notebooks/s.ipynb`"),
     ("nbformat__test3_v3.ipynb", "notebooks/s.ipynb: nbformat v3 is too old to run"),
-    ("nbformat__invalid.ipynb", "nbp: error: notebooks/s.ipynb: invalid notebook at cells/0: 'source' is a required "
-     "property; fix that field or re-save the notebook from JupyterLab"),
-    ("nbformat__v4_5_invalid_metadata.ipynb", "notebooks/s.ipynb: invalid notebook at metadata/kernelspec:"),
+    ("nbformat__invalid.ipynb", "nbp: error: notebooks/s.ipynb: invalid notebook at cells/0: "
+     "'source' is a required property; fix that field or re-save the notebook from JupyterLab"),
+    ("nbformat__v4_5_invalid_metadata.ipynb",
+     "notebooks/s.ipynb: invalid notebook at metadata/kernelspec:"),
     ("papermill__complex_parameters.ipynb", "notebooks/s.ipynb cell 1 (parameters) line 14: "
      "syntax error: invalid syntax"),
 ])
