@@ -32,10 +32,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from nbpipeline.release import promote_candidate
+    from nbpipeline.release import promote_candidate, promote_version
 
-    done = promote_candidate(find_project(), canary=args.canary, force=args.force,
-                             reason=args.reason)
+    if args.version:
+        done = promote_version(find_project(), args.version, canary=args.canary,
+                               reason=args.reason)
+    else:
+        done = promote_candidate(find_project(), canary=args.canary, force=args.force,
+                                 reason=args.reason)
     share = f" for {args.canary:.0%} of traffic" if args.canary is not None else ""
     forced = f" (FORCED: {done.model.forced_reason})" if done.model.forced_reason else ""
     print(f"nbp: {done.model.version} ({done.model.sha256[:12]}) is now {done.role}{share}{forced}")
@@ -131,7 +135,11 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                              "make it champion (or canary)")
     promote.add_argument("--canary", type=float, metavar="FRACTION",
                          help="serve it to this share of traffic (0..1) beside the champion")
-    promote.add_argument("--force", action="store_true", help="override a failed gate (needs --reason)")
+    which = promote.add_mutually_exclusive_group()
+    which.add_argument("--force", action="store_true",
+                       help="override a failed gate (needs --reason)")
+    which.add_argument("--version", metavar="VERSION",
+                       help="promote a registered version (e.g. v2) instead of the candidate")
     promote.add_argument("--reason", help="why (recorded in the registry)")
     promote.set_defaults(handler=_cmd_promote)
     rollback = sub.add_parser("rollback", help="restore the previous champion (or drop the canary)")

@@ -19,7 +19,9 @@ from nbpipeline.project import Project
 from nbpipeline.record import file_sha256
 from nbpipeline.registry import Event, ModelVersion, Registry, default_actor
 
-__all__ = ["Promotion", "models_table", "promote_candidate", "read_gate", "rollback"]
+__all__ = [
+    "Promotion", "models_table", "promote_candidate", "promote_version", "read_gate", "rollback",
+]
 
 GATE_FILE = "gate.json"
 CANDIDATE_DIR = "models/candidate"
@@ -118,6 +120,20 @@ def promote_candidate(
         lineage=capture(project), extra_files=report_files(project),
     )
     event = reg.promote(model.version, canary_fraction=canary, reason=why, actor=actor)
+    return Promotion(model, event, "champion" if canary is None else "canary")
+
+
+def promote_version(project: Project, version: str, *, canary: float | None = None,
+                    reason: str | None = None, actor: str | None = None) -> Promotion:
+    """Make an already registered ``version`` champion (or canary) again; lifts the off switch.
+
+    No gate is consulted: the version passed (or was forced through) its gate when it
+    was registered, and that record stays with it.
+    """
+    reg = Registry(project.registry)
+    model = reg.get(version)
+    event = reg.promote(version, canary_fraction=canary, reason=reason or f"re-promoted {version}",
+                        actor=actor or default_actor())
     return Promotion(model, event, "champion" if canary is None else "canary")
 
 

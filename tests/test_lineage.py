@@ -106,3 +106,20 @@ def test_lineage_flags_files_that_changed_since_dvc_lock(project: Path) -> None:
     snap = capture(Project(project))
     assert snap["stale"] == ["train:reports/train.html"]
     assert snap["git"]["rev"] and snap["git"]["branch"] == "main"
+
+
+def test_promote_a_registered_version_lifts_the_off_switch(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate_for(project, 0.7, None)
+    assert nbp("promote") == 0
+    reg = Registry(project / "registry")
+    reg.switch_off(reason="ROI below zero", actor="monitor")
+    assert nbp("models") == 0
+    assert "champion (OFF)" in capsys.readouterr().out
+    assert nbp("promote", "--version", "v1", "--reason", "fixed upstream feed") == 0
+    state = reg.state()
+    assert not state.switched_off and state.champion is not None
+    assert reg.events()[-1].reason == "fixed upstream feed"
+    assert nbp("promote", "--version", "v9") == 1
+    assert "'v9' is not in the registry" in capsys.readouterr().err
