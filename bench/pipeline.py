@@ -1,0 +1,163 @@
+"""Notebooks vs scripts under DVC: what does running stages as notebooks cost?
+
+Builds two copies of the example project in a temp dir — one whose stages are the
+notebooks run by `nbp run`, one whose stages are the same code cells saved as plain
+Python scripts (reading the same params.yaml through the same resolution) — and times,
+side by side in one run:
+
+* a full `dvc repro` (all stages), and
+* a one-parameter change (`train.max_iter`), which re-runs train + evaluate.
+
+Rounds alternate notebook/script so machine noise hits both. Prints each time and the
+ratio notebooks/scripts (target <= 1.3). Usage:
+
+    python bench/pipeline.py [--rounds 2] [--sample 1.0] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO))
+
+from nbpipeline.notebook import notebook_parameters, parameters_cell_index, read_notebook  # noqa: E402
+
+STAGES = ("data", "train", "evaluate")
+PARAM_LOADER = (
+    "from pathlib import Path as _P\n"
+    "from nbpipeline.params import load_params as _lp, stage_values as _sv\n"
+    "globals().update(_sv(_lp(_P('params.yaml')), {stage!r}, {declared!r}))\n"
+)
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    for key in ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING"):
+        e.pop(key, None)
+    return e
+
+
+def sh(*args: str, cwd: Path) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode:
+        sys.exit(f"{' '.join(args)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def notebook_to_script(path: Path, stage: str) -> str:
+    """The notebook's code cells as one script; its parameters come from params.yaml."""
+    nb = read_notebook(path)
+    declared = notebook_parameters(nb)
+    index = parameters_cell_index(nb)
+    parts = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        parts.append(cell.source)
+        if i == index:
+            parts.append(PARAM_LOADER.format(stage=stage, declared=declared))
+    return "\n\n".join(parts) + "\n"
+
+
+def make_projects(base: Path, sample: float) -> tuple[Path, Path]:
+    nbs, scripts = base / "notebooks-project", base / "scripts-project"
+    for root in (nbs, scripts):
+        root.mkdir(parents=True)
+        shutil.copytree(REPO / "notebooks", root / "notebooks")
+        shutil.copy(REPO / "params.yaml", root / "params.yaml")
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["data"]["sample_fraction"] = sample
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    spec["stages"] = {k: v for k, v in spec["stages"].items() if k in STAGES}
+    (nbs / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (scripts / "scripts").mkdir()
+    for stage, body in spec["stages"].items():
+        source = notebook_to_script(REPO / "notebooks" / f"{stage}.ipynb", stage)
+        (scripts / "scripts" / f"{stage}.py").write_text(source)
+        body["cmd"] = f"python scripts/{stage}.py"
+        body["deps"] = [f"scripts/{stage}.py" if d.startswith("notebooks/") else d
+                        for d in body["deps"]]
+        body["outs"] = [o for o in body["outs"] if not str(o).startswith("reports/")]
+    (scripts / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    shutil.rmtree(scripts / "notebooks")
+    for root in (nbs, scripts):
+        sh("git", "init", "-q", cwd=root)
+        sh("dvc", "init", "-q", cwd=root)
+        sh("dvc", "config", "core.analytics", "false", cwd=root)
+    return nbs, scripts
+
+
+def set_max_iter(root: Path, value: int) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["max_iter"] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def timed_repro(root: Path) -> float:
+    started = time.perf_counter()
+    sh("dvc", "repro", cwd=root)
+    return time.perf_counter() - started
+
+
+def clean(root: Path) -> None:
+    """Forget previous runs (outputs, lock, run-cache) so the next repro runs everything."""
+    for name in ("data", "models", "metrics", "plots", "reports", "dvc.lock"):
+        path = root / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sample", type=float, default=1.0, help="data.sample_fraction")
+    parser.add_argument("--keep", type=Path, help="build the projects here and keep them")
+    args = parser.parse_args()
+    base = args.keep or Path(tempfile.mkdtemp(prefix="nbp-bench-"))
+    nbs, scripts = make_projects(base, args.sample)
+    times: dict[str, dict[str, list[float]]] = {
+        kind: {"full": [], "change": []} for kind in ("notebooks", "scripts")
+    }
+    for round_no in range(args.rounds):
+        order = [("notebooks", nbs), ("scripts", scripts)]
+        if round_no % 2:
+            order.reverse()
+        for kind, root in order:
+            clean(root)
+            set_max_iter(root, 200)
+            times[kind]["full"].append(timed_repro(root))
+            set_max_iter(root, 150 + round_no)
+            times[kind]["change"].append(timed_repro(root))
+            print(f"round {round_no + 1} {kind:9s} full {times[kind]['full'][-1]:6.1f}s  "
+                  f"one-param change {times[kind]['change'][-1]:6.1f}s", flush=True)
+    summary = {}
+    print(f"\n{'':10s}{'notebooks':>11s}{'scripts':>10s}{'ratio':>8s}   (median of {args.rounds})")
+    for case in ("full", "change"):
+        n = statistics.median(times["notebooks"][case])
+        s = statistics.median(times["scripts"][case])
+        summary[case] = {"notebooks_s": round(n, 2), "scripts_s": round(s, 2),
+                         "ratio": round(n / s, 3)}
+        label = "full run" if case == "full" else "1 param"
+        print(f"{label:10s}{n:10.1f}s{s:9.1f}s{n / s:8.2f}")
+    print(json.dumps({"sample_fraction": args.sample, "rounds": args.rounds, **summary}))
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
