@@ -32,6 +32,8 @@ __all__ = ["build_index", "previous_run_diff"]
 
 INDEX = "index.html"
 LOWER_IS_BETTER = ("log_loss", "brier", "latency")
+HIGHER_IS_BETTER = ("roc_auc", "average_precision", "accuracy", "precision", "recall", "f1",
+                    "roi")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -68,8 +70,14 @@ def _delta(name: str, new: Any, old: Any) -> str:
     diff = float(new) - float(old)
     if abs(diff) < 1e-12:
         return '<span class="same">=</span>'
-    better = (diff < 0) if any(k in name for k in LOWER_IS_BETTER) else (diff > 0)
-    return f'<span class="{"up" if better else "down"}">{diff:+.4f}</span>'
+    leaf = name.rsplit(".", 1)[-1]
+    if any(k in leaf for k in LOWER_IS_BETTER):
+        kind = "up" if diff < 0 else "down"
+    elif any(k in leaf for k in HIGHER_IS_BETTER):
+        kind = "up" if diff > 0 else "down"
+    else:
+        kind = "same"  # a count or a chosen value: neither good nor bad
+    return f'<span class="{kind}">{diff:+.4f}</span>'
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
