@@ -55,9 +55,9 @@ class Predictor:
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._limited: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="predictor", daemon=True)
         self._thread.start()
-        self.calls = 0
 
     def submit(
         self, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]
@@ -71,13 +71,19 @@ class Predictor:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def _run(self) -> None:
+    def _single_threaded(self, model: Any) -> None:
+        """Limit the thread pools of every library loaded so far (a new model may load some).
+
+        threadpoolctl only sees libraries already loaded, and OpenMP's limit is per calling
+        thread, so this runs on this thread before a model's first call.
+        """
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=1):
-            self._loop()
+        if id(model) not in self._limited:
+            threadpool_limits(limits=1)
+            self._limited.add(id(model))
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
@@ -106,7 +112,7 @@ class Predictor:
         for group in groups.values():
             rows = [row for job in group for row in job.rows]
             try:
-                self.calls += 1
+                self._single_threaded(group[0].model)
                 probs = score(group[0].model, group[0].schema, rows)
             except Exception as exc:
                 if len(group) == 1:  # the request answers 500 naming the model
