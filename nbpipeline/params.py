@@ -69,9 +69,8 @@ def _section(params: Mapping[str, Any], name: str, file: str) -> Mapping[str, An
 
 def type_name(value: Any) -> str:
     """A user-facing name for the type of ``value``."""
-    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}.get(
-        type(value), type(value).__name__
-    )
+    names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}
+    return names.get(type(value), type(value).__name__)
 
 
 def check_type(name: str, default: Any, value: Any, *, where: str) -> Any:

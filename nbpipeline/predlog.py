@@ -132,9 +132,8 @@ def insert_rows(conn: sqlite3.Connection, records: Iterable[PredictionRecord]) -
     conn.execute("BEGIN")
     try:
         for rec in records:
-            fcols = {
-                feature_column(k): v for k, v in rec.features.items() if feature_column(k) in present
-            }
+            fcols = {feature_column(k): v for k, v in rec.features.items()}
+            fcols = {col: v for col, v in fcols.items() if col in present}
             names = list(BASE_COLUMN_NAMES) + list(fcols)
             values = [
                 rec.request_id,

@@ -131,7 +131,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def artifact(path: str | os.PathLike[str], *, stage: str | None = None, **meta: Any) -> None:
-    """Register a produced file (e.g. a model) with its hash in ``metrics/<stage>.artifacts.json``."""
+    """Record a produced file (e.g. a model) and its hash in metrics/<stage>.artifacts.json."""
     root = _root()
     target = Path(path)
     rel = os.path.relpath(target if target.is_absolute() else root / target, root)

@@ -74,7 +74,8 @@ def test_strip_volatile_removes_timestamps_and_counts() -> None:
     cell = nbformat.v4.new_code_cell("1", execution_count=3)
     cell.metadata["execution"] = {"iopub.execute_input": "2026-01-01T00:00:00"}
     cell.metadata["papermill"] = {"duration": 1.2}
-    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "1"}, execution_count=3)]
+    result = nbformat.v4.new_output("execute_result", {"text/plain": "1"}, execution_count=3)
+    cell.outputs = [result]
     nb = _nb(cell)
     nb.metadata["papermill"] = {"start_time": "t", "end_time": "t", "duration": 1, "parameters": {}}
     strip_volatile(nb)

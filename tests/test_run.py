@@ -70,7 +70,8 @@ def test_bad_params_are_reported_before_any_kernel_starts(mini_project: Path) ->
 
 
 def test_unknown_and_missing_params(mini_project: Path) -> None:
-    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "s", "c": 3})
+    params = {"a": 1, "b": 1.0, "label": "s", "c": 3}
+    add_stage(mini_project, "adds", "records_metric.ipynb", params)
     proc = sh("nbp", "run", "adds", cwd=mini_project, check=False)
     assert "unknown parameter(s) c" in proc.stderr and proc.returncode == 2
     add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1})
