@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbpipeline.errors import NotebookError
+from nbpipeline.lean import nbformat as _lean_nbformat
 from nbpipeline.project import write_text_atomic
 
-# jsonschema imports rfc3987_syntax (~1-4 s: it builds a grammar) only for the "iri"
-# format, which nbformat's schema never uses; skip it (see run._quiet_imports).
-sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-
-import nbformat  # noqa: E402
-from nbformat import NotebookNode  # noqa: E402
+if TYPE_CHECKING:
+    import nbformat
+    from nbformat import NotebookNode
+else:  # nbformat without jsonschema's slow, unused format extras (see nbpipeline.lean)
+    nbformat = _lean_nbformat()
+    NotebookNode = nbformat.NotebookNode
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"

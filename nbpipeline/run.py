@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbpipeline import lean
 from nbpipeline.errors import NotebookError, StageError, StageFailedError
 from nbpipeline.notebook import (
     first_unexpected_error,
@@ -145,15 +146,6 @@ class _HtmlExporterLoader(threading.Thread):
         return str(body)
 
 
-def _quiet_imports() -> None:
-    """Skip an optional import that costs ~1 s and that notebook validation never uses.
-
-    jsonschema imports rfc3987_syntax (which builds a grammar at import) only to check
-    the "iri" string format; nbformat's schema has no such format.
-    """
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-
-
 def _kernel_manager_class() -> type:
     """An async kernel manager that talks to the kernel over IPC sockets in a temp dir.
 
@@ -247,8 +239,7 @@ def run_stage(
         tracer = Tracer(project.root, stage) if declared else None
     html = _HtmlExporterLoader()
     html.start()
-    _quiet_imports()
-    import papermill
+    papermill = lean.papermill()
     from jupyter_client.kernelspec import NoSuchKernel
     from papermill.exceptions import PapermillExecutionError
 

@@ -1,0 +1,22 @@
+"""nbpipeline.lean: blocked extras are skipped during one import, importable afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import sys
+from nbpipeline import lean
+lean.papermill()
+skipped = [m for m in ("pyarrow", "rfc3987_syntax", "webcolors") if m in sys.modules]
+import pyarrow, rfc3987_syntax, papermill.iorw
+print(skipped, papermill.iorw.HadoopFileSystem, pyarrow.__name__)
+"""
+
+
+def test_extras_are_skipped_then_importable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["[]", "None", "pyarrow"]
