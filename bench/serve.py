@@ -45,6 +45,7 @@ class Run:
     request_ids: list[str] = field(default_factory=list)
     lost: int | None = None
     cpu_ms: float = float("nan")  # server CPU time per answered request
+    cpu_seconds: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -132,7 +133,6 @@ def start_server(root: Path, log: bool, port: int) -> subprocess.Popen[bytes]:
 
     (root / "params.yaml").write_text(yaml.safe_dump({"serve": {"log": log}}))
     env = {**os.environ, "NBPIPELINE_ROOT": str(root), "NBPIPELINE_PREDLOG": str(root / "log.db")}
-    env.pop("NBPIPELINE_REGISTRY", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "nbpipeline", "serve", "--port", str(port)], cwd=root, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -221,7 +221,7 @@ async def load(port: int, run: Run, bodies: list[bytes], total: int, seconds: fl
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(run.concurrency)))
-    run.seconds = time.perf_counter() - start
+    run.seconds += time.perf_counter() - start
 
 
 def count_lost(db: Path, ids: list[str]) -> int:
@@ -247,10 +247,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--candidate", help="candidate dir (default models/candidate)")
     parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternate log on/off this many times per concurrency")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from nbpipeline.project import Project
     from nbpipeline.registry import Registry
 
     work = Path(tempfile.mkdtemp(prefix="nbp-bench-"))
@@ -259,38 +260,51 @@ def main() -> None:
         rows = request_rows(candidate)
         random.Random(0).shuffle(rows)
         bodies = [json.dumps(r).encode() for r in rows]
-        (work / "dvc.yaml").write_text("stages: {}\n")
-        reg = Registry(Project(work).registry)
+        for name in ("on", "off"):
+            (work / name).mkdir()
+            (work / name / "dvc.yaml").write_text("stages: {}\n")
+        os.environ["NBPIPELINE_REGISTRY"] = str(work / "registry")  # shared by both servers
+        reg = Registry(work / "registry")
         mv = reg.register(candidate, None, force_reason=None, actor="bench")
         reg.promote(mv.version, canary_fraction=None, reason="bench", actor="bench")
 
         print(f"nbp serve benchmark: model {candidate} ({len(rows)} distinct rows), "
               f"{os.cpu_count()} cores shared by the server process AND this load generator")
-        print(f"limits per run: {args.requests} requests or {args.seconds:.0f} s; "
+        print(f"limits per concurrency and log setting: {args.requests} requests or "
+              f"{args.seconds:.0f} s, in {args.rounds} alternating rounds; "
               f"load average before: {loadavg()}\n")
         inproc = in_process_cost(reg, mv.version, rows, seconds=3.0)
         print(f"in-process predict_proba, 1 row: p50 {percentile(inproc.latencies, .5)*1e3:.2f} ms,"
               f" p99 {percentile(inproc.latencies, .99)*1e3:.2f} ms, "
               f"{inproc.throughput:.0f} calls/s on one core, {inproc.cpu_ms:.2f} ms CPU per call\n")
 
+        # Both servers run at once and the log-on / log-off runs alternate in rounds, so
+        # the other work on a shared machine weighs on both alike.
+        servers: dict[bool, tuple[int, subprocess.Popen[bytes]]] = {}
         results: list[Run] = []
-        for log in (True, False):
-            port = free_port()
-            proc = start_server(work, log, port)
-            try:
-                for c in args.concurrency:
+        try:
+            for log in (True, False):
+                port = free_port()
+                servers[log] = (port, start_server(work / ("on" if log else "off"), log, port))
+            for c in args.concurrency:
+                runs = {log: Run(c, log) for log in servers}
+                for port, _ in servers.values():
                     asyncio.run(load(port, Run(c, False), bodies, args.warmup, 10))
-                    run = Run(c, log)
-                    cpu = server_cpu_seconds(port)
-                    asyncio.run(load(port, run, bodies, args.requests, args.seconds))
-                    run.cpu_ms = (server_cpu_seconds(port) - cpu) * 1e3 / max(1, len(run.latencies))
-                    results.append(run)
-            finally:
+                for _ in range(args.rounds):
+                    for log, (port, _) in servers.items():
+                        run = runs[log]
+                        cpu = server_cpu_seconds(port)
+                        asyncio.run(load(port, run, bodies, args.requests // args.rounds,
+                                         args.seconds / args.rounds))
+                        run.cpu_seconds += server_cpu_seconds(port) - cpu
+                results += runs.values()
+        finally:
+            for _, proc in servers.values():
                 stop_server(proc)
-            if log:
-                for run in results:
-                    if run.log:
-                        run.lost = count_lost(work / "log.db", run.request_ids)
+        for run in results:
+            run.cpu_ms = run.cpu_seconds * 1e3 / max(1, len(run.latencies))
+            if run.log:
+                run.lost = count_lost(work / "on" / "log.db", run.request_ids)
 
         header = (f"{'conc':>4} {'log':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ok':>6} "
                   f"{'errors':>6} {'lost':>5} {'server CPU ms/req':>18}")
