@@ -19,13 +19,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nbformat
-from nbformat import NotebookNode
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from nbpipeline.errors import NotebookError, ParamsError, StageError
+from nbpipeline.lean import nbformat as lean_nbformat
 from nbpipeline.notebook import (
     PARAMETERS_TAG,
     kernel_language,
@@ -50,6 +49,9 @@ from nbpipeline.stages import (
     param_refs,
 )
 from nbpipeline.yamledit import YamlDoc
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _METRIC_CALL = re.compile(r"\brecord\.metrics?\s*\(")
@@ -123,7 +125,7 @@ def _literal_assignment(node: ast.stmt) -> bool:
 
 
 def _code_cell(source: str, tags: Sequence[str] = ()) -> NotebookNode:
-    cell = nbformat.v4.new_code_cell(source)
+    cell = lean_nbformat().v4.new_code_cell(source)
     if tags:
         cell.metadata["tags"] = list(tags)
     return cell

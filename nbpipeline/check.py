@@ -18,9 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from nbformat import NotebookNode
+from typing import TYPE_CHECKING, Any
 
 from nbpipeline.authoring import recorded_outputs
 from nbpipeline.errors import NbpipelineError, ParamsError
@@ -36,6 +34,9 @@ from nbpipeline.notebook import (
 from nbpipeline.params import SHARED_SECTIONS, check_type, load_params, stage_values
 from nbpipeline.project import Project
 from nbpipeline.stages import PARAMS_FILE, DvcYaml, NotebookStage
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 
 @dataclass(frozen=True)
