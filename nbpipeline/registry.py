@@ -166,7 +166,7 @@ class _Replay:
         elif event.kind == "rollback":
             if data.get("role") == "canary":
                 self.canary, self.canary_fraction = None, 0.0
-            else:
+            elif self.champions:  # (validated under the lock; a no-op in a hand-made log)
                 self.champions.pop()
                 if self.canary is not None and self.champions and self.canary == self.champions[-1]:
                     self.canary, self.canary_fraction = None, 0.0
