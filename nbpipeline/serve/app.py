@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +38,16 @@ from nbpipeline.serve.settings import ServeSettings, load_settings
 log = logging.getLogger("nbpipeline.serve")
 
 MAX_PROBLEMS = 20  # validation problems reported per request
+
+# Request ids: random 128-bit UUIDs from a generator seeded once from the OS. uuid.uuid4()
+# makes a getrandom syscall per call, which the profiler showed at 0.2 ms per request on
+# this busy VM. Unique with overwhelming probability; not meant as secrets.
+_ids = random.Random(os.urandom(32))
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex digits, UUID version 4 layout)."""
+    return uuid.UUID(int=_ids.getrandbits(128), version=4).hex
 
 
 @dataclass
@@ -248,7 +260,7 @@ def _validate(snap: Snapshot, raw: bytes, key: str | None, max_rows: int) -> lis
     rows: list[_Row] = []
     problems: list[dict[str, Any]] = []
     for i, raw_row in enumerate(raw_rows):
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         served, role = snap.route(key or request_id)
         loc: tuple[str | int, ...] = ("body", "rows", i) if is_batch else ("body",)
         schema_of = served or snap.champion
