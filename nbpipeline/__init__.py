@@ -21,7 +21,7 @@ from nbpipeline.errors import NbpipelineError
 from nbpipeline.project import atomic_path
 
 __all__ = [
-    "NbpipelineError", "atomic_path", "init", "params", "record", "stage", "under_pipeline",
+    "NbpipelineError", "atomic_path", "init", "parameters", "record", "stage", "under_pipeline",
 ]
 __version__ = "0.1.0"
 
@@ -61,12 +61,12 @@ def init(stage_name: str) -> Path:
     return project.root
 
 
-def params(stage_name: str | None = None) -> dict[str, Any]:
+def parameters(stage_name: str | None = None) -> dict[str, Any]:
     """The values `nbp run` injects for ``stage_name`` (default: the current stage).
 
     Read from params.yaml for the names the stage notebook's parameters cell declares
     (stage section > common > paths), checked the same way; so an interactive session
-    can use exactly what `dvc repro` would, e.g. ``globals().update(nbp.params())``.
+    can use exactly what `dvc repro` would, e.g. ``globals().update(nbp.parameters())``.
     """
     from nbpipeline.project import find_project
     from nbpipeline.run import plan_stage
@@ -74,7 +74,7 @@ def params(stage_name: str | None = None) -> dict[str, Any]:
     name = stage_name or stage()
     if not name:
         raise NbpipelineError(
-            "nbpipeline.params(): unknown stage; call nbp.init('<stage>') first or pass the "
-            "stage name, e.g. nbp.params('train')"
+            "nbpipeline.parameters(): unknown stage; call nbp.init('<stage>') first or pass the "
+            "stage name, e.g. nbp.parameters('train')"
         )
     return plan_stage(find_project(os.environ.get(_ROOT_ENV) or Path.cwd()), name).parameters

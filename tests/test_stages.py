@@ -1,4 +1,4 @@
-"""`nbp stage add`, dvc.yaml reading, and interactive parity (`nbp.params`, `under_pipeline`)."""
+"""`nbp stage add`, dvc.yaml reading, interactive parity (`nbp.parameters`, `under_pipeline`)."""
 
 from __future__ import annotations
 
@@ -226,9 +226,39 @@ def test_interactive_run_sees_what_nbp_run_injects(mini_project: Path) -> None:
 
     seen = _executed_interactively(project, "parity")
     assert seen["under_pipeline"] is False and seen["cwd_is_root"] is True
-    assert seen["params"] == expected  # nbp.params() == what nbp run injects
+    assert seen["params"] == expected  # nbp.parameters() == what nbp run injects
     assert seen["seen"]["alpha"] == 1  # the stale default: nbp check catches it ...
     assert [p.message.split(";")[0] for p in check_project(project)] == [
         "default alpha = 1 but params.yaml [parity] has 2"]
     sync_notebooks(project)  # ... and nbp sync fixes it
     assert _executed_interactively(project, "parity")["seen"] == expected
+
+
+def test_existing_stage_gets_only_its_missing_entries(tmp_path: Path) -> None:
+    project = example(tmp_path)
+    before = project.dvc_yaml.read_text()
+    project.dvc_yaml.write_text(before.replace("      - reports/evaluate.html\n", ""))
+    result = add_stage(project, project.notebook("evaluate"))
+    assert result.changes == ["dvc.yaml: stage 'evaluate' now also has reports/evaluate.html"]
+    assert project.dvc_yaml.read_text() == before  # plots options, comments: byte for byte
+
+
+def test_malformed_dvc_yaml_is_one_clear_error(tmp_path: Path) -> None:
+    project = example(tmp_path)
+    project.dvc_yaml.write_text("stages:\n  data:\n    cmd: nbp run data\n   deps: [x]\n")
+    with pytest.raises(StageError, match=r"^dvc.yaml:4: malformed YAML \(.*\); fix the syntax"):
+        check_project(project)
+    project.dvc_yaml.write_text("stages:\n  - data\n")
+    with pytest.raises(StageError, match="`stages:` must be a mapping of stage name to stage"):
+        add_stage(project, project.notebook("data"))
+
+
+def test_params_needs_a_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import nbpipeline as nbp
+
+    monkeypatch.delenv("NBPIPELINE_STAGE", raising=False)
+    example(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(nbp.NbpipelineError, match=r"call nbp.init\('<stage>'\) first"):
+        nbp.parameters()
+    assert nbp.parameters("evaluate")["decision_threshold"] == 0.35
