@@ -134,7 +134,9 @@ def test_not_json_and_oversized_batches_get_422(served: str) -> None:
     assert resp.status_code == 422 and "not valid JSON" in resp.json()["detail"][0]["msg"]
     resp = post(served, {"rows": [sample_row()] * 1001})
     assert resp.status_code == 422 and "max_batch_rows" in resp.json()["detail"][0]["msg"]
-
+    huge = b" " * (1000 * 16384 + 1)  # beyond 16 KB per allowed row
+    resp = httpx.post(f"{served}/predict", content=huge, timeout=30)
+    assert resp.status_code == 413 and "max_batch_rows" in resp.json()["detail"]
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(

@@ -38,6 +38,7 @@ from nbpipeline.serve.settings import ServeSettings, load_settings
 log = logging.getLogger("nbpipeline.serve")
 
 MAX_PROBLEMS = 20  # validation problems reported per request
+ROW_BYTES = 16384  # body bytes allowed per row (a row of features is well under 1 KB)
 
 # Request ids: random 128-bit UUIDs from a generator seeded once from the OS. uuid.uuid4()
 # makes a getrandom syscall per call, which the profiler showed at 0.2 ms per request on
@@ -220,8 +221,13 @@ async def _predict(state: ServerState, request: Request) -> Response:
         metrics.requests.labels("/predict", "503").inc()
         return _json(503, {"detail": _not_ready(state)})
     try:
-        rows = _validate(snap, await request.body(), request.headers.get(ROUTING_HEADER),
+        raw = await _read_body(request, state.settings.max_batch_rows * ROW_BYTES)
+        rows = _validate(snap, raw, request.headers.get(ROUTING_HEADER),
                          state.settings.max_batch_rows)
+    except BodyTooLarge as exc:
+        metrics.requests.labels("/predict", "413").inc()
+        metrics.errors.labels("validation").inc()
+        return _json(413, {"detail": str(exc)})
     except BodyError as exc:
         metrics.requests.labels("/predict", "422").inc()
         metrics.errors.labels("validation").inc()
@@ -252,6 +258,27 @@ async def _predict(state: ServerState, request: Request) -> Response:
     metrics.requests.labels("/predict", "200").inc()
     body: Any = {"predictions": answers} if rows[0].index >= 0 else answers[0]
     return _json(200, body)
+
+
+class BodyTooLarge(Exception):
+    """The body exceeds what a request of the allowed size can need."""
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) beyond ``limit`` bytes without reading it all into memory."""
+    declared = request.headers.get("content-length")
+    too_large = BodyTooLarge(
+        f"body larger than {limit} bytes; send fewer rows per request (serve.max_batch_rows)"
+    )
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _validate(snap: Snapshot, raw: bytes, key: str | None, max_rows: int) -> list[_Row]:
@@ -355,7 +382,10 @@ def _not_ready(state: ServerState) -> str:
 async def _feedback(state: ServerState, request: Request) -> Response:
     metrics = state.metrics
     try:
-        fb = parse_feedback(await request.body())
+        fb = parse_feedback(await _read_body(request, ROW_BYTES))
+    except BodyTooLarge as exc:
+        metrics.requests.labels("/feedback", "413").inc()
+        return _json(413, {"detail": str(exc)})
     except BodyError as exc:
         metrics.requests.labels("/feedback", "422").inc()
         metrics.errors.labels("validation").inc()
