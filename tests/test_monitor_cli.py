@@ -1,0 +1,151 @@
+"""End to end through the CLI: `nbp serve` (real uvicorn on 127.0.0.1), `nbp replay` of real
+2013 months with their outcomes, `nbp monitor` (the real notebook through the runner),
+the off switch answered by the server, and `nbp promote` lifting it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from monitor_support import make_candidate, months
+
+from nbpipeline.monitor.command import ALARM_EXIT, served_features
+from nbpipeline.monitor.config import MonitorConfig
+from nbpipeline.monitor.core import run_monitor
+from nbpipeline.monitor.replay import json_row, replay
+from nbpipeline.record import file_sha256
+from nbpipeline.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WINDOW = 400
+
+
+def nbp(*args: str, cwd: Path, check_code: int | None = 0) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NBPIPELINE_ROOT", "NBPIPELINE_STAGE", "NBPIPELINE_RUNNING", "NBP_DEBUG")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run([str(BIN / "nbp"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if check_code is not None:
+        assert proc.returncode == check_code, f"nbp {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def write_gate(root: Path, champion: str | None) -> None:
+    gate = {"passed": True, "checks": [], "champion_version": champion,
+            "candidate_sha256": file_sha256(root / "models/candidate/model.skops"),
+            "metrics": {"golden": {"roc_auc": 0.7}}}
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "gate.json").write_text(json.dumps(gate))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "notebooks" / "monitor.ipynb", root / "notebooks")
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["monitor"].update(window_size=WINDOW, min_rows=200, min_feedback=150, roi_windows=2)
+    params["serve"] = {"poll_seconds": 0.2, "fallback_prediction": 0}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_candidate(root / "models" / "candidate", rows=8000, seed=0)
+    return root
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_monitor_cli_no_traffic_then_replayed_drift(project):
+    quiet = nbp("monitor", cwd=project)
+    assert "no traffic yet" in quiet.stdout
+    assert (project / "reports" / "monitor.html").is_file()
+
+    write_gate(project, None)
+    nbp("promote", "--reason", "first model", cwd=project)
+    port = _port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(BIN / "nbp"), "serve", "--port", str(port)], cwd=project,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(url, server)
+        control = nbp("replay", "--months", *map(str, range(1, 9)), "--rows", str(WINDOW),
+                      "--rate", "400", "--url", url, "--seed", "3", cwd=project)
+        assert f"replayed {WINDOW}/{WINDOW} rows" in control.stdout
+        assert f"{WINDOW} outcomes sent" in control.stdout
+        cfg = MonitorConfig.from_params(yaml.safe_load(
+            (project / "params.yaml").read_text())["monitor"])
+        first = run_monitor(cfg, project)  # same library as the notebook, without a kernel
+        assert not [a for a in first.alarms if "drift" in a.kind], first.lines()
+
+        features = served_features(url)
+        sent = replay(url, months([12], rows=WINDOW, seed=0), features, rate=400)
+        assert sent.feedback == WINDOW and sent.errors == 0
+        december = nbp("monitor", cwd=project, check_code=ALARM_EXIT)
+        assert "ALARM input_drift: feature 'temp' drifted" in december.stdout
+        assert "ACTION retrain_requested" in december.stdout
+        assert json.loads((project / "retrain" / "requested.json").read_text())["window"] == 1
+
+        # autumn: the model stops paying (ROI < 0 for roi_windows windows) -> off switch
+        replay(url, months([9, 10, 11], rows=2 * WINDOW, seed=5), features, rate=400)
+        result = run_monitor(cfg, project)
+        assert [a.kind for a in result.actions if a.kind == "switch_off"] == ["switch_off"]
+        assert Registry(project / "registry").state().switched_off
+        time.sleep(1.0)  # the server polls the registry every 0.2 s
+        row = _one_row(url)
+        answer = httpx.post(f"{url}/predict", json=row, timeout=10).json()
+        assert answer["fallback"] is True and answer["role"] == "fallback"
+
+        write_gate(project, "v1")
+        lifted = nbp("promote", "--reason", "value model reviewed", cwd=project)
+        assert "v1" in lifted.stdout
+        assert not Registry(project / "registry").state().switched_off
+        time.sleep(1.0)
+        answer = httpx.post(f"{url}/predict", json=row, timeout=10).json()
+        assert answer["fallback"] is False and answer["model_version"] == "v1"
+        after = run_monitor(cfg, project)
+        assert not [a for a in after.actions if a.kind == "switch_off"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    events = [e.kind for e in Registry(project / "registry").events()]
+    # autumn drifts too (a new window): a second retrain request, after the off switch
+    assert events == ["register", "promote", "retrain_requested", "switch_off",
+                      "retrain_requested", "promote"]
+
+
+def _one_row(url: str) -> dict:
+    from monitor_support import flights
+
+    from nbpipeline.monitor.command import served_features
+    from nbpipeline.monitor.replay import month_rows
+
+    frame = month_rows([12], rows=1, seed=9, frame=flights())
+    return json_row(frame.to_dict("records")[0], served_features(url))
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "nbp serve exited"
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url}/ready did not answer 200")
