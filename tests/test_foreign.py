@@ -134,3 +134,28 @@ def test_stdin_and_sys_exit_fail_the_stage_with_a_hint(
     assert f"stage 's' failed: {expected}" in str(info.value)
     assert f"hint: {hint}" in str(info.value)
     assert (project.reports / "s.failed.ipynb").exists()
+
+
+def test_non_python_notebook_on_an_installed_kernel_is_refused(
+    project: Project, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = put(project, "papermill__notimplemented_translator_R.ipynb", "s")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "R?", "language": "R"}
+    nbformat.write(nb, path)
+    assert cli.main(["run", "s"]) == 2
+    assert capsys.readouterr().err == (
+        "nbp: error: notebooks/s.ipynb: a r notebook cannot run as an nbpipeline stage (its "
+        "parameters cell is parsed as Python literals); port it to Python, or run it from "
+        "dvc.yaml with its own command instead of `nbp run`\n")
+
+
+def test_uninstalled_kernel_of_a_real_project_after_stage_add(
+    project: Project, capsys: pytest.CaptureFixture[str],
+) -> None:
+    add_stage(project, put(project, "recommenders__sar_movielens.ipynb", "sar"))
+    assert cli.main(["run", "sar"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nbp: error: notebooks/sar.ipynb: kernel 'recommenders' is not "
+                          "installed (installed kernels: ")
+    assert "Traceback" not in err
