@@ -10,6 +10,7 @@ recent events.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -219,10 +220,29 @@ def _champion_section(project: Project, gate: dict[str, Any], reg: Registry) -> 
     note = ("" if same_golden else '<p class="muted">champion metrics as recorded at its '
             "registration; re-run <code>dvc repro -f -s evaluate</code> to score it on this "
             "golden set.</p>")
+    links = _stored_reports(project, reg, champion)
     return (f'<div class="card wide"><h2>Candidate vs champion {champion.version}</h2>{note}'
             f'<div class="grid"><div>{metrics}</div><div><h3>Parameters that differ</h3>{ptable}'
             f"<h3>Data versions</h3>{_table(['split', 'candidate', 'champion', ''], drow)}"
-            "</div></div></div>")
+            f"{links}</div></div></div>")
+
+
+def _stored_reports(project: Project, reg: Registry, champion: ModelVersion) -> str:
+    """Links to the executed notebooks stored with the champion when it was registered."""
+    links = []
+    for name, sha in sorted(champion.files.items()):
+        if not name.startswith("reports/"):
+            continue
+        target = reg.object_path(sha, Path(name).suffix.lstrip("."))
+        try:
+            href = Path(os.path.relpath(target, project.reports)).as_posix()
+        except ValueError:
+            href = target.as_uri()
+        links.append(f'<a href="{escape(href)}">{escape(Path(name).stem)}</a>')
+    if not links:
+        return ""
+    return (f"<h3>Champion's executed notebooks</h3><p>{' &middot; '.join(links)} "
+            f'<span class="muted">(as run when {champion.version} was registered)</span></p>')
 
 
 def _importance_section(project: Project) -> str:

@@ -44,6 +44,9 @@ def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
     page = build_index(project).read_text()
     assert "FAILED" in page and "improvement_over_champion" in page
     assert "Candidate vs champion v1" in page and "-0.0400" in page
+    stored = project.registry / "objects"
+    link = next(p for p in stored.glob("*.html"))
+    assert f'href="../registry/objects/{link.name}">train</a>' in page
     assert 'href="train.html"' in page and "executed notebook" in page
     assert "max_depth" in page and "cv.roc_auc" in page
     assert "registered v1: first model" in page and "ana" in page
