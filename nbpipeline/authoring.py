@@ -41,12 +41,11 @@ from nbpipeline.stages import (
     PARAMS_FILE,
     DvcYaml,
     ParamRef,
-    _Unresolved,
     entry_path,
-    interpolate,
     nbp_stage_name,
     normalize,
     param_refs,
+    resolve_path,
 )
 from nbpipeline.yamledit import YamlDoc
 
@@ -269,10 +268,7 @@ def _add_entries(spec: CommentedMap, kind: str, entries: Sequence[str],
                  have: set[str], context: dict[str, Any]) -> list[str]:
     added = []
     for entry in entries:
-        try:
-            key = normalize(interpolate(entry, context))
-        except _Unresolved:
-            key = entry
+        key = resolve_path(entry, context) or entry
         if key in have:
             continue
         if spec.get(kind) is None:
@@ -338,22 +334,22 @@ def add_stage(project: Project, notebook: Path | str, *, deps: Sequence[str] = (
             refs.append(ParamRef(PARAMS_FILE, entry))
             added.append(f"params {entry}")
     if repr(spec) != before or stage not in dvc.raw_stages:
-        _ordered = CommentedMap()
-        for key in ("cmd", "deps", "params", "outs", "metrics", "plots"):
-            if key in spec:
-                _ordered[key] = spec[key]
-        for key in spec:
-            if key not in _ordered:
-                _ordered[key] = spec[key]
-        if not dvc.raw_stages:
-            dvc.file.set_entry(["stages"], CommentedMap([(stage, _ordered)]))
-        else:
-            dvc.file.set_entry(["stages", stage],
-                               _ordered if stage not in dvc.raw_stages else spec)
-        dvc.file.save()
+        _write_stage(dvc, stage, spec)
         changes.append(f"dvc.yaml: stage '{stage}' " + (
             f"added ({', '.join(added)})" if kind is None else f"now also has {', '.join(added)}"))
     return AddResult(stage, changes)
+
+
+def _write_stage(dvc: DvcYaml, stage: str, spec: CommentedMap) -> None:
+    """Write ``spec`` as ``stages.<stage>``; a new stage gets DVC's usual key order."""
+    if stage not in dvc.raw_stages:
+        order = ("cmd", "deps", "params", "outs", "metrics", "plots")
+        spec = CommentedMap([(k, spec[k]) for k in (*order, *spec) if k in spec])
+    if not dvc.raw_stages:
+        dvc.file.set_entry(["stages"], CommentedMap([(stage, spec)]))
+    else:
+        dvc.file.set_entry(["stages", stage], spec)
+    dvc.file.save()
 
 
 def _existing(spec: CommentedMap, kind: str, context: dict[str, Any]) -> set[str]:
@@ -362,8 +358,5 @@ def _existing(spec: CommentedMap, kind: str, context: dict[str, Any]) -> set[str
         path = entry_path(entry)
         if path is None:
             continue
-        try:
-            found.add(normalize(interpolate(path, context)))
-        except _Unresolved:
-            found.add(path)
+        found.add(resolve_path(path, context) or path)
     return found

@@ -127,6 +127,14 @@ def interpolate(text: str, context: Mapping[str, Any]) -> str:
     return _INTERPOLATION.sub(lambda m: str(_lookup(context, m.group(1))), text)
 
 
+def resolve_path(text: str, context: Mapping[str, Any]) -> str | None:
+    """The normalized path ``text`` names once ``${}`` is resolved; None if it cannot be."""
+    try:
+        return normalize(interpolate(text, context))
+    except _Unresolved:
+        return None
+
+
 def _vars_file(root: Path, ref: str) -> dict[str, Any]:
     name, _, keys = ref.partition(":")
     path = root / name
@@ -207,10 +215,11 @@ class DvcYaml:
                     if path is None:
                         continue
                     written.append(path)
-                    try:
-                        resolved.append(normalize(interpolate(path, context)))
-                    except _Unresolved:
+                    target = resolve_path(path, context)
+                    if target is None:
                         unresolved.append(path)
+                    else:
+                        resolved.append(target)
             return resolved, written
 
         deps, written_deps = paths(["deps"])
