@@ -295,7 +295,7 @@ def add_stage(project: Project, notebook: Path | str, *, deps: Sequence[str] = (
                          f"notebook there (git mv {rel} notebooks/{stage}.ipynb) and run again")
     if not path.is_file():
         raise NotebookError(f"{rel}: notebook not found; create it or fix the path")
-    dvc = DvcYaml(project)
+    dvc = DvcYaml(project, editable=True)
     kind = dvc.stage_kind(stage)
     if kind in ("generated", "other"):
         raise StageError(f"dvc.yaml: stage '{stage}' already exists and is not `nbp run {stage}`;"
@@ -345,6 +345,7 @@ def _write_stage(dvc: DvcYaml, stage: str, spec: CommentedMap) -> None:
     if stage not in dvc.raw_stages:
         order = ("cmd", "deps", "params", "outs", "metrics", "plots")
         spec = CommentedMap([(k, spec[k]) for k in (*order, *spec) if k in spec])
+    assert dvc.file is not None, "DvcYaml(editable=True) needed"
     if not dvc.raw_stages:
         dvc.file.set_entry(["stages"], CommentedMap([(stage, spec)]))
     else:

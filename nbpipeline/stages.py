@@ -19,14 +19,16 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from nbpipeline.errors import StageError
 from nbpipeline.params import load_params
 from nbpipeline.project import Project
-from nbpipeline.yamledit import YamlDoc
+
+if TYPE_CHECKING:
+    from nbpipeline.yamledit import YamlDoc
 
 PARAMS_FILE = "params.yaml"
 OUT_KINDS = ("outs", "metrics", "plots")
@@ -160,12 +162,37 @@ def _vars_context(root: Path, entries: Any, base: Mapping[str, Any]) -> dict[str
     return context
 
 
-class DvcYaml:
-    """dvc.yaml of a project: its text, its round-trip tree and its notebook stages."""
+def _read_plain(path: Path) -> dict[str, Any]:
+    """dvc.yaml as plain data (PyYAML: already imported by params.py, no ruamel needed)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path.name}:{mark.line + 1}" if mark else path.name
+        raise StageError(f"{where}: malformed YAML ({getattr(exc, 'problem', exc)}); "
+                         "fix the syntax at that line") from exc
+    if data is not None and not isinstance(data, dict):
+        raise StageError(f"{path.name}: the top level must be a mapping; fix the file")
+    return data or {}
 
-    def __init__(self, project: Project) -> None:
+
+class DvcYaml:
+    """dvc.yaml of a project and its notebook stages.
+
+    ``editable=True`` parses it with ruamel.yaml (``file``) so entries can be rewritten in
+    place; reading alone (every `nbp run`) uses PyYAML and skips ruamel's import.
+    """
+
+    def __init__(self, project: Project, *, editable: bool = False) -> None:
         self.project = project
-        self.file = YamlDoc.load(project.dvc_yaml, StageError)
+        self.file: YamlDoc | None = None
+        self._plain: dict[str, Any] = {}
+        if editable:
+            from nbpipeline.yamledit import YamlDoc
+
+            self.file = YamlDoc.load(project.dvc_yaml, StageError)
+        else:
+            self._plain = _read_plain(project.dvc_yaml)
         stages = self.doc.get("stages")
         if stages is not None and not isinstance(stages, Mapping):
             raise StageError("dvc.yaml: `stages:` must be a mapping of stage name to stage; "
@@ -173,7 +200,7 @@ class DvcYaml:
 
     @property
     def doc(self) -> Any:
-        return self.file.doc
+        return self.file.doc if self.file is not None else self._plain
 
     @property
     def raw_stages(self) -> Mapping[str, Any]:
