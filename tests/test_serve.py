@@ -261,6 +261,7 @@ def test_metrics_count_requests_errors_latency_per_version_and_process(served: s
     assert samples[("nbp_predict_latency_seconds_count",
                     (("model_version", "v1"), ("role", "champion")))] == 3
     assert samples[("nbp_log_rows_total", ())] == 3
+    assert samples[("nbp_model_call_rows_sum", ())] == 3
     assert samples[("nbp_model_serving", (("model_version", "v1"), ("role", "champion")))] == 1
     assert samples[("process_resident_memory_bytes", ())] > 10e6
     assert ("process_cpu_seconds_total", ()) in samples

@@ -102,7 +102,7 @@ def create_app(
         if settings.log and settings.log_path is not None:
             state.writer = LogWriter(settings.log_path, on_commit=state.metrics.on_commit)
             await asyncio.to_thread(state.writer.start)
-        state.predictor = Predictor()
+        state.predictor = Predictor(on_call=state.metrics.on_model_call)
         await _refresh(state)
         poller = asyncio.create_task(_poll(state), name="registry-poller")
         try:
@@ -325,9 +325,10 @@ async def _score(state: ServerState, rows: list[_Row]) -> str | None:
         return None
     futures = [
         asyncio.wrap_future(state.predictor.submit(
-            group[0].served.model, group[0].served.schema, [r.features for r in group]  # type: ignore[union-attr]
+            version, served.model, served.schema, [r.features for r in group]
         ))
-        for group in groups.values()
+        for version, group in groups.items()
+        if (served := group[0].served) is not None
     ]
     results = await asyncio.gather(*futures, return_exceptions=True)
     for (version, group), result in zip(groups.items(), results, strict=True):

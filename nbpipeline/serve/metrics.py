@@ -50,6 +50,15 @@ class ServerMetrics:
             "nbp_predict_rows", "rows per /predict request", buckets=(1, 2, 5, 10, 50, 100, 1000),
             registry=r,
         )
+        self.model_calls = Histogram(
+            "nbp_model_call_seconds", "one predict_proba call (rows of concurrent requests "
+            "scored together), by model version", ["model_version"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_call_rows = Histogram(
+            "nbp_model_call_rows", "rows per predict_proba call (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096), registry=r,
+        )
         self.log_rows = Counter("nbp_log_rows", "prediction rows committed to the log", registry=r)
         self.log_commit = Histogram(
             "nbp_log_commit_seconds", "time of one group commit of the prediction log",
@@ -74,6 +83,11 @@ class ServerMetrics:
         """Called by the log writer thread after each group commit."""
         self.log_rows.inc(rows)
         self.log_commit.observe(seconds)
+
+    def on_model_call(self, version: str, rows: int, seconds: float) -> None:
+        """Called by the predictor thread after each model call."""
+        self.model_calls.labels(version).observe(seconds)
+        self.model_call_rows.observe(rows)
 
     def serving(self, snapshot_models: dict[str, str | None], fraction: float, off: bool) -> None:
         """Publish which versions serve (role -> version)."""

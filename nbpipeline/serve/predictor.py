@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,7 @@ def score(model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]) -> list
 
 @dataclass
 class _Job:
+    version: str
     model: Any
     schema: FeatureSchema
     rows: list[dict[str, Any]]
@@ -53,17 +56,18 @@ class _Job:
 class Predictor:
     """The one thread that calls models; :meth:`submit` returns a future of probabilities."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_call: Callable[[str, int, float], None] | None = None) -> None:
+        self._on_call = on_call  # (model version, rows, seconds) after each model call
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._limited: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="predictor", daemon=True)
         self._thread.start()
 
     def submit(
-        self, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]
+        self, version: str, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]
     ) -> Future[list[float]]:
         """Score ``rows`` with ``model``; the future gives P(target == 1) per row."""
-        job = _Job(model, schema, rows)
+        job = _Job(version, model, schema, rows)
         self._queue.put(job)
         return job.future
 
@@ -113,7 +117,10 @@ class Predictor:
             rows = [row for job in group for row in job.rows]
             try:
                 self._single_threaded(group[0].model)
+                start = time.perf_counter()
                 probs = score(group[0].model, group[0].schema, rows)
+                if self._on_call is not None:
+                    self._on_call(group[0].version, len(rows), time.perf_counter() - start)
             except Exception as exc:
                 if len(group) == 1:  # the request answers 500 naming the model
                     group[0].future.set_exception(exc)
