@@ -110,10 +110,8 @@ def promote_candidate(
             f"{'; '.join(failed)}; see reports/evaluate.html, improve the model and re-run "
             "`dvc repro`, or override with --force --reason TEXT (recorded)"
         )
-    forced = None
-    if force:
-        overridden = problems + ([] if gate.get("passed") else ["gate failed"])
-        forced = reason if not overridden else f"{reason} (overrode: {'; '.join(overridden)})"
+    overridden = problems + ([] if gate.get("passed") else ["gate failed"])
+    forced = f"{reason} (overrode: {'; '.join(overridden)})" if force and overridden else None
     why = reason or "gate passed"
     model = reg.register(
         candidate, gate, force_reason=forced, actor=actor, reason=why,

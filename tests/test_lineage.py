@@ -73,7 +73,13 @@ def test_failed_gate_is_refused_and_force_needs_reason(
     assert nbp("promote", "--force", "--reason", "demo for the board") == 0
     assert "FORCED" in capsys.readouterr().out
     v1 = Registry(project / "registry").get("v1")
-    assert v1.forced_reason is not None and "demo for the board" in v1.forced_reason
+    assert v1.forced_reason == "demo for the board (overrode: gate failed)"
+
+
+def test_force_with_a_passing_gate_is_not_recorded_as_forced(project: Path) -> None:
+    gate_for(project, 0.7, None)
+    assert nbp("promote", "--force", "--reason", "habit") == 0
+    assert Registry(project / "registry").get("v1").forced_reason is None
 
 
 def test_gate_against_another_champion_is_refused(
