@@ -322,6 +322,22 @@ def test_damaged_model_file_is_kept_out_and_the_last_good_one_serves(
     assert serving(served)["status"] == "ok"
 
 
+def test_a_model_that_fails_on_valid_input_answers_500_naming_it(
+    project: Project, registry: Registry, tmp_path: Path
+) -> None:
+    cand = make_candidate(tmp_path / "mismatch", c=0.5)
+    meta = json.loads((cand / "metadata.json").read_text())
+    meta["features"] = [dict(f, name="temperature") if f["name"] == "temp" else f
+                        for f in meta["features"]]  # schema and pipeline disagree
+    (cand / "metadata.json").write_text(json.dumps(meta))
+    register(registry, cand)
+    with running_server(project) as url:
+        resp = post(url, {k if k != "temp" else "temperature": v for k, v in sample_row().items()})
+        assert resp.status_code == 500 and "model v1 failed" in resp.json()["detail"]
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"  # the server itself is fine
+        assert "nbp_errors_total{kind=\"model\"} 1.0" in httpx.get(f"{url}/metrics").text
+
+
 # ---------------------------------------------------------------- settings
 def test_serve_settings_are_checked(tmp_path: Path) -> None:
     s = settings_from_params({"serve": {"fallback_prediction": 1},

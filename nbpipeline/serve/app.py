@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -332,6 +333,8 @@ async def _score(state: ServerState, rows: list[_Row]) -> str | None:
     ]
     results = await asyncio.gather(*futures, return_exceptions=True)
     for (version, group), result in zip(groups.items(), results, strict=True):
+        if not isinstance(result, BaseException) and not all(map(math.isfinite, result)):
+            result = ValueError("the model returned a probability that is not a finite number")
         if isinstance(result, BaseException):
             log.error("model %s failed: %s: %s", version, type(result).__name__, result)
             return (f"model {version} failed on this input ({type(result).__name__}: {result}); "
