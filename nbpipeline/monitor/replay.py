@@ -10,8 +10,10 @@ number of rows and the request rate are bounded; only 127.0.0.1-style URLs are e
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +87,14 @@ def replay(
     url: str, frame: Any, features: Sequence[str], *, target: str = "delayed",
     rate: float = 200.0, max_rows: int = MAX_ROWS, timeout: float = 10.0,
     send_feedback: bool = True, progress: Callable[[int], None] | None = None,
+    concurrency: int = 4,
 ) -> ReplayResult:
-    """POST each row of ``frame`` to ``url``/predict at most ``rate`` per second, then feedback."""
+    """POST each row of ``frame`` to ``url``/predict at most ``rate`` per second, then feedback.
+
+    Row ``i`` is sent no earlier than ``i / rate`` seconds after the start, by one of
+    ``concurrency`` workers (so a slow answer does not hold the rate down); outcomes are
+    sent once every prediction is answered.
+    """
     import httpx
 
     if len(frame) > max_rows:
@@ -104,45 +112,58 @@ def replay(
         )
     base = url.rstrip("/")
     result = ReplayResult()
-    started = time.perf_counter()
-    pending: list[tuple[str, int]] = []
+    lock = threading.Lock()
     records = frame[list(features) + [target]].to_dict("records")
-    with httpx.Client(timeout=timeout) as client:
-        for i, row in enumerate(records):
-            due = started + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            result.sent += 1
-            try:
-                resp = client.post(f"{base}/predict", json=json_row(row, features))
-                resp.raise_for_status()
-                body = resp.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                result.errors += 1
-                result.first_error = result.first_error or _describe(exc)
-                if isinstance(exc, httpx.ConnectError):
-                    raise MonitorError(
-                        f"cannot reach the model server at {base} ({exc}); start it with "
-                        "`nbp serve` or pass its address with --url"
-                    ) from exc
-                continue
+    answered: list[tuple[str, int] | None] = [None] * len(records)
+    started = time.perf_counter()
+
+    def note_error(exc: Exception) -> None:
+        with lock:
+            result.errors += 1
+            result.first_error = result.first_error or _describe(exc)
+
+    def predict(client: httpx.Client, i: int) -> None:
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            resp = client.post(f"{base}/predict", json=json_row(records[i], features))
+            resp.raise_for_status()
+            body = resp.json()
+        except httpx.ConnectError as exc:
+            raise MonitorError(
+                f"cannot reach the model server at {base} ({exc}); start it with "
+                "`nbp serve` or pass its address with --url"
+            ) from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            note_error(exc)
+            return
+        answered[i] = (str(body["request_id"]), int(records[i][target]))
+        with lock:
             result.predicted += 1
             result.fallback += int(bool(body.get("fallback")))
-            pending.append((str(body["request_id"]), int(row[target])))
-            if progress and result.sent % 500 == 0:
-                progress(result.sent)
+            if progress and result.predicted % 500 == 0:
+                progress(result.predicted)
+
+    def feedback(client: httpx.Client, item: tuple[str, int]) -> None:
+        try:
+            resp = client.post(f"{base}/feedback",
+                               json={"request_id": item[0], "outcome": item[1]})
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            note_error(exc)
+            return
+        with lock:
+            result.feedback += 1
+
+    limits = httpx.Limits(max_connections=concurrency)
+    with httpx.Client(timeout=timeout, limits=limits) as client, \
+            ThreadPoolExecutor(max_workers=concurrency) as pool:
+        result.sent = len(records)
+        list(pool.map(lambda i: predict(client, i), range(len(records))))
         if send_feedback:
-            for request_id, outcome in pending:
-                try:
-                    resp = client.post(
-                        f"{base}/feedback", json={"request_id": request_id, "outcome": outcome}
-                    )
-                    resp.raise_for_status()
-                    result.feedback += 1
-                except httpx.HTTPError as exc:
-                    result.errors += 1
-                    result.first_error = result.first_error or _describe(exc)
+            done = [a for a in answered if a is not None]
+            list(pool.map(lambda item: feedback(client, item), done))
     result.seconds = time.perf_counter() - started
     return result
 
