@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from nbpipeline.errors import GateError, RegistryError
 from nbpipeline.project import write_bytes_atomic
+from nbpipeline.record import json_value
 
 __all__ = [
     "ACTOR_ENV",
@@ -355,7 +356,8 @@ class Registry:
     def _append(fh: IO[bytes], events: list[Event], kind: str, actor: str, reason: str,
                 data: Mapping[str, Any]) -> Event:
         seq = events[-1].seq + 1 if events else 1
-        event = Event(seq, _now(), kind, actor, reason, json.loads(json.dumps(dict(data))))
+        plain = json_value(dict(data))  # numpy scalars -> numbers, NaN -> null
+        event = Event(seq, _now(), kind, actor, reason, json.loads(json.dumps(plain)))
         fh.seek(0, os.SEEK_END)
         fh.write((event.to_json() + "\n").encode("utf-8"))
         fh.flush()

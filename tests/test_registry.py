@@ -6,6 +6,7 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _candidates import features_frame, make_candidate
 
@@ -140,8 +141,9 @@ def test_candidate_changed_after_training_is_refused(reg: Registry, candidates: 
 def test_other_events_do_not_change_state(reg: Registry, candidates: list[Path]) -> None:
     reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
     reg.promote("v1", canary_fraction=None, reason="x", actor="ana")
-    reg.append_event("alarm", reason="drift on carrier", actor="monitor", psi=0.31)
-    assert reg.events()[-1].data == {"psi": 0.31}
+    reg.append_event("alarm", reason="drift on carrier", actor="monitor", psi=np.float64(0.31),
+                     rows=np.int64(12), missing=float("nan"))
+    assert reg.events()[-1].data == {"psi": 0.31, "rows": 12, "missing": None}
     assert reg.state().champion.version == "v1"  # type: ignore[union-attr]
     reg.switch_off(reason="quality collapse", actor="monitor")
     state = reg.state()
