@@ -159,3 +159,16 @@ def test_uninstalled_kernel_of_a_real_project_after_stage_add(
     assert err.startswith("nbp: error: notebooks/sar.ipynb: kernel 'recommenders' is not "
                           "installed (installed kernels: ")
     assert "Traceback" not in err
+
+
+def test_a_real_error_after_an_expected_one_fails_the_stage(project: Project) -> None:
+    shutil.copy(Path(__file__).parent / "notebooks" / "expected_error_then_real_error.ipynb",
+                project.notebook("mixed"))
+    add_stage(project, project.notebook("mixed"))
+    with pytest.raises(StageFailedError) as info:
+        run_stage(project, "mixed")
+    assert str(info.value).startswith(
+        "stage 'mixed' failed: notebooks/mixed.ipynb cell 6 raised KeyError: 'missing'")
+    failed = nbformat.read(project.reports / "mixed.failed.ipynb", as_version=4)
+    printed = [o.get("text") for c in failed.cells for o in c.get("outputs", [])]
+    assert "still running\n" in printed and "never reached\n" not in printed
