@@ -262,3 +262,20 @@ def test_params_needs_a_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     with pytest.raises(nbp.NbpipelineError, match=r"call nbp.init\('<stage>'\) first"):
         nbp.parameters()
     assert nbp.parameters("evaluate")["decision_threshold"] == 0.35
+
+
+@pytest.mark.parametrize(("params_yaml", "message"), [
+    ("data:\n  seed: 1\n   bad: 2\n", r"^params.yaml:3: malformed YAML \(.*\); fix the syntax"),
+    ("common: {seed: 42}\nexplore: [1, 2]\n",
+     r"^params.yaml: section 'explore' must be a mapping of name: value$"),
+])
+def test_stage_add_refuses_a_broken_params_yaml(tmp_path: Path, params_yaml: str,
+                                                message: str) -> None:
+    from nbpipeline.errors import ParamsError
+
+    project = example(tmp_path)
+    _explore_notebook(project.notebook("explore"))
+    project.params_yaml.write_text(params_yaml)
+    with pytest.raises(ParamsError, match=message):
+        add_stage(project, project.notebook("explore"))
+    assert "explore" not in project.dvc_yaml.read_text()

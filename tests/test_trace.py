@@ -119,3 +119,14 @@ def test_example_data_stage_passes_tracing_under_dvc(tmp_path: Path) -> None:
     proc = sh("dvc", "repro", "data", cwd=root)
     assert "stage 'data' done" in proc.stdout
     assert "warning" not in proc.stderr
+
+
+def test_too_many_directories_make_the_trace_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nbpipeline.trace as trace_module
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(trace_module, "MAX_WATCHED_DIRS", 2)
+    assert not traced(tmp_path, lambda: None).complete
