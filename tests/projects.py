@@ -74,7 +74,7 @@ def make_example_project(root: Path, overrides: dict | None = None) -> Path:
     """Copy the example pipeline (notebooks, dvc.yaml, params.yaml) into ``root``, small."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "notebooks", root / "notebooks")
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     (root / ".gitignore").write_text("*.tmp\n")
     merge_params(root / "params.yaml", overrides if overrides is not None else SMALL_PARAMS)
