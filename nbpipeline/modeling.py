@@ -154,8 +154,14 @@ def load_candidate(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 def classification_metrics(y_true: Any, score: Any, threshold: float) -> dict[str, float]:
     """Ranking and thresholded metrics of binary scores."""
     from sklearn.metrics import (
-        accuracy_score, average_precision_score, brier_score_loss, f1_score, log_loss,
-        precision_score, recall_score, roc_auc_score,
+        accuracy_score,
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+        roc_auc_score,
     )
 
     predicted = (score >= threshold).astype(int)
