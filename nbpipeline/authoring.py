@@ -174,7 +174,7 @@ def add_parameters_cell(nb: NotebookNode) -> str:
 
 
 def _prepare_notebook(path: Path, rel: str, stage: str) -> tuple[NotebookNode, list[str]]:
-    """The notebook made stage-ready, and the list of changes (written if any)."""
+    """The notebook made stage-ready (not yet written), and the list of changes."""
     import json
 
     original = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -211,18 +211,22 @@ def _prepare_notebook(path: Path, rel: str, stage: str) -> tuple[NotebookNode, l
         strip_outputs(nb)
         changes.append(f"cleared the outputs of {with_outputs} cells (executed copies go to "
                        f"reports/{stage}.ipynb)")
-    if changes:
-        write_notebook(stable_cell_ids(nb), path)
     return nb, [f"{rel}: {c}" for c in changes]
 
 
-def _update_params(project: Project, stage: str, declared: dict[str, Any]) -> tuple[
-        dict[str, Any], list[str]]:
-    """Put the notebook's defaults under ``<stage>:`` in params.yaml; return the tree."""
+def _params_doc(project: Project, stage: str) -> YamlDoc:
+    """params.yaml, checked before anything is written."""
     doc = YamlDoc.load(project.params_yaml, ParamsError)
-    own: Any = doc.doc.get(stage)
+    own = doc.doc.get(stage)
     if own is not None and not isinstance(own, dict):
         raise ParamsError(f"params.yaml: section '{stage}' must be a mapping of name: value")
+    return doc
+
+
+def _update_params(doc: YamlDoc, stage: str, declared: dict[str, Any]) -> tuple[
+        dict[str, Any], list[str]]:
+    """Put the notebook's defaults under ``<stage>:`` in params.yaml; return the tree."""
+    own: Any = doc.doc.get(stage)
     provided = {k for s in SHARED_SECTIONS if isinstance(doc.doc.get(s), dict) for k in doc.doc[s]}
     section = CommentedMap(own or {})
     new = [name for name in declared if name not in section and name not in provided]
@@ -301,9 +305,12 @@ def add_stage(project: Project, notebook: Path | str, *, deps: Sequence[str] = (
         raise StageError(f"dvc.yaml: stage '{stage}' already exists and is not `nbp run {stage}`;"
                          " rename the notebook or the existing stage")
 
+    params_doc = _params_doc(project, stage)
     nb, changes = _prepare_notebook(path, rel, stage)
-    declared = notebook_parameters(nb, rel)
-    params, params_changes = _update_params(project, stage, declared)
+    declared = notebook_parameters(nb, rel)  # a broken parameters cell stops here: no writes
+    if changes:
+        write_notebook(stable_cell_ids(nb), path)
+    params, params_changes = _update_params(params_doc, stage, declared)
     changes += params_changes
     paths: dict[str, Any] = params["paths"] if isinstance(params.get("paths"), dict) else {}
 

@@ -279,3 +279,14 @@ def test_stage_add_refuses_a_broken_params_yaml(tmp_path: Path, params_yaml: str
     with pytest.raises(ParamsError, match=message):
         add_stage(project, project.notebook("explore"))
     assert "explore" not in project.dvc_yaml.read_text()
+    assert "nbp.init" not in project.notebook("explore").read_text()
+
+
+def test_a_broken_parameters_cell_stops_stage_add_before_any_write(tmp_path: Path) -> None:
+    project = example(tmp_path)
+    path = shutil.copy(FOREIGN / "papermill__complex_parameters.ipynb", project.notebook("cx"))
+    before = snapshot(project, "dvc.yaml", "params.yaml", "notebooks/cx.ipynb")
+    with pytest.raises(NotebookError, match=r"notebooks/cx.ipynb cell \d+ \(parameters\) line "
+                       r"\d+: syntax error"):
+        add_stage(project, path)
+    assert snapshot(project, "dvc.yaml", "params.yaml", "notebooks/cx.ipynb") == before
