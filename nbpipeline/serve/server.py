@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
@@ -13,6 +14,10 @@ from nbpipeline.serve.settings import ServeSettings, load_settings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# The event loop, the predictor and the log writer share the GIL. With Python's default
+# 5 ms switch interval the loop waits behind a busy predictor; 1 ms gave ~20% more
+# throughput and lower p50/p99 at concurrency 8 here (alternating runs, 2 cores).
+GIL_SWITCH_SECONDS = 0.001
 
 
 def serve(
@@ -31,6 +36,7 @@ def serve(
     if settings.log and settings.log_path is not None:
         LogWriter.check(settings.log_path)  # fail here, as one clear line, not in the lifespan
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = create_app(project, settings=settings)
     uvicorn.run(
         app, host=host, port=port, access_log=access_log, log_level="info",
