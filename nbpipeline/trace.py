@@ -47,6 +47,9 @@ _EVENT = struct.Struct("iIII")
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 _CODE_SUFFIXES = (".py", ".pyc", ".pyi", ".pyd", ".so", ".pth")
 _PIPELINE_FILES = {"params.yaml", "dvc.yaml", "dvc.lock"}
+# An editable install of the project's own package reads these (importlib.metadata).
+_PACKAGING_FILES = {"pyproject.toml", "setup.cfg", "MANIFEST.in"}
+_PACKAGING_DIRS = (".egg-info", ".dist-info")
 MAX_WATCHED_DIRS = 20000
 
 
@@ -88,7 +91,9 @@ def ignored(rel: str, stage: str) -> bool:
     name = parts[-1]
     if name.endswith(_CODE_SUFFIXES) or name.endswith(".dvc"):
         return True
-    if rel in _PIPELINE_FILES:
+    if rel in _PIPELINE_FILES or rel in _PACKAGING_FILES:
+        return True
+    if any(p.endswith(_PACKAGING_DIRS) for p in parts[:-1]):
         return True
     if parts[0] == "notebooks" and name.endswith(".ipynb"):
         return True
