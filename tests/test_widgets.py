@@ -83,6 +83,7 @@ def _free_port() -> int:
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium")
 def test_widgets_render_in_jupyterlab(project, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     nb = nbformat.v4.new_notebook(cells=[
@@ -116,13 +117,16 @@ def test_widgets_render_in_jupyterlab(project, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(f"http://127.0.0.1:{port}/lab/tree/view.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                                   timeout=90_000)
-            page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
-            page.keyboard.press("Escape")
-            page.keyboard.press("Shift+Enter")
-            page.keyboard.press("Shift+Enter")
-            page.wait_for_selector("text=Model registry", timeout=90_000)
+            page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=120_000)
+            for _attempt in range(3):  # the first click can land before the lab is ready
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.get_by_text("Run All Cells", exact=True).click()
+                try:
+                    page.wait_for_selector("text=Model registry", timeout=60_000)
+                    break
+                except PlaywrightTimeout:
+                    page.screenshot(path=str(tmp_path / f"attempt{_attempt}.png"))
+            page.wait_for_selector("text=Model registry", timeout=1_000)
             page.wait_for_selector(".jupyter-widgets img", timeout=90_000)
             page.wait_for_function(
                 "document.querySelectorAll('.jupyter-widgets img').length >= 2"
