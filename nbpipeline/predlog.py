@@ -24,7 +24,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,9 +125,18 @@ def feature_columns(conn: sqlite3.Connection) -> list[str]:
     ]
 
 
-def insert_rows(conn: sqlite3.Connection, records: Iterable[PredictionRecord]) -> int:
-    """Append ``records`` in one transaction; returns the number written."""
-    present = set(feature_columns(conn))
+def insert_rows(
+    conn: sqlite3.Connection,
+    records: Iterable[PredictionRecord],
+    *,
+    present: Collection[str] | None = None,
+) -> int:
+    """Append ``records`` in one transaction; returns the number written.
+
+    ``present``: the log's feature columns if the caller already knows them (a long-lived
+    writer that alone adds columns), to save a schema query per transaction.
+    """
+    present = set(feature_columns(conn)) if present is None else present
     count = 0
     conn.execute("BEGIN")
     try:

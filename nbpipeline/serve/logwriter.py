@@ -56,12 +56,14 @@ class LogWriter:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._columns: frozenset[str] = frozenset()  # feature columns (only we add them)
 
     def start(self) -> None:
         """Open the database (in the caller, so start-up errors surface) and start the thread."""
         try:
             self._conn = predlog.connect(self.path)
             predlog.ensure_schema(self._conn)
+            self._columns = frozenset(predlog.feature_columns(self._conn))
         except (sqlite3.Error, OSError) as exc:
             raise ServeError(
                 f"{self.path}: cannot open the prediction log ({exc}); check the directory is "
@@ -130,23 +132,32 @@ class LogWriter:
         writes = [op for op in ops if op.kind == "write"]
         for op in ops:
             if op.kind == "schema":
-                self._settle(op, lambda p: predlog.ensure_schema(self._conn, p))  # type: ignore[arg-type]
+                self._settle(op, self._ensure_schema)
         if writes:
             self._commit(writes)
         for op in ops:
             if op.kind == "feedback":
                 self._settle(op, lambda p: predlog.record_feedback(self._conn, *p))  # type: ignore[arg-type]
 
+    def _ensure_schema(self, kinds: Mapping[str, str]) -> None:
+        assert self._conn is not None
+        predlog.ensure_schema(self._conn, kinds)
+        self._columns = frozenset(predlog.feature_columns(self._conn))
+
+    def _insert(self, records: list[predlog.PredictionRecord]) -> int:
+        assert self._conn is not None
+        return predlog.insert_rows(self._conn, records, present=self._columns)
+
     def _commit(self, writes: list[_Op]) -> None:
         assert self._conn is not None
         start = time.perf_counter()
         records = [rec for op in writes for rec in op.payload]
         try:
-            predlog.insert_rows(self._conn, records)
+            self._insert(records)
         except Exception:
             # One bad group must not fail the others: retry each request on its own.
             for op in writes:
-                self._settle(op, lambda p: predlog.insert_rows(self._conn, p))  # type: ignore[arg-type]
+                self._settle(op, self._insert)
             return
         seconds = time.perf_counter() - start
         self.stats.rows += len(records)
