@@ -4,6 +4,7 @@ a real SQLite prediction log and a small real sklearn model."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from nbpipeline import predlog
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
 from nbpipeline.registry import Registry
+from nbpipeline.serve import ServeSettings, serve
 from nbpipeline.serve.settings import settings_from_params
 
 NAMES = [f["name"] for f in FEATURES]
@@ -349,3 +351,19 @@ def test_serve_settings_are_checked(tmp_path: Path) -> None:
         settings_from_params({"serve": {"log": "yes"}}, tmp_path)
     with pytest.raises(ServeError, match="serve.fallback_prediction"):
         settings_from_params({"serve": {"fallback_prediction": 2}}, tmp_path)
+
+
+def test_serve_refuses_a_taken_port_and_an_unwritable_log_with_one_clear_error(
+    project: Project, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
+            serve(project, "127.0.0.1", port)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    settings = ServeSettings(log_path=blocker / "predictions.db")
+    with pytest.raises(ServeError, match="cannot open the prediction log"):
+        serve(project, "127.0.0.1", 0, settings=settings)
