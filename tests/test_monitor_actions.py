@@ -206,3 +206,22 @@ def test_webhook_receives_new_alarms_once(project, models):
     assert sent == {a.id for a in first.new_alarms} and second.new_alarms == []
     dead = run_monitor(config(webhook_url="http://127.0.0.1:9/x", window_size=500), root)
     assert dead.webhook_error and "127.0.0.1:9" in dead.webhook_error
+
+
+def test_alarm_log_appends_from_concurrent_processes_stay_whole(tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "alarms" / "alarms.jsonl"
+    code = (
+        "import sys\n"
+        "from nbpipeline.monitor.alarms import Alarm, AlarmLog\n"
+        "me = int(sys.argv[1])\n"
+        "for i in range(40):\n"
+        "    AlarmLog(sys.argv[2]).append([Alarm('input_drift', f'f{me}-{i}', 1.0, 0.25,"
+        " 'above', i, 'x' * 3000)])\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n), str(log)]) for n in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    records = AlarmLog(log).read()  # every line parses: no interleaved writes
+    assert len(records) == 160 and len({r["id"] for r in records}) == 160

@@ -23,15 +23,17 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from nbpipeline.errors import MonitorError
-from nbpipeline.monitor.analysis import Analysis
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.quality import OutcomeCounts
 from nbpipeline.monitor.roi import roi_figures
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from nbpipeline.monitor.analysis import Analysis
 
 # kinds whose breach by a model version can trigger its automatic rollback
 ROLLBACK_KINDS = ("quality_low", "latency", "error_rate")
@@ -158,6 +160,8 @@ def quality_alarms(analysis: Analysis, cfg: MonitorConfig, since_window: int | N
 
 def roi_series(analysis: Analysis, cfg: MonitorConfig) -> pd.DataFrame:
     """ROI per window over all model decisions (champion + canary) with enough outcomes."""
+    import pandas as pd
+
     if analysis.quality.empty:
         return pd.DataFrame(columns=["window", "labelled", "value", "cost", "roi_pct"])
     sums = analysis.quality.groupby("window")[["tp", "fp", "tn", "fn"]].sum().reset_index()

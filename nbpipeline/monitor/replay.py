@@ -55,11 +55,11 @@ def json_row(row: dict[str, Any], features: Sequence[str]) -> dict[str, Any]:
     """The JSON body of one /predict request: the features, NaN sent as null."""
     out: dict[str, Any] = {}
     for name in features:
-        value = row.get(name)
+        value: Any = row.get(name)
+        if hasattr(value, "item"):  # numpy scalar -> Python
+            value = value.item()
         if isinstance(value, float) and math.isnan(value):
             value = None
-        elif hasattr(value, "item"):
-            value = value.item()
         out[name] = value
     return out
 
