@@ -91,7 +91,7 @@ def ignored(rel: str, stage: str) -> bool:
     name = parts[-1]
     if name.endswith(_CODE_SUFFIXES) or name.endswith(".dvc"):
         return True
-    if rel in _PIPELINE_FILES or rel in _PACKAGING_FILES:
+    if rel in _PIPELINE_FILES or rel in _PACKAGING_FILES or name in ("dvc.yaml", "dvc.lock"):
         return True
     if any(p.endswith(_PACKAGING_DIRS) for p in parts[:-1]):
         return True

@@ -58,8 +58,8 @@ def test_tracer_sees_reads_writes_renames_deletes_and_new_dirs(tmp_path: Path) -
 
 def test_ignored_files() -> None:
     for rel in (".dvc/tmp/x", "pkg/__pycache__/m.pyc", "src/mod.py", "params.yaml", "dvc.lock",
-                "data.dvc", "notebooks/train.ipynb", "reports/s.ipynb", "reports/s.html",
-                "data/.x.parquet.tmp"):
+                "data.dvc", "monitoring/dvc.yaml", "monitoring/dvc.lock", "notebooks/train.ipynb",
+                "reports/s.ipynb", "reports/s.html", "data/.x.parquet.tmp"):
         assert ignored(rel, "s"), rel
     for rel in ("data/train.parquet", "reports/other.ipynb", "config/settings.yaml"):
         assert not ignored(rel, "s"), rel
