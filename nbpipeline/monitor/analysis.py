@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from nbpipeline.monitor.config import MonitorConfig
-from nbpipeline.monitor.drift import category_drift, number_drift
+from nbpipeline.monitor.drift import chi_square_many, number_drift_many, psi_many
 from nbpipeline.monitor.quality import OutcomeCounts, quality_metrics
 from nbpipeline.monitor.reference import MISSING, Reference
 from nbpipeline.monitor.roi import roi_figures
@@ -89,32 +89,43 @@ def _summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def _drift_table(
     ref: Reference, usable: list, hist: CodeHistograms, cfg: MonitorConfig
 ) -> pd.DataFrame:
-    rows: list[dict[str, Any]] = []
-    for w_i, window in enumerate(hist.windows):
-        for b in usable:
-            cur = hist.counts[b.name][w_i]
-            refc = ref.counts[b.name]
-            if b.kind == "output":
-                if cur[:MISSING].sum() < cfg.min_rows:
-                    continue
-                d = number_drift(b.name, refc[:MISSING], 0, cur[:MISSING], 0, kind="output")
-                drifted = d.psi > cfg.output_psi_limit
-            elif b.kind == "category":
-                if cur.sum() < cfg.min_rows:
-                    continue
-                n = len(b.categories) + 1
-                d = category_drift(b.name, refc[:n], int(refc[MISSING]), cur[:n], int(cur[MISSING]))
-                drifted = d.psi > cfg.psi_limit or d.p_value < cfg.chi2_pvalue
-            else:
-                if cur.sum() < cfg.min_rows:
-                    continue
-                d = number_drift(b.name, refc[:MISSING], int(refc[MISSING]), cur[:MISSING],
-                                 int(cur[MISSING]))
-                drifted = d.psi > cfg.psi_limit or d.statistic > cfg.ks_limit
-            rows.append({"window": int(window), **d.__dict__, "drifted": bool(drifted)})
+    """One row per judged window and monitored column (all windows at once per column)."""
     cols = ["window", "feature", "kind", "rows", "psi", "statistic", "p_value", "test",
             "missing_ref", "missing_cur", "drifted"]
-    return pd.DataFrame(rows, columns=cols)
+    frames = []
+    for b in usable:
+        cur, refc = hist.counts[b.name].astype(float), ref.counts[b.name].astype(float)
+        missing = cur[:, MISSING] if b.kind != "output" else np.zeros(len(cur))
+        ref_missing = refc[MISSING] if b.kind != "output" else 0.0
+        rows = cur[:, :MISSING].sum(axis=1) + missing
+        if b.kind == "category":
+            n = len(b.categories) + 1
+            ref_all = np.append(refc[:n], ref_missing)
+            cur_all = np.column_stack([cur[:, :n], missing])
+            value = psi_many(ref_all, cur_all)
+            statistic, p_value = chi_square_many(ref_all, cur_all)
+            drifted = (value > cfg.psi_limit) | (p_value < cfg.chi2_pvalue)
+            test = "chi2"
+        else:
+            value, statistic, p_value = number_drift_many(
+                refc[:MISSING], ref_missing, cur[:, :MISSING], missing)
+            limit = cfg.output_psi_limit if b.kind == "output" else cfg.psi_limit
+            drifted = value > limit
+            if b.kind == "number":
+                drifted |= statistic > cfg.ks_limit
+            test = "ks"
+        ref_total = refc[:MISSING].sum() + ref_missing
+        frames.append(pd.DataFrame({
+            "window": hist.windows.astype(int), "feature": b.name, "kind": b.kind,
+            "rows": rows.astype(int), "psi": value, "statistic": statistic, "p_value": p_value,
+            "test": test, "missing_ref": ref_missing / ref_total if ref_total else 0.0,
+            "missing_cur": np.divide(missing, rows, out=np.zeros_like(rows), where=rows > 0),
+            "drifted": drifted,
+        })[rows >= cfg.min_rows])
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True).sort_values(["window", "feature"],
+                                                            kind="stable")[cols]
 
 
 def _outcome_counts(o: OutcomeGroups) -> dict[tuple[int, str, str], OutcomeCounts]:

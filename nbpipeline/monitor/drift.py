@@ -2,12 +2,14 @@
 
 Everything here works on *counts per bin*, never on raw rows, so the monitor can bin a
 million logged predictions inside SQLite and only move small histograms into Python.
+Each statistic is computed for many windows at once: ``cur`` is an array
+[windows, bins] against one reference vector.
 
 Numbers are binned on a fine equal-width grid fitted to the reference (see
 :mod:`nbpipeline.monitor.reference`): the KS statistic is evaluated at every grid edge
-(``GRID_BINS`` of them, so it is exact up to the grid's resolution) and PSI uses about ten
-groups of adjacent grid bins holding equal reference mass (the usual decile PSI). The
-missing-value share is a bin of its own in both.
+(so it is exact up to the grid's resolution) and PSI uses about ten groups of adjacent
+grid bins holding equal reference mass (the usual decile PSI). The missing-value share is
+a bin of its own in PSI.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 PSI_GROUPS = 10
 PSI_EPSILON = 1e-4
@@ -36,18 +38,23 @@ class FeatureDrift:
     missing_cur: float
 
 
+def _shares(counts: np.ndarray) -> np.ndarray:
+    counts = np.atleast_2d(np.asarray(counts, dtype=float))
+    total = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    shares = np.clip(shares, PSI_EPSILON, None)
+    return shares / shares.sum(axis=1, keepdims=True)
+
+
+def psi_many(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """PSI of each row of ``cur`` against ``ref`` (same bins)."""
+    p, q = _shares(ref), _shares(cur)
+    return np.sum((q - p) * np.log(q / p), axis=1)
+
+
 def psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     """Population stability index of two count vectors over the same bins."""
-    p = _shares(ref_counts)
-    q = _shares(cur_counts)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def _shares(counts: np.ndarray) -> np.ndarray:
-    total = counts.sum()
-    shares = counts / total if total else np.zeros_like(counts, dtype=float)
-    shares = np.clip(shares, PSI_EPSILON, None)
-    return shares / shares.sum()
+    return float(psi_many(ref_counts, cur_counts)[0])
 
 
 def quantile_groups(ref_counts: np.ndarray, groups: int = PSI_GROUPS) -> np.ndarray:
@@ -60,30 +67,67 @@ def quantile_groups(ref_counts: np.ndarray, groups: int = PSI_GROUPS) -> np.ndar
 
 
 def grouped(counts: np.ndarray, group_of_bin: np.ndarray) -> np.ndarray:
-    """Sum fine-bin counts into their groups."""
-    return np.bincount(group_of_bin, weights=counts, minlength=int(group_of_bin.max()) + 1)
+    """Sum fine-bin counts (last axis) into their groups."""
+    onehot = np.zeros((len(group_of_bin), int(group_of_bin.max()) + 1))
+    onehot[np.arange(len(group_of_bin)), group_of_bin] = 1.0
+    return np.asarray(counts, dtype=float) @ onehot
+
+
+def ks_many(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sample KS statistic at the bin edges and its asymptotic p-value, per row of cur."""
+    cur = np.atleast_2d(np.asarray(cur, dtype=float))
+    n, m = float(ref.sum()), cur.sum(axis=1)
+    if n == 0:
+        return np.zeros(len(cur)), np.ones(len(cur))
+    cdf_ref = np.cumsum(ref) / n
+    cdf_cur = np.divide(np.cumsum(cur, axis=1), m[:, None], out=np.zeros_like(cur),
+                        where=m[:, None] > 0)
+    d = np.where(m > 0, np.max(np.abs(cdf_cur - cdf_ref), axis=1), 0.0)
+    n_eff = n * m / (n + m)
+    p = np.where(m > 0, np.minimum(1.0, special.kolmogorov(np.sqrt(n_eff) * d)), 1.0)
+    return d, p
 
 
 def ks_binned(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float]:
     """Two-sample KS statistic at the bin edges and its asymptotic p-value."""
-    n, m = float(ref_counts.sum()), float(cur_counts.sum())
-    if n == 0 or m == 0:
-        return 0.0, 1.0
-    d = float(np.max(np.abs(np.cumsum(ref_counts) / n - np.cumsum(cur_counts) / m)))
-    n_eff = n * m / (n + m)
-    return d, float(min(1.0, special.kolmogorov(np.sqrt(n_eff) * d)))
+    d, p = ks_many(np.asarray(ref_counts, dtype=float), cur_counts)
+    return float(d[0]), float(p[0])
+
+
+def chi_square_many(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chi-square test of homogeneity of each row of ``cur`` with ``ref`` (empty bins dropped)."""
+    cur = np.atleast_2d(np.asarray(cur, dtype=float))
+    ref = np.broadcast_to(np.asarray(ref, dtype=float), cur.shape)
+    col = ref + cur
+    n_ref, n_cur = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
+    total = n_ref + n_cur
+    exp_ref = np.divide(n_ref * col, total, out=np.zeros_like(col), where=total > 0)
+    exp_cur = np.divide(n_cur * col, total, out=np.zeros_like(col), where=total > 0)
+    terms = (np.divide((ref - exp_ref) ** 2, exp_ref, out=np.zeros_like(col), where=exp_ref > 0)
+             + np.divide((cur - exp_cur) ** 2, exp_cur, out=np.zeros_like(col), where=exp_cur > 0))
+    statistic = terms.sum(axis=1)
+    dof = (col > 0).sum(axis=1) - 1
+    valid = (dof > 0) & (n_ref[:, 0] > 0) & (n_cur[:, 0] > 0)
+    p = np.where(valid, special.chdtrc(np.maximum(dof, 1), statistic), 1.0)
+    return np.where(valid, statistic, 0.0), p
 
 
 def chi_square(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float]:
     """Chi-square test of homogeneity between two count vectors (empty bins dropped)."""
-    keep = (ref_counts + cur_counts) > 0
-    table = np.vstack([ref_counts[keep], cur_counts[keep]]).astype(float)
-    rows = table.sum(axis=1, keepdims=True)
-    if table.shape[1] < 2 or rows.min() == 0:
-        return 0.0, 1.0
-    expected = rows * table.sum(axis=0, keepdims=True) / rows.sum()
-    statistic = float(np.sum((table - expected) ** 2 / expected))
-    return statistic, float(stats.chi2.sf(statistic, table.shape[1] - 1))
+    s, p = chi_square_many(ref_counts, cur_counts)
+    return float(s[0]), float(p[0])
+
+
+def number_drift_many(
+    ref_counts: np.ndarray, ref_missing: float, cur_counts: np.ndarray, cur_missing: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(PSI, KS D, KS p) per row of ``cur_counts`` for a numeric column."""
+    cur_counts = np.atleast_2d(np.asarray(cur_counts, dtype=float))
+    groups = quantile_groups(ref_counts)
+    ref_g = np.append(grouped(ref_counts, groups), ref_missing)
+    cur_g = np.column_stack([grouped(cur_counts, groups), np.asarray(cur_missing, dtype=float)])
+    d, p = ks_many(np.asarray(ref_counts, dtype=float), cur_counts)
+    return psi_many(ref_g, cur_g), d, p
 
 
 def number_drift(
@@ -91,13 +135,10 @@ def number_drift(
     cur_missing: int, *, kind: str = "number",
 ) -> FeatureDrift:
     """PSI (reference-decile groups + a missing bin) and KS of a numeric feature."""
-    groups = quantile_groups(ref_counts)
-    ref_g = np.append(grouped(ref_counts, groups), ref_missing)
-    cur_g = np.append(grouped(cur_counts, groups), cur_missing)
-    d, p = ks_binned(ref_counts, cur_counts)
+    value, d, p = number_drift_many(ref_counts, ref_missing, cur_counts, np.array([cur_missing]))
     return FeatureDrift(
-        feature, kind, int(cur_counts.sum() + cur_missing), psi(ref_g, cur_g), d, p, "ks",
-        _rate(ref_missing, ref_counts), _rate(cur_missing, cur_counts),
+        feature, kind, int(np.sum(cur_counts) + cur_missing), float(value[0]), float(d[0]),
+        float(p[0]), "ks", _rate(ref_missing, ref_counts), _rate(cur_missing, cur_counts),
     )
 
 
@@ -116,5 +157,5 @@ def category_drift(
 
 
 def _rate(missing: int, counts: np.ndarray) -> float:
-    total = float(counts.sum()) + missing
+    total = float(np.sum(counts)) + missing
     return float(missing / total) if total else 0.0

@@ -213,7 +213,9 @@ def scan_log(
         data = _fetch(path, sql, width, 1, last, since)
     else:
         bounds = np.linspace(0, last, workers + 1).astype(int)
-        context = multiprocessing.get_context("forkserver")
+        # fork: the workers need nothing but this module (spawn/forkserver would re-import
+        # the caller's __main__, seconds in a notebook kernel)
+        context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             parts = pool.map(_fetch, [path] * workers, [sql] * workers, [width] * workers,
                              [int(b) + 1 for b in bounds[:-1]], [int(b) for b in bounds[1:]],
