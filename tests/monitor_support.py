@@ -61,13 +61,18 @@ def log_traffic(
     conn: Any, model: Any, frame: Any, *, version: str, role: str = "champion",
     ts0: float | None = None, spacing: float = 0.01, feedback: bool = True,
     threshold: float = 0.35, latency_ms: float = 4.0, fallback: bool = False,
-    feature_kinds: dict[str, str] | None = None,
+    feature_kinds: dict[str, str] | None = None, shift: float = 0.0,
 ) -> list[str]:
-    """Log one prediction per row of ``frame`` (real model outputs) plus its outcome."""
+    """Log one prediction per row of ``frame`` (real model outputs) plus its outcome.
+
+    ``shift`` adds a constant to the model's probabilities (a synthetic output shift, e.g.
+    a broken calibration after a library upgrade).
+    """
     ts0 = time.time() if ts0 is None else ts0
     if feature_kinds is not None:
         predlog.ensure_schema(conn, feature_kinds)
     proba = model.predict_proba(frame[FEATURES])[:, 1] if not fallback else np.zeros(len(frame))
+    proba = np.clip(proba + shift, 0.0, 1.0)
     ids = [uuid.uuid4().hex for _ in range(len(frame))]
     records = []
     for i, row in enumerate(frame[FEATURES].to_dict("records")):

@@ -225,3 +225,43 @@ def test_alarm_log_appends_from_concurrent_processes_stay_whole(tmp_path):
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     records = AlarmLog(log).read()  # every line parses: no interleaved writes
     assert len(records) == 160 and len({r["id"] for r in records}) == 160
+
+
+def test_synthetic_output_shift_decision_rate_and_roi_jump(project, models):
+    root, conn = project
+    rows = months(list(range(1, 9)), rows=WINDOW, seed=81)
+    log_traffic(conn, models["good"][0], rows, version="v1", shift=0.45)  # broken calibration
+    result = run_monitor(config(roi_max=50.0, value_model={"tp": 400.0, "fp": 0.0, "tn": 0.0,
+                                                           "fn": 0.0}), root)
+    kinds_found = {a.kind: a for a in result.alarms}
+    assert kinds_found["output_drift"].value > 1.0
+    assert kinds_found["decision_rate"].direction == "above"  # nearly every flight "late"
+    assert kinds_found["roi_high"].direction == "above"
+    assert "input_drift" not in kinds_found  # the inputs are the training period's
+
+
+def test_fallback_answers_while_on_are_an_error_rate_alarm(project, models):
+    root, conn = project
+    rows = months(list(range(1, 9)), rows=WINDOW, seed=91)
+    log_traffic(conn, models["good"][0], rows.iloc[:800], version="v1", feedback=False)
+    log_traffic(conn, models["good"][0], rows.iloc[800:], version="v1", fallback=True,
+                feedback=False, ts0=time.time() + 20)
+    result = run_monitor(config(), root)
+    errors = [a for a in result.alarms if a.kind == "error_rate"]
+    assert errors and errors[0].value == pytest.approx(0.2)
+
+
+def test_bad_champion_is_replaced_by_the_previous_one(project, models):
+    root, conn = project
+    reg = Registry(root / "registry")
+    v1 = reg.register(models["good"][1], None, force_reason=None, actor="test")
+    reg.promote(v1.version, canary_fraction=None, reason="first", actor="test")
+    v2 = reg.register(models["bad"][1], None, force_reason=None, actor="test")
+    reg.promote(v2.version, canary_fraction=None, reason="second", actor="test")
+    time.sleep(0.01)
+    log_traffic(conn, models["bad"][0], months(list(range(1, 9)), rows=WINDOW, seed=95),
+                version="v2", ts0=time.time(), spacing=1e-5)
+    result = run_monitor(config(), root, registry=reg)
+    assert [(a.kind, a.role, a.version) for a in result.actions] == [
+        ("rollback", "champion", "v2")]
+    assert reg.state().champion.version == "v1"
