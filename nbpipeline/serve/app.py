@@ -55,7 +55,10 @@ def create_app(
         if settings.log and settings.log_path is not None:
             state.writer = LogWriter(settings.log_path, on_commit=state.metrics.on_commit)
             await asyncio.to_thread(state.writer.start)
-        state.predictor = Predictor(on_call=state.metrics.on_model_call)
+        state.predictor = Predictor(
+            sink=state.writer.commit if state.writer is not None else None,
+            on_call=state.metrics.on_model_call,
+        )
         await _refresh(state)
         poller = asyncio.create_task(_poll(state), name="registry-poller")
         try:
@@ -138,8 +141,11 @@ async def _refresh(state: ServerState) -> None:
         state.metrics.errors.labels("reload").inc()
     for served in (snap.champion, snap.canary):
         if served is not None and served.version not in state.logged_features:
-            if state.writer is not None:
-                state.writer.ensure_features(served.schema.kinds)  # queued before any row
+            if state.writer is not None:  # typed columns exist before the model's first row
+                try:
+                    await asyncio.wrap_future(state.writer.ensure_features(served.schema.kinds))
+                except Exception as exc:
+                    log.error("cannot add %s's feature columns to the log: %s", served.version, exc)
             state.logged_features.add(served.version)
     holder.install(snap)
     state.metrics.serving(

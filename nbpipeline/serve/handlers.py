@@ -6,9 +6,9 @@ Shared by the endpoints through one :class:`ServerState` that the app's lifespan
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -23,7 +23,7 @@ from nbpipeline import predlog
 from nbpipeline.serve.holder import ModelHolder, ServedModel, Snapshot
 from nbpipeline.serve.logwriter import LogWriter
 from nbpipeline.serve.metrics import ServerMetrics
-from nbpipeline.serve.predictor import Predictor
+from nbpipeline.serve.predictor import ModelFailed, Predictor
 from nbpipeline.serve.routing import ROUTING_HEADER
 from nbpipeline.serve.schema import BodyError, parse_body, parse_feedback
 from nbpipeline.serve.settings import ServeSettings
@@ -53,6 +53,7 @@ class _Row:
     features: dict[str, Any]
     routing_key: str | None
     probability: float | None = None
+    answer: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,22 +97,10 @@ async def predict_response(state: ServerState, request: Request) -> Response:
         metrics.requests.labels("/predict", "422").inc()
         metrics.errors.labels("validation").inc()
         return json_response(422, {"detail": exc.detail})
-    failure = await _score(state, rows)
+    failure = await _score_and_log(state, rows, start)
     if failure is not None:
-        metrics.requests.labels("/predict", "500").inc()
-        metrics.errors.labels("model").inc()
-        return json_response(500, {"detail": failure})
-    answers, records = _decide(state, rows, start)
-    if state.writer is not None:
-        try:
-            await asyncio.wrap_future(state.writer.write(records))
-        except Exception as exc:
-            metrics.requests.labels("/predict", "503").inc()
-            metrics.errors.labels("log").inc()
-            return json_response(503, {"detail": (
-                f"the prediction could not be logged ({type(exc).__name__}: {exc}), so it is "
-                f"not answered; check {state.settings.log_path} (disk space, permissions)"
-            )})
+        return failure
+    answers = [row.answer for row in rows]
     seconds = time.perf_counter() - start
     versions = {(r.served.version if r.served else "fallback", r.role) for r in rows}
     for version, role in versions:
@@ -178,43 +167,65 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float)
 
 
-async def _score(state: ServerState, rows: list[_Row]) -> str | None:
-    """Fill each row's probability; returns an error message if a model failed."""
+async def _score_and_log(state: ServerState, rows: list[_Row], start: float) -> Response | None:
+    """Decide every row and commit it to the log; an error response if that failed.
+
+    Model rows go to the predictor thread, which scores them, decides (:func:`_decide`)
+    and commits in one go; fallback rows are decided here and queued to the writer.
+    """
     assert state.predictor is not None
     groups: dict[str, list[_Row]] = {}
     for row in rows:
         if row.served is not None:
             groups.setdefault(row.served.version, []).append(row)
-    if not groups:
-        return None
-    futures = [
-        asyncio.wrap_future(state.predictor.submit(
-            version, served.model, served.schema, [r.features for r in group]
-        ))
-        for version, group in groups.items()
-        if (served := group[0].served) is not None
-    ]
-    results = await asyncio.gather(*futures, return_exceptions=True)
-    for (version, group), result in zip(groups.items(), results, strict=True):
-        if not isinstance(result, BaseException) and not all(map(math.isfinite, result)):
-            result = ValueError("the model returned a probability that is not a finite number")
+    pending: list[tuple[str | None, asyncio.Future[Any]]] = []
+    for version, group in groups.items():
+        served = group[0].served
+        assert served is not None
+        pending.append((version, asyncio.wrap_future(state.predictor.submit(
+            version, served.model, served.schema, [r.features for r in group],
+            functools.partial(_finish, state, group, start),
+        ))))
+    fallback = [row for row in rows if row.served is None]
+    if fallback:
+        records = _decide(state, fallback, start)
+        if state.writer is not None:
+            pending.append((None, asyncio.wrap_future(state.writer.write(records))))
+    results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+    metrics = state.metrics
+    for (failed, _), result in zip(pending, results, strict=True):
+        if isinstance(result, ModelFailed):
+            log.error("model %s failed: %s", failed, result)
+            metrics.requests.labels("/predict", "500").inc()
+            metrics.errors.labels("model").inc()
+            return json_response(500, {"detail": (
+                f"model {failed} failed on this input ({result}); this is a bug in the "
+                "model or its feature schema, not in the request"
+            )})
         if isinstance(result, BaseException):
-            log.error("model %s failed: %s: %s", version, type(result).__name__, result)
-            return (f"model {version} failed on this input ({type(result).__name__}: {result}); "
-                    "this is a bug in the model or its feature schema, not in the request")
-        for row, probability in zip(group, result, strict=True):
-            row.probability = probability
+            metrics.requests.labels("/predict", "503").inc()
+            metrics.errors.labels("log").inc()
+            return json_response(503, {"detail": (
+                f"the prediction could not be logged ({type(result).__name__}: {result}), so "
+                f"it is not answered; check {state.settings.log_path} (disk space, permissions)"
+            )})
     return None
 
 
-def _decide(
-    state: ServerState, rows: list[_Row], start: float
-) -> tuple[list[dict[str, Any]], list[predlog.PredictionRecord]]:
-    """The answers and the log records of scored rows."""
+def _finish(
+    state: ServerState, group: list[_Row], start: float, probabilities: list[float]
+) -> list[predlog.PredictionRecord]:
+    """On the predictor thread: the rows' probabilities -> decisions and log records."""
+    for row, probability in zip(group, probabilities, strict=True):
+        row.probability = probability
+    return _decide(state, group, start)
+
+
+def _decide(state: ServerState, rows: list[_Row], start: float) -> list[predlog.PredictionRecord]:
+    """Set each row's answer; return the log records."""
     settings = state.settings
     latency_ms = (time.perf_counter() - start) * 1000.0
     now = time.time()
-    answers: list[dict[str, Any]] = []
     records: list[predlog.PredictionRecord] = []
     for row in rows:
         if row.served is None:
@@ -226,16 +237,16 @@ def _decide(
             assert probability is not None
             prediction, version = int(probability >= row.served.threshold), row.served.version
         fallback = row.served is None
-        answers.append({
+        row.answer = {
             "request_id": row.request_id, "prediction": prediction, "probability": probability,
             "model_version": version, "role": row.role, "fallback": fallback,
-        })
+        }
         records.append(predlog.PredictionRecord(
             request_id=row.request_id, ts=now, model_version=version, role=row.role,
             prediction=prediction, probability=probability, latency_ms=latency_ms,
             features=row.features, routing_key=row.routing_key, fallback=fallback,
         ))
-    return answers, records
+    return records
 
 
 def _not_ready(state: ServerState) -> str:

@@ -1,11 +1,12 @@
-"""The prediction log's single writer thread, with group commit.
+"""The prediction log's one connection, its writer thread, and group commit.
 
-Request handlers hand their records to :meth:`LogWriter.write` and await the returned
-future; the writer thread takes everything queued since its last commit, inserts it in
-one SQLite transaction (WAL mode, see nbpipeline/predlog.py) and only then resolves the
-futures. So a response is sent only after its row is committed (a ``kill -9`` loses
-no answered prediction), the event loop never waits on SQLite, and under load one
-commit serves many requests.
+Model decisions are committed by the predictor thread right after scoring, one
+transaction per micro-batch (:meth:`LogWriter.commit`). Everything else (fallback
+decisions, feedback, new feature columns) is queued to the writer thread, which handles
+all that is queued since its last turn in one go. Either way a future is resolved only
+after the commit, and the response waits for it: a ``kill -9`` loses no answered
+prediction (SQLite WAL, see nbpipeline/predlog.py), and the event loop never waits on
+SQLite.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class LogWriter:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._columns: frozenset[str] = frozenset()  # feature columns (only we add them)
+        self._lock = threading.Lock()  # the connection is used by this thread and the predictor
 
     def start(self) -> None:
         """Open the database (in the caller, so start-up errors surface) and start the thread."""
@@ -137,33 +139,49 @@ class LogWriter:
             self._commit(writes)
         for op in ops:
             if op.kind == "feedback":
-                self._settle(op, lambda p: predlog.record_feedback(self._conn, *p))  # type: ignore[arg-type]
+                self._settle(op, self._feedback)
 
     def _ensure_schema(self, kinds: Mapping[str, str]) -> None:
         assert self._conn is not None
-        predlog.ensure_schema(self._conn, kinds)
-        self._columns = frozenset(predlog.feature_columns(self._conn))
+        with self._lock:
+            predlog.ensure_schema(self._conn, kinds)
+            self._columns = frozenset(predlog.feature_columns(self._conn))
 
-    def _insert(self, records: list[predlog.PredictionRecord]) -> int:
+    def _feedback(self, payload: tuple[str, int, float]) -> bool:
         assert self._conn is not None
-        return predlog.insert_rows(self._conn, records, present=self._columns)
+        with self._lock:
+            return predlog.record_feedback(self._conn, *payload)
 
-    def _commit(self, writes: list[_Op]) -> None:
+    def commit(self, records: list[predlog.PredictionRecord]) -> int:
+        """Append ``records`` in one transaction now, on the calling thread (thread-safe).
+
+        The predictor thread calls this right after scoring (see predictor.py); queued
+        :meth:`write` calls end up here on the writer thread. Raises if the write failed.
+        """
         assert self._conn is not None
         start = time.perf_counter()
-        records = [rec for op in writes for rec in op.payload]
         try:
-            self._insert(records)
+            with self._lock:
+                count = predlog.insert_rows(self._conn, records, present=self._columns)
+        except Exception as exc:
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("prediction log %s: cannot append %d rows: %s", self.path, len(records), exc)
+            raise
+        self.stats.rows += count
+        self.stats.commits += 1
+        if self._on_commit is not None:
+            self._on_commit(count, time.perf_counter() - start)
+        return count
+
+    def _commit(self, writes: list[_Op]) -> None:
+        try:
+            self.commit([rec for op in writes for rec in op.payload])
         except Exception:
             # One bad group must not fail the others: retry each request on its own.
             for op in writes:
-                self._settle(op, self._insert)
+                self._settle(op, self.commit)
             return
-        seconds = time.perf_counter() - start
-        self.stats.rows += len(records)
-        self.stats.commits += 1
-        if self._on_commit is not None:
-            self._on_commit(len(records), seconds)
         for op in writes:
             op.future.set_result(len(op.payload))
 
@@ -171,12 +189,10 @@ class LogWriter:
         try:
             result = action(op.payload)
         except Exception as exc:  # reported to the waiting request, which answers 503
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("prediction log %s: %s failed: %s", self.path, op.kind, exc)
+            if op.kind != "write":  # commit() has counted and logged it already
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("prediction log %s: %s failed: %s", self.path, op.kind, exc)
             op.future.set_exception(exc)
             return
-        if op.kind == "write":
-            self.stats.rows += len(op.payload)
-            self.stats.commits += 1
         op.future.set_result(result)

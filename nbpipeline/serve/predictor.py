@@ -1,4 +1,4 @@
-"""Model calls off the event loop, with micro-batching.
+"""Model calls (and the logging of their decisions) off the event loop, micro-batched.
 
 One worker thread runs every ``predict_proba``. Rows that arrive while it is busy are
 gathered and scored in one call per model, so concurrent single-row requests share the
@@ -10,6 +10,7 @@ into a 1 s tail.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nbpipeline import predlog
 from nbpipeline.serve.schema import FeatureSchema
 
 MAX_ROWS_PER_CALL = 4096
@@ -44,19 +46,38 @@ def score(model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]) -> list
     return [float(p) for p in np.asarray(proba)[:, 1]]
 
 
+Finish = Callable[[list[float]], list[predlog.PredictionRecord]]
+Sink = Callable[[list[predlog.PredictionRecord]], object]
+
+
+class ModelFailed(Exception):
+    """The model raised (or returned garbage) on rows that passed validation."""
+
+
 @dataclass
 class _Job:
     version: str
     model: Any
     schema: FeatureSchema
     rows: list[dict[str, Any]]
-    future: Future[list[float]] = field(default_factory=Future)
+    finish: Finish  # probabilities -> log records (run on the predictor thread)
+    future: Future[None] = field(default_factory=Future)
 
 
 class Predictor:
-    """The one thread that calls models; :meth:`submit` returns a future of probabilities."""
+    """The one thread that calls models and then logs their decisions.
 
-    def __init__(self, on_call: Callable[[str, int, float], None] | None = None) -> None:
+    :meth:`submit` takes rows and a ``finish`` function turning their probabilities into
+    log records; the thread scores the rows (micro-batched with other requests), calls
+    ``finish``, hands all records of the batch to ``sink`` (the log's commit) and only
+    then resolves the futures. Scoring and committing on one thread spares each request
+    a round trip through the event loop between the two.
+    """
+
+    def __init__(
+        self, *, sink: Sink | None = None, on_call: Callable[[str, int, float], None] | None = None
+    ) -> None:
+        self._sink = sink
         self._on_call = on_call  # (model version, rows, seconds) after each model call
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._limited: set[int] = set()
@@ -64,10 +85,11 @@ class Predictor:
         self._thread.start()
 
     def submit(
-        self, version: str, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]
-    ) -> Future[list[float]]:
-        """Score ``rows`` with ``model``; the future gives P(target == 1) per row."""
-        job = _Job(version, model, schema, rows)
+        self, version: str, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]],
+        finish: Finish,
+    ) -> Future[None]:
+        """Score and log ``rows``; the future fails with ModelFailed or the sink's error."""
+        job = _Job(version, model, schema, rows, finish)
         self._queue.put(job)
         return job.future
 
@@ -105,7 +127,12 @@ class Predictor:
                     break
                 jobs.append(nxt)
                 count += len(nxt.rows)
-            self._score(jobs)
+            try:
+                self._score(jobs)
+            except Exception as exc:  # never let the thread die: fail what is unanswered
+                for unanswered in jobs:
+                    if not unanswered.future.done():
+                        unanswered.future.set_exception(exc)
             if stop:
                 return
 
@@ -113,22 +140,49 @@ class Predictor:
         groups: dict[int, list[_Job]] = {}
         for job in jobs:
             groups.setdefault(id(job.model), []).append(job)
+        done: list[tuple[_Job, list[predlog.PredictionRecord]]] = []
         for group in groups.values():
-            rows = [row for job in group for row in job.rows]
+            done += self._score_group(group)
+        if not done:
+            return
+        if self._sink is not None:
             try:
-                self._single_threaded(group[0].model)
-                start = time.perf_counter()
-                probs = score(group[0].model, group[0].schema, rows)
-                if self._on_call is not None:
-                    self._on_call(group[0].version, len(rows), time.perf_counter() - start)
-            except Exception as exc:
-                if len(group) == 1:  # the request answers 500 naming the model
-                    group[0].future.set_exception(exc)
-                else:  # one bad request must not fail the others gathered with it
-                    for job in group:
-                        self._score([job])
-                continue
-            start = 0
-            for job in group:
-                job.future.set_result(probs[start:start + len(job.rows)])
-                start += len(job.rows)
+                self._sink([rec for _, records in done for rec in records])
+            except Exception:
+                # One bad request must not fail the others: commit each on its own.
+                for job, records in done:
+                    try:
+                        self._sink(records)
+                    except Exception as exc:
+                        job.future.set_exception(exc)
+                    else:
+                        job.future.set_result(None)
+                return
+        for job, _ in done:
+            job.future.set_result(None)
+
+    def _score_group(self, group: list[_Job]) -> list[tuple[_Job, list[predlog.PredictionRecord]]]:
+        """Score jobs of one model in one call; failed jobs get their exception set."""
+        rows = [row for job in group for row in job.rows]
+        try:
+            self._single_threaded(group[0].model)
+            start = time.perf_counter()
+            probs = score(group[0].model, group[0].schema, rows)
+            if self._on_call is not None:
+                self._on_call(group[0].version, len(rows), time.perf_counter() - start)
+            if not all(map(math.isfinite, probs)):
+                raise ValueError("the model returned a probability that is not a finite number")
+        except Exception as exc:
+            if len(group) > 1:  # one bad request must not fail the others gathered with it
+                return [item for job in group for item in self._score_group([job])]
+            group[0].future.set_exception(ModelFailed(f"{type(exc).__name__}: {exc}"))
+            return []
+        done = []
+        offset = 0
+        for job in group:
+            try:
+                done.append((job, job.finish(probs[offset:offset + len(job.rows)])))
+            except Exception as exc:  # a bug in building the records: fail this request only
+                job.future.set_exception(exc)
+            offset += len(job.rows)
+        return done
