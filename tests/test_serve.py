@@ -340,6 +340,18 @@ def test_a_model_that_fails_on_valid_input_answers_500_naming_it(
         assert "nbp_errors_total{kind=\"model\"} 1.0" in httpx.get(f"{url}/metrics").text
 
 
+def test_a_damaged_registry_log_keeps_the_current_models_serving(
+    served: str, registry: Registry
+) -> None:
+    good = registry.events_path.read_bytes()
+    registry.events_path.write_bytes(good + b"{not an event}\n")
+    health = wait_for(lambda: (h := serving(served))["errors"] and h)
+    assert health["status"] == "degraded" and "events.jsonl" in health["errors"][0]
+    assert post(served, sample_row()).json()["model_version"] == "v1"
+    registry.events_path.write_bytes(good)  # restored from a backup
+    wait_for(lambda: serving(served)["status"] == "ok")
+
+
 # ---------------------------------------------------------------- settings
 def test_serve_settings_are_checked(tmp_path: Path) -> None:
     s = settings_from_params({"serve": {"fallback_prediction": 1},

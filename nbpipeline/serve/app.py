@@ -130,8 +130,9 @@ async def _refresh(state: ServerState) -> None:
     failures = holder.load_failures
     try:
         snap = await asyncio.to_thread(holder.build)
-    except NbpipelineError as exc:
-        state.registry_error = str(exc)
+    except (NbpipelineError, OSError) as exc:
+        state.registry_error = str(exc) if isinstance(exc, NbpipelineError) else (
+            f"cannot read the registry {holder.registry.path}: {exc}")
         state.metrics.errors.labels("reload").inc()
         log.error("cannot read the registry: %s; still serving %s", exc, holder.snapshot.describe())
         return
