@@ -79,6 +79,7 @@ def json_response(status: int, body: Any) -> Response:
 
 # ---------------------------------------------------------------------- predict
 async def predict_response(state: ServerState, request: Request) -> Response:
+    """POST /predict: validate, route, score, log, answer (see docs/serve.md)."""
     start = time.perf_counter()
     metrics = state.metrics
     snap = state.holder.snapshot
