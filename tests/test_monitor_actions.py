@@ -265,3 +265,19 @@ def test_bad_champion_is_replaced_by_the_previous_one(project, models):
     assert [(a.kind, a.role, a.version) for a in result.actions] == [
         ("rollback", "champion", "v2")]
     assert reg.state().champion.version == "v1"
+
+
+def test_time_windows_judge_the_latest_span(project, models):
+    root, conn = project
+    base = (int(time.time() // 1800) - 3) * 1800  # windows are aligned to the epoch
+    log_traffic(conn, models["good"][0], months([12], rows=600, seed=97), version="v1",
+                ts0=base + 10, spacing=1.0)  # December, 10 minutes of traffic
+    log_traffic(conn, models["good"][0], months(list(range(1, 9)), rows=600, seed=98),
+                version="v1", ts0=base + 3600 + 10, spacing=1.0)  # training-like, an hour later
+    cfg = config(window_by="seconds", window_size=1800)
+    result = run_monitor(cfg, root)
+    windows = result.analysis.windows
+    assert len(windows) == 2 and windows["rows"].tolist() == [600, 600]
+    assert not [a for a in result.alarms if a.kind == "input_drift"], result.lines()
+    december = result.analysis.drift[result.analysis.drift["window"] == windows["window"][0]]
+    assert set(december[december["drifted"]]["feature"]) >= {"temp", "dewp"}
