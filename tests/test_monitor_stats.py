@@ -153,3 +153,20 @@ def test_missing_log_is_no_traffic(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(MonitorError, match="junk.db"):
         open_log(tmp_path / "junk.db")
+
+
+def test_no_traffic_needs_no_model_and_writes_a_summary(tmp_path):
+    import json
+
+    from nbpipeline.monitor import run_monitor
+
+    result = run_monitor(MonitorConfig(), tmp_path)  # fresh clone: no log, no model yet
+    assert result.status == "no traffic yet" and result.alarms == [] and result.actions == []
+    summary = json.loads((tmp_path / "alarms" / "last_run.json").read_text())
+    assert summary["status"] == "no traffic yet" and summary["predictions"] == 0
+    conn = predlog.connect(tmp_path / "logs" / "predictions.db")
+    predlog.ensure_schema(conn, {"x": "number"})
+    conn.execute("INSERT INTO predictions (request_id, ts, role, features, f_x) "
+                 "VALUES ('r1', 1.0, 'champion', '{}', 1.0)")
+    with pytest.raises(MonitorError, match="reference.parquet: not found"):
+        run_monitor(MonitorConfig(), tmp_path)  # traffic but no model: say what to run

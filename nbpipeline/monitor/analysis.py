@@ -174,7 +174,7 @@ def _trailing(
     return pd.DataFrame(rows)
 
 
-def empty_analysis(ref: Reference) -> Analysis:
+def empty_analysis(ref: Reference | None = None) -> Analysis:
     """The analysis of a log with no traffic yet."""
     empty = pd.DataFrame()
     return Analysis(

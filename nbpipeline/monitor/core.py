@@ -20,7 +20,7 @@ import pandas as pd
 from nbpipeline.errors import RegistryError
 from nbpipeline.monitor import actions as act
 from nbpipeline.monitor import alarms as al
-from nbpipeline.monitor.analysis import Analysis, analyze
+from nbpipeline.monitor.analysis import Analysis, analyze, empty_analysis
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.reference import Reference, load_reference
 from nbpipeline.project import write_text_atomic
@@ -103,6 +103,19 @@ def choose_reference(cfg: MonitorConfig, root: Path, reg: Registry | None) -> tu
     return ref, cfg.reference_path
 
 
+def has_traffic(log_path: Path) -> bool:
+    """True when the prediction log exists and holds at least one prediction."""
+    from nbpipeline.monitor.scan import open_log
+
+    conn = open_log(log_path)
+    if conn is None:
+        return False
+    try:
+        return conn.execute("SELECT 1 FROM predictions LIMIT 1").fetchone() is not None
+    finally:
+        conn.close()
+
+
 def since_window(analysis: Analysis, reg: Registry | None) -> int | None:
     """First window that starts after the last production change (promote/rollback/off)."""
     if reg is None or analysis.windows.empty:
@@ -128,8 +141,12 @@ def run_monitor(
     reg = registry
     if reg is None and (root / cfg.registry_dir).is_dir():
         reg = Registry(root / cfg.registry_dir)
-    ref, source = choose_reference(cfg, root, reg)
-    analysis = analyze(cfg, ref, root / cfg.predlog_path)
+    if not has_traffic(root / cfg.predlog_path):
+        # nothing to compare yet: do not even require a trained model (fresh clone)
+        ref, source, analysis = None, "", empty_analysis()
+    else:
+        ref, source = choose_reference(cfg, root, reg)
+        analysis = analyze(cfg, ref, root / cfg.predlog_path)
     state = reg.state() if reg is not None else None
     result = MonitorResult("no traffic yet", analysis, al.roi_series(analysis, cfg),
                            reference_source=source, state=_state_dict(state))
