@@ -149,3 +149,41 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url}/ready did not answer 200")
+
+
+def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
+    import os
+
+    from monitor_support import kinds, log_traffic
+
+    from nbpipeline import predlog
+    from nbpipeline.monitor.command import monitor_command
+    from nbpipeline.project import Project
+
+    root = tmp_path / "retrain"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "notebooks" / "monitor.ipynb", root / "notebooks")
+    (root / "dvc.yaml").write_text(
+        "stages:\n  retrain:\n    cmd: python -c \"open('retrained.txt', 'w').write('ok')\"\n"
+        "    outs:\n      - retrained.txt\n")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = {"monitor": dict(params["monitor"], window_size=WINDOW, min_rows=200,
+                              retrain_action="dvc")}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    model, meta = make_candidate(root / "models" / "candidate", rows=4000, seed=0)
+    conn = predlog.connect(root / "logs" / "predictions.db")
+    predlog.ensure_schema(conn, kinds(meta))
+    log_traffic(conn, model, months([12], rows=WINDOW, seed=4), version="v1")
+    conn.close()
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
+    lines: list[str] = []
+    path_before = os.environ["PATH"]
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{path_before}"
+    try:
+        code = monitor_command(Project(root), echo=lines.append)
+    finally:
+        os.environ["PATH"] = path_before
+    assert code == ALARM_EXIT, lines
+    assert any("retraining: dvc repro" in line for line in lines)
+    assert (root / "retrained.txt").read_text() == "ok"
+    assert json.loads((root / "retrain" / "requested.json").read_text())["action"] == "dvc"
