@@ -40,7 +40,7 @@ def load_flights() -> Any:
     joined = flights.merge(weather, on=["origin", "time_hour"], how="left", validate="m:1")
     joined = joined.merge(planes, on="tailnum", how="left", validate="m:1")
     local = joined["time_hour"].dt.tz_convert("America/New_York")
-    joined["dow"] = local.dt.dayofweek.astype("int64")
+    joined["dow"] = local.dt.day_of_week.astype("int64")
     joined["distance"] = joined["distance"].astype("float64")
     joined["hour"] = joined["hour"].astype("float64")
     joined["dow"] = joined["dow"].astype("float64")
