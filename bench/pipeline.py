@@ -63,7 +63,7 @@ def notebook_to_script(path: Path, stage: str) -> str:
     nb = read_notebook(path)
     declared = notebook_parameters(nb)
     index = parameters_cell_index(nb)
-    parts = []
+    parts = ["def display(*objects):  # IPython's display(), as plain text\n    print(*objects)"]
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue

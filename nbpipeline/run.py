@@ -237,11 +237,15 @@ def run_stage(
 
         declared = load_stage(project, stage)
         tracer = Tracer(project.root, stage) if declared else None
-    html = _HtmlExporterLoader()
-    html.start()
     papermill = lean.papermill()
     from jupyter_client.kernelspec import NoSuchKernel
     from papermill.exceptions import PapermillExecutionError
+
+    # Only now, with papermill -> nbclient -> jupyter_client fully imported: importing
+    # nbconvert (which imports them too) on a thread while the main thread is still inside
+    # those imports can meet a partially initialised jupyter_client.manager (ImportError).
+    html = _HtmlExporterLoader()
+    html.start()
 
     reports = project.reports
     reports.mkdir(parents=True, exist_ok=True)

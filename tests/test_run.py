@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 from projects import add_stage, sh
 
 
@@ -106,3 +107,30 @@ def test_unknown_kernel_lists_installed_kernels(mini_project: Path) -> None:
     proc = sh("nbp", "run", "adds", cwd=mini_project, check=False)
     assert "kernel 'julia-1.9' is not installed (installed kernels: " in proc.stderr
     assert "python3" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_html_exporter_thread_starts_after_papermill_is_imported(
+    mini_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the exporter thread imported nbconvert while the main thread was still
+    importing papermill; jupyter_client's circular import then failed intermittently
+    ("cannot import name 'AsyncKernelManager' from partially initialized module")."""
+    import sys
+
+    from nbpipeline import run
+    from nbpipeline.project import Project
+
+    seen: list[bool] = []
+    original = run._HtmlExporterLoader.start
+
+    def start(self: run._HtmlExporterLoader) -> None:
+        seen.append("papermill.execute" in sys.modules and "jupyter_client.manager" in sys.modules)
+        original(self)
+
+    monkeypatch.setattr(run._HtmlExporterLoader, "start", start)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("papermill", "nbconvert")]:
+        monkeypatch.delitem(sys.modules, name)
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "s"})
+    monkeypatch.chdir(mini_project)
+    run.run_stage(Project(mini_project), "adds", trace=False)
+    assert seen == [True]
