@@ -182,7 +182,11 @@ def main() -> int:
         build(db, args.rows, workdir)
     results = {}
     for kind in ("monitor", "pandas"):
-        proc = subprocess.run([sys.executable, __file__, "--child", kind, "--db", str(db)],
+        # Through `sh -c` (which forks, not execs): Linux keeps ru_maxrss across fork+exec,
+        # so a child started straight from this (large) process would report this
+        # process's peak as its own; a grandchild starts from the shell's small one.
+        command = [sys.executable, __file__, "--child", kind, "--db", str(db)]
+        proc = subprocess.run(["/bin/sh", "-c", '"$@"', "sh", *command],
                               capture_output=True, text=True, check=True)
         results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
         # a baseline process also imports the same libraries: peak RSS includes ~150 MiB of them
