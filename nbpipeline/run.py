@@ -122,8 +122,25 @@ def _kernel_missing(rel: str, kernel: str, extra: str = "") -> NotebookError:
     )
 
 
+def _warm_up_notebook() -> Any:
+    """A tiny notebook that touches what a first render loads lazily: markdown, the
+    IPython lexer, stream and HTML outputs."""
+    v4 = lean.nbformat().v4
+    output = v4.new_output("display_data", {"text/html": "<table><tr><td>1</td></tr></table>"})
+    nb = v4.new_notebook(cells=[
+        v4.new_markdown_cell("# title\n*a* `b`"),
+        v4.new_code_cell("import os\nx = 1", outputs=[v4.new_output("stream", text="x\n"), output]),
+    ])
+    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
+    return nb
+
+
 class _HtmlExporterLoader(threading.Thread):
-    """Imports nbconvert's HTML exporter while the kernel runs (it takes about a second)."""
+    """Prepares nbconvert's HTML exporter while the kernel runs.
+
+    Importing nbconvert and compiling its templates (done by a first, empty render) take
+    about a second; both happen here, off the critical path.
+    """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -134,7 +151,9 @@ class _HtmlExporterLoader(threading.Thread):
         try:
             from nbconvert import HTMLExporter
 
-            self.exporter = HTMLExporter(template_name="lab")
+            exporter = HTMLExporter(template_name="lab")
+            exporter.from_notebook_node(_warm_up_notebook())
+            self.exporter = exporter
         except BaseException as exc:  # reported when the HTML is needed
             self.error = exc
 
