@@ -24,6 +24,7 @@ from typing import Any
 
 from nbpipeline import predlog
 from nbpipeline.errors import ServeError
+from nbpipeline.serve.batching import take_group
 
 log = logging.getLogger("nbpipeline.serve")
 
@@ -113,21 +114,9 @@ class LogWriter:
         assert self._conn is not None
         stop = False
         while not stop:
-            ops: list[_Op] = []
-            first = self._queue.get()
-            if first is None:
-                break
-            ops.append(first)
-            while len(ops) < MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                ops.append(nxt)
-            self._handle(ops)
+            ops, stop = take_group(self._queue, MAX_GROUP)
+            if ops:
+                self._handle(ops)
         self._conn.close()
 
     def _handle(self, ops: list[_Op]) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from nbpipeline import predlog
+from nbpipeline.serve.batching import take_group
 from nbpipeline.serve.schema import FeatureSchema
 
 MAX_ROWS_PER_CALL = 4096
@@ -111,22 +112,9 @@ class Predictor:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            jobs, stop = take_group(self._queue, MAX_ROWS_PER_CALL, lambda job: len(job.rows))
+            if not jobs:
                 return
-            jobs = [job]
-            count = len(job.rows)
-            stop = False
-            while count < MAX_ROWS_PER_CALL:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                jobs.append(nxt)
-                count += len(nxt.rows)
             try:
                 self._score(jobs)
             except Exception as exc:  # never let the thread die: fail what is unanswered
