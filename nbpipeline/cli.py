@@ -22,8 +22,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nbpipeline.run import run_stage
 
     lenient = True if args.lenient or os.environ.get("NBP_LENIENT") == "1" else args.strict
-    result = run_stage(find_project(), args.stage, log_output=args.log_output, lenient=lenient)
     project = find_project()
+    result = run_stage(project, args.stage, log_output=args.log_output, lenient=lenient)
     print(
         f"nbp: stage '{result.stage}' done in {result.seconds:.1f}s: "
         f"{project.rel(result.report)}, {project.rel(result.html)}"

@@ -48,10 +48,9 @@ def load_params(path: Path) -> dict[str, Any]:
             f"{path.name}: top level must be a mapping of sections (common:, <stage>:), "
             f"found {type(data).__name__}"
         )
-    for name, section in data.items():
-        if name in SHARED_SECTIONS or isinstance(section, dict) or section is None:
-            if section is not None and not isinstance(section, dict):
-                raise ParamsError(f"{path.name}: section '{name}' must be a mapping")
+    for name in SHARED_SECTIONS:
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            raise ParamsError(f"{path.name}: section '{name}' must be a mapping")
     return data
 
 
