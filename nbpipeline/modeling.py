@@ -129,18 +129,32 @@ def _rows(path: str) -> int:
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
+def read_candidate_metadata(
+    model_dir: str | Path, error: type[NbpipelineError] = NbpipelineError
+) -> dict[str, Any]:
+    """metadata.json of the candidate in ``model_dir``; ``error`` names the file and the fix
+    when the model or its metadata is missing or the metadata is not JSON."""
+    directory = Path(model_dir)
+    meta_path, model_path = directory / "metadata.json", directory / "model.skops"
+    if not meta_path.is_file() or not model_path.is_file():
+        raise error(
+            f"{directory}: no candidate model (model.skops + metadata.json); run the train "
+            "stage first (`dvc repro train`)"
+        )
+    try:
+        metadata: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise error(f"{meta_path}: not valid JSON ({exc}); re-run `dvc repro train`") from exc
+    return metadata
+
+
 def load_candidate(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """Load a candidate saved by :func:`save_candidate`, checking its hash and types."""
     import skops.io as sio
 
     directory = Path(model_dir)
-    meta_path, model_path = directory / "metadata.json", directory / "model.skops"
-    if not meta_path.is_file() or not model_path.is_file():
-        raise NbpipelineError(
-            f"{directory}: no candidate model (model.skops + metadata.json); run the train "
-            "stage first (`dvc repro train`)"
-        )
-    metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    model_path = directory / "model.skops"
+    metadata = read_candidate_metadata(directory)
     actual = file_sha256(model_path)
     if metadata.get("model_sha256") not in (None, actual):
         raise NbpipelineError(

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nbpipeline.errors import GateError, RegistryError
+from nbpipeline.modeling import read_candidate_metadata
 from nbpipeline.project import write_bytes_atomic
 from nbpipeline.record import json_value
 
@@ -393,17 +394,7 @@ class Registry:
         """
         directory = Path(candidate_dir)
         model_path, meta_path = directory / "model.skops", directory / "metadata.json"
-        if not model_path.is_file() or not meta_path.is_file():
-            raise RegistryError(
-                f"{directory}: no candidate model (model.skops + metadata.json); run the "
-                "pipeline first (`dvc repro`)"
-            )
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise RegistryError(
-                f"{meta_path}: not valid JSON ({exc}); re-run `dvc repro train`"
-            ) from exc
+        metadata = read_candidate_metadata(directory, RegistryError)
         if "trusted_types" not in metadata:
             raise RegistryError(
                 f"{meta_path}: no 'trusted_types'; the model cannot be loaded safely — "
