@@ -7,11 +7,13 @@ model if there is none), with request rows taken from data/valid.parquet when pr
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (httpx
 costs more CPU per request than the server does, and both share this machine's cores).
 
-Prints, side by side: the in-process model call cost (predict_proba on one row), and for
+Prints, side by side: the in-process model call cost on one row (predict_proba, and the
+scorer the server uses: compiled trees for the example's model), and for
 each concurrency the server's throughput, p50/p99 latency, errors and, with the log on,
 the prediction rows missing from the log (lost rows) after the run.
 
-    .venv/bin/python bench/serve.py [--requests 3000] [--seconds 15] [--concurrency 1 8 32]
+    .venv/bin/python bench/serve.py [--requests 12000] [--seconds 20] [--rounds 6]
+                                    [--concurrency 1 8 32]
 """
 
 from __future__ import annotations
@@ -97,28 +99,36 @@ def request_rows(candidate: Path, n: int = 500) -> list[dict[str, Any]]:
     return json.loads(synthetic_rows(n).drop(columns="target").to_json(orient="records"))
 
 
-def in_process_cost(reg: Any, version: str, rows: list[dict[str, Any]], seconds: float) -> Run:
-    """predict_proba on one row at a time, as the server's predictor builds it."""
-    from nbpipeline.serve.predictor import score
+def in_process_costs(reg: Any, version: str, rows: list[dict[str, Any]],
+                     seconds: float) -> dict[str, Run]:
+    """One row at a time on this thread, as the server's predictor calls the model: with
+    ``predict_proba`` on a DataFrame, and with the scorer the server picks (compiled)."""
+    import pandas as pd
+    from threadpoolctl import threadpool_limits
+
+    from nbpipeline.compiled import compile_scorer, frame_scorer
     from nbpipeline.serve.schema import FeatureSchema
 
     model, metadata = reg.load(version)
     schema = FeatureSchema.from_metadata(metadata, version="candidate")
-    from threadpoolctl import threadpool_limits
-
+    reference = pd.read_parquet(reg.reference_path(version)).head(5000)
+    served, how = compile_scorer(model, schema.names, schema.kinds, reference)
     clean = [schema.validate_row(r, ("body",)) for r in rows]
-    run = Run(concurrency=1, log=False)
-    start = time.perf_counter()
-    cpu = time.thread_time()
-    with threadpool_limits(limits=1):  # as the server's predictor thread runs it
-        while time.perf_counter() - start < seconds and len(run.latencies) < 2000:
-            row = clean[len(run.latencies) % len(clean)]
-            t = time.perf_counter()
-            score(model, schema, [row])
-            run.latencies.append(time.perf_counter() - t)
-    run.cpu_ms = (time.thread_time() - cpu) * 1e3 / max(1, len(run.latencies))
-    run.seconds = sum(run.latencies)
-    return run
+    runs = {}
+    for name, scorer in (("predict_proba", frame_scorer(model, schema.names, schema.kinds)),
+                         (f"server's scorer: {how}", served)):
+        run = runs[name] = Run(concurrency=1, log=False)
+        start = time.perf_counter()
+        cpu = time.thread_time()
+        with threadpool_limits(limits=1):  # as the server's predictor thread runs it
+            while time.perf_counter() - start < seconds and len(run.latencies) < 2000:
+                row = clean[len(run.latencies) % len(clean)]
+                t = time.perf_counter()
+                scorer([row])
+                run.latencies.append(time.perf_counter() - t)
+        run.cpu_ms = (time.thread_time() - cpu) * 1e3 / max(1, len(run.latencies))
+        run.seconds = sum(run.latencies)
+    return runs
 
 
 # ------------------------------------------------------------------ server
@@ -242,12 +252,12 @@ def count_lost(db: Path, ids: list[str]) -> int:
 # ------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=3000, help="max requests per run")
-    parser.add_argument("--seconds", type=float, default=15.0, help="max seconds per run")
+    parser.add_argument("--requests", type=int, default=12000, help="max requests per run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="max seconds per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--candidate", help="candidate dir (default models/candidate)")
     parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=6,
                         help="alternate log on/off this many times per concurrency")
     args = parser.parse_args()
 
@@ -273,10 +283,11 @@ def main() -> None:
         print(f"limits per concurrency and log setting: {args.requests} requests or "
               f"{args.seconds:.0f} s, in {args.rounds} alternating rounds; "
               f"load average before: {loadavg()}\n")
-        inproc = in_process_cost(reg, mv.version, rows, seconds=3.0)
-        print(f"in-process predict_proba, 1 row: p50 {percentile(inproc.latencies, .5)*1e3:.2f} ms,"
-              f" p99 {percentile(inproc.latencies, .99)*1e3:.2f} ms, "
-              f"{inproc.throughput:.0f} calls/s on one core, {inproc.cpu_ms:.2f} ms CPU per call\n")
+        for name, inproc in in_process_costs(reg, mv.version, rows, seconds=3.0).items():
+            print(f"in-process, 1 row, {name}: p50 {percentile(inproc.latencies, .5)*1e3:.2f} ms,"
+                  f" p99 {percentile(inproc.latencies, .99)*1e3:.2f} ms, "
+                  f"{inproc.throughput:.0f} calls/s on one core, {inproc.cpu_ms:.2f} ms CPU/call")
+        print()
 
         # Both servers run at once and the log-on / log-off runs alternate in rounds, so
         # the other work on a shared machine weighs on both alike.

@@ -24,9 +24,14 @@ LIBRARIES = ("scikit-learn", "pandas", "numpy", "skops", "papermill", "dvc", "nb
 
 def build_pipeline(
     *, max_iter: int, min_samples_leaf: int, seed: int, max_depth: int | None = None,
-    learning_rate: float = 0.1,
+    learning_rate: float = 0.1, categorical: list[str] = CATEGORICAL,
+    numeric: list[str] = NUMERIC,
 ) -> Any:
-    """Ordinal-encode the categories (unknown -> missing) and fit gradient boosting."""
+    """Ordinal-encode the categories (unknown -> missing) and fit gradient boosting.
+
+    The server scores this shape with compiled trees (nbpipeline/compiled.py), ~50x
+    faster per row than ``predict_proba``; keep it or check ``/health``'s "scorers".
+    """
     import numpy as np
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -41,15 +46,15 @@ def build_pipeline(
                     handle_unknown="use_encoded_value", unknown_value=np.nan,
                     encoded_missing_value=np.nan,
                 ),
-                CATEGORICAL,
+                categorical,
             ),
-            ("numbers", "passthrough", NUMERIC),
+            ("numbers", "passthrough", numeric),
         ],
         verbose_feature_names_out=False,
     )
     model = HistGradientBoostingClassifier(
         max_iter=max_iter, max_depth=max_depth, learning_rate=learning_rate,
-        min_samples_leaf=min_samples_leaf, categorical_features=list(range(len(CATEGORICAL))),
+        min_samples_leaf=min_samples_leaf, categorical_features=list(range(len(categorical))),
         random_state=seed, early_stopping=False,
     )
     return Pipeline([("encode", encode), ("model", model)])

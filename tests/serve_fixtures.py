@@ -54,8 +54,20 @@ def sample_row(**overrides: Any) -> dict[str, Any]:
             **overrides}
 
 
-def make_candidate(directory: Path, *, c: float = 1.0, seed: int = 0) -> Path:
-    """Fit OneHotEncoder + LogisticRegression on synthetic rows; write model.skops + metadata."""
+def boosting_model(data: pd.DataFrame, *, max_iter: int = 40, seed: int = 0) -> Any:
+    """The example's model shape (ordinal encoders + gradient boosting) fitted on ``data``."""
+    from nbpipeline.modeling import build_pipeline
+
+    model = build_pipeline(max_iter=max_iter, min_samples_leaf=5, seed=seed,
+                           categorical=list(CATEGORIES), numeric=NUMBERS)
+    return model.fit(data.drop(columns="target"), data["target"])
+
+
+def make_candidate(
+    directory: Path, *, c: float = 1.0, seed: int = 0, boosting: bool = False
+) -> Path:
+    """Fit OneHotEncoder + LogisticRegression (or, with ``boosting``, the example's model
+    shape) on synthetic rows; write model.skops, metadata.json and reference.parquet."""
     import skops.io as sio
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
@@ -64,15 +76,22 @@ def make_candidate(directory: Path, *, c: float = 1.0, seed: int = 0) -> Path:
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     data = synthetic_rows(300, seed)
-    model = Pipeline([
-        ("encode", ColumnTransformer([
-            ("categories", OneHotEncoder(handle_unknown="ignore"), list(CATEGORIES)),
-            ("numbers", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]),
-             NUMBERS),
-        ])),
-        ("model", LogisticRegression(C=c, max_iter=500)),
-    ]).fit(data.drop(columns="target"), data["target"])
+    if boosting:
+        model = boosting_model(data, seed=seed)
+    else:
+        model = Pipeline([
+            ("encode", ColumnTransformer([
+                ("categories", OneHotEncoder(handle_unknown="ignore"), list(CATEGORIES)),
+                ("numbers", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]),
+                 NUMBERS),
+            ])),
+            ("model", LogisticRegression(C=c, max_iter=500)),
+        ]).fit(data.drop(columns="target"), data["target"])
     directory.mkdir(parents=True, exist_ok=True)
+    features = data.drop(columns="target")
+    features.assign(prediction=model.predict_proba(features)[:, 1]).to_parquet(
+        directory / "reference.parquet", index=False
+    )
     blob = sio.dumps(model)
     (directory / "model.skops").write_bytes(blob)
     metadata = {

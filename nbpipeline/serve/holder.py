@@ -16,10 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from nbpipeline.compiled import Scorer, compile_scorer
 from nbpipeline.errors import NbpipelineError
 from nbpipeline.registry import ModelVersion, ProductionState, Registry
 from nbpipeline.serve.routing import goes_to_canary
 from nbpipeline.serve.schema import FeatureSchema
+
+CHECK_ROWS = 5000  # reference rows a compiled scorer must reproduce before it serves
 
 log = logging.getLogger("nbpipeline.serve")
 
@@ -32,6 +35,8 @@ class ServedModel:
     model: Any
     schema: FeatureSchema
     threshold: float
+    scorer: Scorer  # rows -> P(target == 1); compiled trees when they agree with the model
+    scorer_how: str = "scikit-learn"
 
 
 @dataclass(frozen=True)
@@ -132,8 +137,22 @@ class ModelHolder:
             raise _Failed(LoadError(mv.version, str(exc))) from exc
         except Exception as exc:  # an unexpected failure must not take the server down either
             raise _Failed(LoadError(mv.version, f"{type(exc).__name__}: {exc}")) from exc
+        scorer, how = compile_scorer(model, schema.names, schema.kinds, self._reference(mv.version))
+        log.info("model %s scores with %s", mv.version, how)
         self.loads += 1
-        return ServedModel(mv.version, model, schema, _threshold(metadata, self.default_threshold))
+        return ServedModel(
+            mv.version, model, schema, _threshold(metadata, self.default_threshold), scorer, how
+        )
+
+    def _reference(self, version: str) -> Any:
+        """The version's reference sample (check rows for the compiled scorer), or None."""
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(self.registry.reference_path(version)).head(CHECK_ROWS)
+        except Exception as exc:  # no sample: the scorer is checked on edge rows only
+            log.warning("model %s: no reference sample to check its scorer on (%s)", version, exc)
+            return None
 
 
 class _Failed(Exception):

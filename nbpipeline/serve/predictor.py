@@ -1,8 +1,9 @@
 """Model calls (and the logging of their decisions) off the event loop, micro-batched.
 
-One worker thread runs every ``predict_proba``. Rows that arrive while it is busy are
+One worker thread runs every model call (a :data:`nbpipeline.compiled.Scorer`: compiled
+trees, or ``predict_proba`` on a DataFrame). Rows that arrive while it is busy are
 gathered and scored in one call per model, so concurrent single-row requests share the
-fixed cost of a pipeline call (DataFrame, encoders) instead of queueing behind it.
+fixed cost of a call instead of queueing behind it.
 The thread runs the models single-threaded (OpenMP/BLAS pools limited to 1): a server
 already has concurrency, and sklearn's thread pools on a busy machine turn a 1 ms call
 into a 1 s tail.
@@ -19,32 +20,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from nbpipeline import predlog
+from nbpipeline.compiled import Scorer
 from nbpipeline.serve.batching import take_group
-from nbpipeline.serve.schema import FeatureSchema
 
 MAX_ROWS_PER_CALL = 4096
-
-
-def frame(schema: FeatureSchema, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Validated rows as the DataFrame the model was trained on (numbers as float, None -> NaN)."""
-    columns: dict[str, Any] = {}
-    for name in schema.names:
-        values = [row[name] for row in rows]
-        if schema.kinds[name] == "number":
-            columns[name] = np.array(values, dtype=np.float64)
-        else:
-            columns[name] = np.array(values, dtype=object)
-    return pd.DataFrame(columns, columns=list(schema.names))
-
-
-def score(model: Any, schema: FeatureSchema, rows: list[dict[str, Any]]) -> list[float]:
-    """P(target == 1) for each row."""
-    proba = model.predict_proba(frame(schema, rows))
-    return [float(p) for p in np.asarray(proba)[:, 1]]
 
 
 Finish = Callable[[list[float]], list[predlog.PredictionRecord]]
@@ -58,8 +38,7 @@ class ModelFailed(Exception):
 @dataclass
 class _Job:
     version: str
-    model: Any
-    schema: FeatureSchema
+    scorer: Scorer
     rows: list[dict[str, Any]]
     finish: Finish  # probabilities -> log records (run on the predictor thread)
     future: Future[None] = field(default_factory=Future)
@@ -86,11 +65,10 @@ class Predictor:
         self._thread.start()
 
     def submit(
-        self, version: str, model: Any, schema: FeatureSchema, rows: list[dict[str, Any]],
-        finish: Finish,
+        self, version: str, scorer: Scorer, rows: list[dict[str, Any]], finish: Finish,
     ) -> Future[None]:
         """Score and log ``rows``; the future fails with ModelFailed or the sink's error."""
-        job = _Job(version, model, schema, rows, finish)
+        job = _Job(version, scorer, rows, finish)
         self._queue.put(job)
         return job.future
 
@@ -98,7 +76,7 @@ class Predictor:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def _single_threaded(self, model: Any) -> None:
+    def _single_threaded(self, scorer: Scorer) -> None:
         """Limit the thread pools of every library loaded so far (a new model may load some).
 
         threadpoolctl only sees libraries already loaded, and OpenMP's limit is per calling
@@ -106,9 +84,9 @@ class Predictor:
         """
         from threadpoolctl import threadpool_limits
 
-        if id(model) not in self._limited:
+        if id(scorer) not in self._limited:
             threadpool_limits(limits=1)
-            self._limited.add(id(model))
+            self._limited.add(id(scorer))
 
     def _run(self) -> None:
         while True:
@@ -127,7 +105,7 @@ class Predictor:
     def _score(self, jobs: list[_Job]) -> None:
         groups: dict[int, list[_Job]] = {}
         for job in jobs:
-            groups.setdefault(id(job.model), []).append(job)
+            groups.setdefault(id(job.scorer), []).append(job)
         done: list[tuple[_Job, list[predlog.PredictionRecord]]] = []
         for group in groups.values():
             done += self._score_group(group)
@@ -153,9 +131,9 @@ class Predictor:
         """Score jobs of one model in one call; failed jobs get their exception set."""
         rows = [row for job in group for row in job.rows]
         try:
-            self._single_threaded(group[0].model)
+            self._single_threaded(group[0].scorer)
             start = time.perf_counter()
-            probs = score(group[0].model, group[0].schema, rows)
+            probs = [float(p) for p in group[0].scorer(rows)]
             if self._on_call is not None:
                 self._on_call(group[0].version, len(rows), time.perf_counter() - start)
             if not all(map(math.isfinite, probs)):

@@ -1,0 +1,100 @@
+"""The compiled scorer: same probabilities as scikit-learn, or scikit-learn itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from serve_fixtures import CATEGORIES, NUMBERS, boosting_model, synthetic_rows
+
+from nbpipeline.compiled import Compiled, check_rows, compile_scorer, frame_scorer
+
+NAMES = [*CATEGORIES, *NUMBERS]
+KINDS = {**{n: "category" for n in CATEGORIES}, **{n: "number" for n in NUMBERS}}
+
+
+def with_gaps(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Missing numbers and categories, and categories never seen in training."""
+    rng = np.random.default_rng(seed)
+    out = frame.copy().astype({n: object for n in CATEGORIES})
+    for name in NAMES:
+        out.loc[rng.uniform(size=len(out)) < 0.1, name] = None
+    out.loc[rng.uniform(size=len(out)) < 0.05, "carrier"] = "ZZ"  # unseen
+    return out
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {k: (None if v is None or v != v else v) for k, v in r.items()}
+        for r in frame[NAMES].to_dict("records")
+    ]
+
+
+@pytest.mark.parametrize("max_iter", [1, 40])
+def test_compiled_trees_equal_scikit_learn_bit_for_bit(max_iter: int) -> None:
+    train = with_gaps(synthetic_rows(600, seed=1), seed=2)  # the model learns missing values too
+    model = boosting_model(train, max_iter=max_iter)
+    scorer, how = compile_scorer(model, NAMES, KINDS, train.head(200))
+    assert isinstance(scorer, Compiled), how
+    assert how.startswith("compiled trees")
+
+    rows = rows_of(with_gaps(synthetic_rows(3000, seed=3), seed=4))
+    expected = frame_scorer(model, NAMES, KINDS)(rows)
+    got = scorer(rows)
+    assert got.shape == (3000,)
+    assert np.array_equal(got, expected)  # same splits, same summation order
+    assert np.array_equal(scorer(rows[:1]), expected[:1])  # one row: the serving case
+
+
+def test_a_model_of_another_shape_keeps_scikit_learn() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    data = synthetic_rows(300)
+    model = Pipeline([
+        ("encode", ColumnTransformer([
+            ("categories", OneHotEncoder(handle_unknown="ignore"), list(CATEGORIES)),
+            ("numbers", StandardScaler(), NUMBERS),
+        ])),
+        ("model", LogisticRegression(max_iter=500)),
+    ]).fit(data[NAMES], data["target"])
+    scorer, how = compile_scorer(model, NAMES, KINDS, data)
+    assert not isinstance(scorer, Compiled)
+    assert how == "scikit-learn (the last step is a LogisticRegression)"
+    rows = rows_of(data)
+    assert np.array_equal(scorer(rows), model.predict_proba(data[NAMES])[:, 1])
+
+
+def test_a_compiled_scorer_that_disagrees_with_the_model_is_not_used() -> None:
+    """If the trees' internals ever mean something else (another scikit-learn), the
+    check rows catch it and the model's own predict_proba serves."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    class Shifted(HistGradientBoostingClassifier):  # answers differ from its trees
+        def predict_proba(self, X: Any) -> np.ndarray:
+            proba = super().predict_proba(X)
+            return np.column_stack([proba[:, 0] - 1e-6, proba[:, 1] + 1e-6])
+
+    data = synthetic_rows(400)
+    model = boosting_model(data)
+    params = model.steps[1][1].get_params()
+    model.steps[1] = ("model", Shifted(**params).fit(
+        model.steps[0][1].transform(data[NAMES]), data["target"]
+    ))
+    scorer, how = compile_scorer(model, NAMES, KINDS, data)
+    assert not isinstance(scorer, Compiled)
+    assert how.startswith("scikit-learn (compiled scorer differs by 1e-06")
+
+
+def test_check_rows_cover_missing_and_unseen_values_without_a_reference() -> None:
+    rows = check_rows(None, NAMES, KINDS)
+    assert {n: None for n in NAMES} in rows
+    assert any(row["carrier"] not in (None, "", *CATEGORIES["carrier"]) for row in rows)
+    assert all(set(row) == set(NAMES) for row in rows)
+    model = boosting_model(synthetic_rows(300))
+    scorer, how = compile_scorer(model, NAMES, KINDS)  # edge rows only: still checked
+    assert isinstance(scorer, Compiled), how
