@@ -7,10 +7,13 @@ row and readers never block the writer). Two tables:
     request_id TEXT PRIMARY KEY, ts REAL (unix seconds), model_version TEXT,
     role TEXT ('champion' | 'canary' | 'fallback'), routing_key TEXT,
     prediction INTEGER, probability REAL, latency_ms REAL, fallback INTEGER (0/1),
-    features TEXT (JSON object of the request row, as received after validation),
-    plus one typed column ``f_<name>`` per model feature (REAL for numbers, TEXT for
-    categories) so monitoring can aggregate a million rows in SQL without parsing JSON.
-    Feature columns are added (never removed) when a model with new features is served.
+    features TEXT (JSON object of the request's features that have no typed column;
+    ``{}`` when, as usual, all do), plus one typed column ``f_<name>`` per model feature
+    (REAL for numbers, TEXT for categories) so monitoring can aggregate a million rows in
+    SQL without parsing JSON. Feature columns are added (never removed) when a model with
+    new features is served, before its first row. (Logs written before nbpipeline 0.2
+    hold every feature in ``features`` too; storing them twice made each insert ~40%
+    dearer.) :func:`logged_features` gives a row's features either way.
 
 ``feedback``
     request_id TEXT PRIMARY KEY, ts REAL, outcome INTEGER (the real label).
@@ -20,6 +23,7 @@ Writers append; nobody updates or deletes rows except ``feedback`` upserts.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -45,9 +49,11 @@ _BASE_COLUMNS = (
     ("features", "TEXT NOT NULL"),
 )
 BASE_COLUMN_NAMES = tuple(name for name, _ in _BASE_COLUMNS)
+_NAME_KEY = "feature_name:"  # meta key prefix: typed column -> the feature's real name
 _SAFE = re.compile(r"[^0-9A-Za-z_]")
 
 
+@functools.lru_cache(maxsize=4096)  # called per feature per logged row
 def feature_column(name: str) -> str:
     """The typed column that holds feature ``name`` (``f_`` + a SQL-safe name)."""
     return "f_" + _SAFE.sub("_", name)
@@ -108,7 +114,8 @@ def ensure_schema(
     conn.execute(
         "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )
-    conn.execute("CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)")
+    # No index on ts: it cost each insert ~20%. Rows are appended in time order, so
+    # readers find a time range by rowid (nbpipeline.monitor.scan.first_rowid).
     kinds = dict(features) if isinstance(features, Mapping) else dict.fromkeys(features, "number")
     present = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
     for name, kind in kinds.items():
@@ -116,6 +123,8 @@ def ensure_schema(
         if col not in present:
             sql_type = "TEXT" if kind == "category" else "REAL"
             conn.execute(f"ALTER TABLE predictions ADD COLUMN {col} {sql_type}")
+        # The column name is SQL-safe; keep the feature's real name beside it.
+        conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (_NAME_KEY + col, name))
 
 
 def feature_columns(conn: sqlite3.Connection) -> list[str]:
@@ -137,34 +146,65 @@ def insert_rows(
     writer that alone adds columns), to save a schema query per transaction.
     """
     present = set(feature_columns(conn)) if present is None else present
-    count = 0
+    batches: dict[tuple[str, ...], list[list[Any]]] = {}  # one statement per column set
+    for rec in records:
+        fcols, rest = {}, {}
+        for name, value in rec.features.items():
+            col = feature_column(name)
+            if col in present:
+                fcols[col] = value
+            else:
+                rest[name] = value
+        batches.setdefault(tuple(fcols), []).append([
+            rec.request_id,
+            rec.ts,
+            rec.model_version,
+            rec.role,
+            rec.routing_key,
+            rec.prediction,
+            rec.probability,
+            rec.latency_ms,
+            int(rec.fallback),
+            json.dumps(rest, separators=(",", ":"), default=str) if rest else "{}",
+            *fcols.values(),
+        ])
+    if len(batches) == 1 and len(rows := next(iter(batches.values()))) == 1:
+        conn.execute(_insert_sql(*batches), rows[0])  # one statement is its own transaction
+        return 1
     conn.execute("BEGIN")
     try:
-        for rec in records:
-            fcols = {feature_column(k): v for k, v in rec.features.items()}
-            fcols = {col: v for col, v in fcols.items() if col in present}
-            names = list(BASE_COLUMN_NAMES) + list(fcols)
-            values = [
-                rec.request_id,
-                rec.ts,
-                rec.model_version,
-                rec.role,
-                rec.routing_key,
-                rec.prediction,
-                rec.probability,
-                rec.latency_ms,
-                int(rec.fallback),
-                json.dumps(dict(rec.features), separators=(",", ":"), default=str),
-                *fcols.values(),
-            ]
-            marks = ",".join("?" * len(values))
-            conn.execute(f"INSERT INTO predictions ({','.join(names)}) VALUES ({marks})", values)
-            count += 1
+        for fnames, rows in batches.items():
+            conn.executemany(_insert_sql(fnames), rows)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return count
+    return sum(len(rows) for rows in batches.values())
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(feature_cols: tuple[str, ...]) -> str:
+    names = ",".join((*BASE_COLUMN_NAMES, *feature_cols))
+    marks = ",".join("?" * (len(BASE_COLUMN_NAMES) + len(feature_cols)))
+    return f"INSERT INTO predictions ({names}) VALUES ({marks})"
+
+
+def logged_features(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    """The features logged for ``request_id`` (typed columns + the JSON rest), or None."""
+    cursor = conn.execute("SELECT * FROM predictions WHERE request_id = ?", (request_id,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    names = dict(conn.execute(
+        "SELECT substr(key, ?), value FROM meta WHERE key LIKE ?",
+        (len(_NAME_KEY) + 1, _NAME_KEY + "%"),
+    ).fetchall())
+    found: dict[str, Any] = {}
+    for (column, *_), value in zip(cursor.description, row, strict=True):
+        if column.startswith("f_") and value is not None:
+            found[names.get(column, column[2:])] = value
+    rest = json.loads(row[[d[0] for d in cursor.description].index("features")] or "{}")
+    return {**found, **rest}
 
 
 def record_feedback(conn: sqlite3.Connection, request_id: str, outcome: int, ts: float) -> bool:

@@ -17,7 +17,7 @@ from nbpipeline.monitor.drift import category_drift, chi_square, ks_binned, numb
 from nbpipeline.monitor.quality import OutcomeCounts, binned_auc, quality_metrics
 from nbpipeline.monitor.reference import MISSING, category_binning, number_binning
 from nbpipeline.monitor.roi import roi_figures
-from nbpipeline.monitor.scan import WindowSpec, scan_codes
+from nbpipeline.monitor.scan import WindowSpec, first_rowid, scan_codes
 
 
 def test_sql_codes_equal_numpy_codes(tmp_path):
@@ -42,6 +42,26 @@ def test_sql_codes_equal_numpy_codes(tmp_path):
     assert hist.counts["carrier"][0].tolist() == expected_cat.tolist()
     assert hist.counts["temp"][0][MISSING] == 1
     assert hist.counts["carrier"][0][0] > 0  # the unseen value is "other", not dropped
+
+
+def test_since_starts_the_scan_near_its_time_without_an_index(tmp_path):
+    """Rows are appended in time order, give or take a commit: first_rowid finds where
+    ``since`` starts by binary search, with slack, and the ts filter does the rest."""
+    rng = np.random.default_rng(3)
+    conn = predlog.connect(tmp_path / "log.db")
+    predlog.ensure_schema(conn, {"x": "number"})
+    ts = 10.0 * np.arange(1000) + rng.uniform(-5, 5, 1000)  # slightly out of order
+    conn.executemany(
+        "INSERT INTO predictions (request_id, ts, role, features, f_x) VALUES (?, ?, 'c', '{}', 1)",
+        [(str(i), float(t)) for i, t in enumerate(ts)],
+    )
+    assert first_rowid(conn, None) == 1
+    start = first_rowid(conn, 5000.0)
+    assert 400 < start <= 441  # rowid 441 holds ts ~4400 = since - SINCE_SLACK_SECONDS
+    assert first_rowid(conn, 1e12) >= 1000 and first_rowid(conn, -1e12) == 1
+    b = number_binning("x", [0.0, 2.0])
+    counted = scan_codes(conn, [b], WindowSpec("rows", 10_000), since=5000.0).counts["x"].sum()
+    assert counted == int((ts >= 5000.0).sum())
 
 
 def test_windows_by_rows_and_seconds(tmp_path):

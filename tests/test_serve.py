@@ -98,7 +98,13 @@ def test_single_row_is_answered_and_logged_before_the_response(
     [row] = log_rows(project, "request_id = ?", (body["request_id"],))
     assert row["model_version"] == "v1" and row["probability"] == body["probability"]
     assert row["f_carrier"] == "AA" and row["f_hour"] == 17.0 and row["latency_ms"] > 0
-    assert json.loads(row["features"]) == {**sample_row(), "hour": 17.0}
+    assert row["features"] == "{}"  # every feature has its typed column: stored once
+    conn = predlog.connect(predlog.default_log_path(project.root), readonly=True)
+    try:
+        logged = predlog.logged_features(conn, body["request_id"])
+    finally:
+        conn.close()
+    assert logged == {**sample_row(), "hour": 17.0}
 
 
 def test_batch_accepts_unseen_categories_and_missing_numbers(served: str, project: Project) -> None:
@@ -110,6 +116,25 @@ def test_batch_accepts_unseen_categories_and_missing_numbers(served: str, projec
     logged = log_rows(project)
     assert {r["request_id"] for r in logged} == {a["request_id"] for a in answers}
     assert {r["f_carrier"] for r in logged} == {"AA", "never-seen"}
+
+
+def test_the_example_model_shape_is_served_by_compiled_trees_with_its_own_answers(
+    project: Project, registry: Registry, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    candidate = make_candidate(tmp_path / "boosting", boosting=True)
+    register(registry, candidate)
+    model, _ = registry.load("v1")
+    rows = [sample_row(), sample_row(carrier="never-seen"), sample_row(temp=None),
+            sample_row(hour=6, origin="LGA", distance=2400.0)]
+    expected = model.predict_proba(pd.DataFrame(rows))[:, 1]  # type: ignore[attr-defined]
+    with running_server(project) as url:
+        assert serving(url)["scorers"]["v1"].startswith("compiled trees (agree with scikit-learn")
+        answers = post(url, {"rows": rows}).json()["predictions"]
+        single = post(url, rows[0]).json()
+    assert [a["probability"] for a in answers] == [float(p) for p in expected]
+    assert single["probability"] == float(expected[0])
 
 
 @pytest.mark.parametrize(

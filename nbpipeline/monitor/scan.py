@@ -42,6 +42,7 @@ LATENCY_BINS = 8000  # 0.25 ms steps up to 2 s; slower requests land in the last
 CHUNK = 65536
 MAX_VERSIONS = 63
 PARALLEL_MIN_ROWS = 200_000  # below this, worker start-up costs more than it saves
+SINCE_SLACK_SECONDS = 600.0  # rows committed out of time order by at most this
 ROLES = ("", "champion", "canary", "fallback")
 _SEP = "\x1f"
 
@@ -138,6 +139,29 @@ def log_versions(conn: sqlite3.Connection) -> list[str]:
     return [str(v) for v, _ in rows][-MAX_VERSIONS:]
 
 
+def first_rowid(conn: sqlite3.Connection, since: float | None) -> int:
+    """The lowest rowid that can hold a row with ``ts >= since`` (1 without ``since``).
+
+    The log has no index on ts (it would cost every insert): rows are appended in time
+    order, give or take the delay of one commit, so a binary search over rowids finds
+    where ``since`` starts; SINCE_SLACK_SECONDS of margin covers out-of-order commits and
+    the query still filters on ts.
+    """
+    if since is None:
+        return 1
+    lo, hi = 1, (conn.execute("SELECT MAX(rowid) FROM predictions").fetchone()[0] or 0) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(
+            "SELECT ts FROM predictions WHERE rowid >= ? ORDER BY rowid LIMIT 1", (mid,)
+        ).fetchone()
+        if row is None or row[0] >= since - SINCE_SLACK_SECONDS:
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(1, lo - 1)
+
+
 def _slot_code(column: str, values: list[str]) -> str:
     """SQL giving 1..len(values) for a value of ``values`` (0 for others/NULL)."""
     if not values:
@@ -205,14 +229,15 @@ def scan_log(
         usable = present_binnings(conn, binnings)
         versions = log_versions(conn)
         last = conn.execute("SELECT MAX(rowid) FROM predictions").fetchone()[0] or 0
+        first = first_rowid(conn, since)
     finally:
         conn.close()
     sql, width = _query(usable, window, versions, since)
     workers = workers or min(4, os.cpu_count() or 1)
     if last < PARALLEL_MIN_ROWS or workers < 2:
-        data = _fetch(path, sql, width, 1, last, since)
+        data = _fetch(path, sql, width, first, last, since)
     else:
-        bounds = np.linspace(0, last, workers + 1).astype(int)
+        bounds = np.linspace(first - 1, last, workers + 1).astype(int)
         # fork: the workers need nothing but this module (spawn/forkserver would re-import
         # the caller's __main__, seconds in a notebook kernel)
         context = multiprocessing.get_context("fork")
@@ -283,7 +308,8 @@ def scan_codes(
     """Histogram of every binning's codes per window, on an open connection (one thread)."""
     versions = log_versions(conn)
     sql, width = _query(binnings, window, versions, since)
-    args: tuple[float, ...] = (1, 2**62) if since is None else (1, 2**62, since)
+    first = first_rowid(conn, since)
+    args: tuple[float, ...] = (first, 2**62) if since is None else (first, 2**62, since)
     rows = conn.execute(sql, args).fetchall()
     data = np.array(rows, dtype=np.int64) if rows else np.zeros((0, width), dtype=np.int64)
     return _count(data, binnings, versions).codes

@@ -7,6 +7,10 @@ all that is queued since its last turn in one go. Either way a future is resolve
 after the commit, and the response waits for it: a ``kill -9`` loses no answered
 prediction (SQLite WAL, see nbpipeline/predlog.py), and the event loop never waits on
 SQLite.
+
+WAL checkpoints (copying the WAL back into the database, with an fsync) run on a thread
+of their own every CHECKPOINT_SECONDS, not inside whichever commit crosses SQLite's
+page limit: there they stalled that commit's requests for milliseconds.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from nbpipeline.serve.batching import take_group
 log = logging.getLogger("nbpipeline.serve")
 
 MAX_GROUP = 1024  # queued operations handled per commit
+CHECKPOINT_SECONDS = 0.5
 
 
 @dataclass
@@ -60,6 +65,8 @@ class LogWriter:
         self._conn: sqlite3.Connection | None = None
         self._columns: frozenset[str] = frozenset()  # feature columns (only we add them)
         self._lock = threading.Lock()  # the connection is used by this thread and the predictor
+        self._stopping = threading.Event()
+        self._checkpointer: threading.Thread | None = None
 
     def start(self) -> None:
         """Open the database (in the caller, so start-up errors surface) and start the thread."""
@@ -67,6 +74,8 @@ class LogWriter:
             self._conn = predlog.connect(self.path)
             predlog.ensure_schema(self._conn)
             self._columns = frozenset(predlog.feature_columns(self._conn))
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
+            checkpoints = predlog.connect(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise ServeError(
                 f"{self.path}: cannot open the prediction log ({exc}); check the directory is "
@@ -74,6 +83,11 @@ class LogWriter:
             ) from exc
         self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
         self._thread.start()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(checkpoints,), name="predlog-checkpoint",
+            daemon=True,
+        )
+        self._checkpointer.start()
 
     @classmethod
     def check(cls, path: Path) -> None:
@@ -84,6 +98,10 @@ class LogWriter:
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the thread and close the database."""
+        self._stopping.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout)
+            self._checkpointer = None
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
@@ -118,6 +136,25 @@ class LogWriter:
             if ops:
                 self._handle(ops)
         self._conn.close()
+
+    def _checkpoint_loop(self, conn: sqlite3.Connection) -> None:
+        """Copy committed WAL frames into the database, off the request path.
+
+        PASSIVE never blocks the writer; frames a reader still needs wait for the next
+        turn. (The last connection to close checkpoints what is left.)
+        """
+        done = -1
+        try:
+            while not self._stopping.wait(CHECKPOINT_SECONDS):
+                if self.stats.commits == done:
+                    continue
+                done = self.stats.commits
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # e.g. disk full: the commits report it too
+                    log.warning("prediction log %s: checkpoint failed: %s", self.path, exc)
+        finally:
+            conn.close()
 
     def _handle(self, ops: list[_Op]) -> None:
         writes = [op for op in ops if op.kind == "write"]

@@ -1,0 +1,68 @@
+"""The prediction-log format: each feature stored once, read back under its real name."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from nbpipeline import predlog
+
+
+def record(request_id: str, features: dict[str, object]) -> predlog.PredictionRecord:
+    return predlog.PredictionRecord(
+        request_id=request_id, ts=time.time(), model_version="v1", role="champion",
+        prediction=1, probability=0.7, latency_ms=1.0, features=features,
+    )
+
+
+def test_features_with_a_column_are_stored_once_and_others_as_json(tmp_path: Path) -> None:
+    conn = predlog.connect(tmp_path / "log.db")
+    predlog.ensure_schema(conn, {"wind speed": "number", "carrier": "category"})
+    rows = [
+        record("a", {"wind speed": 3.5, "carrier": "AA"}),
+        record("b", {"wind speed": None, "carrier": "B6", "gate": "C7"}),  # 'gate': no column
+    ]
+    assert predlog.insert_rows(conn, rows) == 2
+    stored = dict(conn.execute("SELECT request_id, features FROM predictions").fetchall())
+    assert stored == {"a": "{}", "b": '{"gate":"C7"}'}
+    typed = conn.execute("SELECT f_wind_speed FROM predictions WHERE request_id = 'a'")
+    assert typed.fetchone() == (3.5,)
+    # Read back under the real names (the column name had to be made SQL-safe).
+    assert predlog.logged_features(conn, "a") == {"wind speed": 3.5, "carrier": "AA"}
+    assert predlog.logged_features(conn, "b") == {"carrier": "B6", "gate": "C7"}  # NULL left out
+    assert predlog.logged_features(conn, "nope") is None
+
+
+def test_logs_of_the_older_format_read_the_same(tmp_path: Path) -> None:
+    """Older logs kept every feature in the JSON column as well."""
+    conn = predlog.connect(tmp_path / "log.db")
+    predlog.ensure_schema(conn, {"carrier": "category"})
+    conn.execute(
+        "INSERT INTO predictions (request_id, ts, role, features, f_carrier) "
+        "VALUES ('old', 1.0, 'champion', '{\"carrier\":\"AA\"}', 'AA')"
+    )
+    assert predlog.logged_features(conn, "old") == {"carrier": "AA"}
+
+
+def test_the_writer_checkpoints_the_wal_off_the_commit_path(tmp_path: Path) -> None:
+    """Commits never checkpoint (that stalled requests); a thread does, so the WAL is
+    reused instead of growing with every commit."""
+    from nbpipeline.serve.logwriter import CHECKPOINT_SECONDS, LogWriter
+
+    writer = LogWriter(tmp_path / "log.db")
+    writer.start()
+    try:
+        writer.ensure_features({"x": "number"}).result(10)
+        wal = tmp_path / "log.db-wal"
+        sizes = []
+        for round_ in range(3):
+            for i in range(300):
+                writer.commit([record(f"{round_}-{i}", {"x": float(i)})])
+            sizes.append(wal.stat().st_size)
+            time.sleep(CHECKPOINT_SECONDS * 3)  # the checkpointer's turn
+        assert sizes[2] <= sizes[0] * 1.2, sizes  # reused, not 3x
+        assert writer.stats.rows == 900
+    finally:
+        writer.close()
+    conn = predlog.connect(tmp_path / "log.db", readonly=True)
+    assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (900,)
