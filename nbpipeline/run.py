@@ -165,21 +165,39 @@ class _HtmlExporterLoader(threading.Thread):
         return str(body)
 
 
-def _kernel_manager_class() -> type:
-    """An async kernel manager that talks to the kernel over IPC sockets in a temp dir.
+class _Kernel:
+    """The stage's kernel, started before papermill is imported so the two overlap.
 
-    IPC avoids ipykernel's "running over TCP without encryption" warning on every run
-    and the TCP port dance; the sockets live outside the project so DVC never sees them.
+    A kernel takes ~1.4 s to be ready and ``import papermill`` ~0.8 s; started first,
+    the kernel boots while papermill loads (DESIGN.md: start-up dominates a small
+    pipeline). It is an async kernel manager on nbclient's event loop (jupyter_core's
+    run_sync), talking over IPC sockets in a temp dir: no "running over TCP without
+    encryption" warning, no port dance, nothing in the project for DVC to see.
+    nbclient does not shut down a kernel it did not start: :meth:`stop` does, at once.
     """
-    from jupyter_client.manager import AsyncKernelManager
 
-    class IPCKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs: Any) -> None:
-            kwargs.setdefault("transport", "ipc")
-            kwargs.setdefault("ip", os.path.join(tempfile.mkdtemp(prefix="nbp-"), "kernel"))
-            super().__init__(**kwargs)
+    def __init__(self, name: str, cwd: Path) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
 
-    return IPCKernelManager
+        self._run_sync = run_sync
+        self._dir = tempfile.mkdtemp(prefix="nbp-kernel-")
+        self.manager = AsyncKernelManager(
+            kernel_name=name, transport="ipc", ip=os.path.join(self._dir, "kernel")
+        )
+        try:
+            run_sync(self.manager.start_kernel)(cwd=str(cwd))
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+
+    def stop(self) -> None:
+        try:
+            if self._run_sync(self.manager.is_alive)():
+                self._run_sync(self.manager.shutdown_kernel)(now=True)
+            self._run_sync(self.manager.cleanup_resources)()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _recorded_files(project: Project, stage: str) -> list[Path]:
@@ -228,6 +246,36 @@ def _tolerate_expected_errors(running: Path, exc: Any) -> Any:
     ) from exc
 
 
+def _start_kernel(project: Project, plan: StagePlan) -> _Kernel:
+    from jupyter_client.kernelspec import NoSuchKernel
+
+    try:
+        return _Kernel(plan.kernel, project.root)
+    except NoSuchKernel as exc:
+        raise _kernel_missing(project.rel(plan.notebook_path), plan.kernel) from exc
+
+
+def _keep_failed(
+    project: Project, plan: StagePlan, exc: Any, running: Path, html: _HtmlExporterLoader
+) -> StageFailedError:
+    """Keep the partially executed notebook (+ HTML); the one-line error naming the cell."""
+    failed = project.reports / f"{plan.stage}.failed.ipynb"
+    shutil.move(running, failed)
+    try:
+        write_text_atomic(failed.with_suffix(".html"), html.render(read_notebook(failed)))
+    except Exception:  # the .ipynb is what matters; HTML of a broken run is a bonus
+        pass
+    cell = _source_cell_number(plan, exc.cell_index, bool(plan.parameters))
+    evalue = (exc.evalue or "").strip().splitlines()
+    hint = f"\n  hint: {_HINTS[exc.ename]}" if exc.ename in _HINTS else ""
+    return StageFailedError(
+        f"stage '{plan.stage}' failed: {project.rel(plan.notebook_path)} cell {cell} raised "
+        f"{exc.ename}: {evalue[0] if evalue else ''}\n"
+        f"  partially executed notebook (error shown at that cell): {project.rel(failed)}"
+        f"{hint}"
+    )
+
+
 def _traced_problems(trace: Any, declared: Any, plan: StagePlan, project: Project) -> str:
     from nbpipeline.trace import describe
 
@@ -256,16 +304,6 @@ def run_stage(
 
         declared = load_stage(project, stage)
         tracer = Tracer(project.root, stage) if declared else None
-    papermill = lean.papermill()
-    from jupyter_client.kernelspec import NoSuchKernel
-    from papermill.exceptions import PapermillExecutionError
-
-    # Only now, with papermill -> nbclient -> jupyter_client fully imported: importing
-    # nbconvert (which imports them too) on a thread while the main thread is still inside
-    # those imports can meet a partially initialised jupyter_client.manager (ImportError).
-    html = _HtmlExporterLoader()
-    html.start()
-
     reports = project.reports
     reports.mkdir(parents=True, exist_ok=True)
     running = reports / f".{stage}.running.ipynb"
@@ -281,38 +319,36 @@ def run_stage(
     os.environ[RUNNING_ENV] = "1"
     traced = tracer.start() if tracer else False
     try:
+        kernel = _start_kernel(project, plan)  # boots while papermill imports
         try:
-            nb = papermill.execute_notebook(
-                plan.notebook,
-                str(running),
-                parameters=plan.parameters,
-                kernel_name=plan.kernel,
-                cwd=str(project.root),
-                progress_bar=False,
-                log_output=log_output,
-                request_save_on_cell_execute=False,
-                shutdown_kernel="immediate",
-                kernel_manager_class=_kernel_manager_class(),
-            )
-        except PapermillExecutionError as first:
-            nb = _tolerate_expected_errors(running, first)
-    except PapermillExecutionError as exc:
-        shutil.move(running, failed)
-        try:
-            write_text_atomic(failed.with_suffix(".html"), html.render(read_notebook(failed)))
-        except Exception:  # the .ipynb is what matters; HTML of a broken run is a bonus
-            pass
-        cell = _source_cell_number(plan, exc.cell_index, bool(plan.parameters))
-        evalue = (exc.evalue or "").strip().splitlines()
-        hint = f"\n  hint: {_HINTS[exc.ename]}" if exc.ename in _HINTS else ""
-        raise StageFailedError(
-            f"stage '{stage}' failed: {project.rel(plan.notebook_path)} cell {cell} raised "
-            f"{exc.ename}: {evalue[0] if evalue else ''}\n"
-            f"  partially executed notebook (error shown at that cell): {project.rel(failed)}"
-            f"{hint}"
-        ) from exc
-    except NoSuchKernel as exc:
-        raise _kernel_missing(project.rel(plan.notebook_path), plan.kernel) from exc
+            papermill = lean.papermill()
+            from papermill.exceptions import PapermillExecutionError
+
+            # Only now, with papermill -> nbclient -> jupyter_client fully imported:
+            # importing nbconvert (which imports them too) on a thread while the main
+            # thread is still inside those imports can meet a partially initialised
+            # jupyter_client.manager (ImportError).
+            html = _HtmlExporterLoader()
+            html.start()
+            try:
+                try:
+                    nb = papermill.execute_notebook(
+                        plan.notebook,
+                        str(running),
+                        parameters=plan.parameters,
+                        kernel_name=plan.kernel,
+                        cwd=str(project.root),
+                        progress_bar=False,
+                        log_output=log_output,
+                        request_save_on_cell_execute=False,
+                        km=kernel.manager,
+                    )
+                except PapermillExecutionError as first:
+                    nb = _tolerate_expected_errors(running, first)
+            except PapermillExecutionError as exc:
+                raise _keep_failed(project, plan, exc, running, html) from exc
+        finally:
+            kernel.stop()
     finally:
         trace_result = tracer.stop() if tracer and traced else None
         running.unlink(missing_ok=True)

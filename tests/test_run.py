@@ -134,3 +134,40 @@ def test_html_exporter_thread_starts_after_papermill_is_imported(
     monkeypatch.chdir(mini_project)
     run.run_stage(Project(mini_project), "adds", trace=False)
     assert seen == [True]
+
+
+def test_kernel_boots_while_papermill_imports_and_is_gone_after_success_and_failure(
+    mini_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel starts before papermill is imported (the two overlap: ~0.8 s a stage),
+    so nbclient does not own it: nbp must shut it down itself, on success and failure."""
+    import sys
+
+    import psutil
+
+    from nbpipeline import run
+    from nbpipeline.errors import StageFailedError
+    from nbpipeline.project import Project
+
+    seen: list[object] = []
+    original = run._Kernel.__init__
+
+    def init(self: run._Kernel, name: str, cwd: Path) -> None:
+        seen.append("papermill" in sys.modules)
+        original(self, name, cwd)
+        seen.append(self._dir)
+
+    monkeypatch.setattr(run._Kernel, "__init__", init)
+    for name in [m for m in sys.modules if m.split(".")[0] == "papermill"]:
+        monkeypatch.delitem(sys.modules, name)
+    add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "s"})
+    add_stage(mini_project, "fails", "failing_cell.ipynb", {"divisor": 0})
+    monkeypatch.chdir(mini_project)
+    run.run_stage(Project(mini_project), "adds", trace=False)
+    with pytest.raises(StageFailedError):
+        run.run_stage(Project(mini_project), "fails", trace=False)
+    assert seen[0] is False  # papermill not imported yet when the kernel was started
+    assert [Path(str(d)).exists() for d in seen[1::2]] == [False, False]  # sockets removed
+    kernels = [p for p in psutil.Process().children(recursive=True)
+               if "ipykernel" in " ".join(p.cmdline())]
+    assert kernels == []
