@@ -9,8 +9,8 @@ side by side in one run:
 * a one-parameter change (`train.max_iter`), which re-runs train + evaluate.
 
 An untimed full run of each warms the machine first; then rounds alternate
-notebook/script so machine noise hits both, and the median drops one bad round. Prints each time and the
-ratio notebooks/scripts (target <= 1.3). Usage:
+notebook/script so machine noise hits both, and the median drops one bad round.
+Prints each time and the ratio notebooks/scripts (target <= 1.3). Usage:
 
     python bench/pipeline.py [--rounds 3] [--sample 1.0] [--keep DIR]
 """
