@@ -168,25 +168,37 @@ def insert_rows(
             json.dumps(rest, separators=(",", ":"), default=str) if rest else "{}",
             *fcols.values(),
         ])
-    if len(batches) == 1 and len(rows := next(iter(batches.values()))) == 1:
-        conn.execute(_insert_sql(*batches), rows[0])  # one statement is its own transaction
-        return 1
+    # Multi-row INSERTs: sqlite3 releases and retakes the GIL around every statement step,
+    # and in a busy server each retake waits for the event loop's thread. One statement
+    # for a group (its own transaction when it is the only one) keeps that to one wait.
+    statements = [
+        (fnames, rows[i:i + MAX_ROWS_PER_INSERT])
+        for fnames, rows in batches.items()
+        for i in range(0, len(rows), MAX_ROWS_PER_INSERT)
+    ]
+    if len(statements) == 1:
+        fnames, rows = statements[0]
+        conn.execute(_insert_sql(fnames, len(rows)), [v for row in rows for v in row])
+        return len(rows)
     conn.execute("BEGIN")
     try:
-        for fnames, rows in batches.items():
-            conn.executemany(_insert_sql(fnames), rows)
+        for fnames, rows in statements:
+            conn.execute(_insert_sql(fnames, len(rows)), [v for row in rows for v in row])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return sum(len(rows) for rows in batches.values())
+    return sum(len(rows) for _, rows in statements)
 
 
-@functools.lru_cache(maxsize=256)
-def _insert_sql(feature_cols: tuple[str, ...]) -> str:
+MAX_ROWS_PER_INSERT = 256  # x ~25 columns: well under SQLite's 32766 bound parameters
+
+
+@functools.lru_cache(maxsize=1024)
+def _insert_sql(feature_cols: tuple[str, ...], rows: int) -> str:
     names = ",".join((*BASE_COLUMN_NAMES, *feature_cols))
-    marks = ",".join("?" * (len(BASE_COLUMN_NAMES) + len(feature_cols)))
-    return f"INSERT INTO predictions ({names}) VALUES ({marks})"
+    marks = "(" + ",".join("?" * (len(BASE_COLUMN_NAMES) + len(feature_cols))) + ")"
+    return f"INSERT INTO predictions ({names}) VALUES " + ",".join([marks] * rows)
 
 
 def logged_features(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:

@@ -66,3 +66,21 @@ def test_the_writer_checkpoints_the_wal_off_the_commit_path(tmp_path: Path) -> N
         writer.close()
     conn = predlog.connect(tmp_path / "log.db", readonly=True)
     assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (900,)
+
+
+def test_large_groups_and_mixed_feature_sets_commit_together(tmp_path: Path) -> None:
+    conn = predlog.connect(tmp_path / "log.db")
+    predlog.ensure_schema(conn, {"x": "number", "y": "number"})
+    many = [record(f"a{i}", {"x": float(i)}) for i in range(2 * predlog.MAX_ROWS_PER_INSERT + 5)]
+    other = [record(f"b{i}", {"x": 1.0, "y": 2.0}) for i in range(3)]
+    assert predlog.insert_rows(conn, many + other) == len(many) + 3
+    assert conn.execute("SELECT count(*), sum(f_x) FROM predictions").fetchone() == (
+        len(many) + 3, sum(range(len(many))) + 3.0)
+    # One transaction: a duplicate id anywhere rolls back the whole group.
+    import sqlite3
+
+    import pytest
+
+    with pytest.raises(sqlite3.IntegrityError):
+        predlog.insert_rows(conn, [record("new", {"x": 0.0}), *many[:1]])
+    assert predlog.logged_features(conn, "new") is None
