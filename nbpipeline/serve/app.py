@@ -61,11 +61,7 @@ def create_app(
             on_call=state.metrics.on_model_call,
         )
         await _refresh(state)
-        # Everything loaded so far (libraries, models) lives as long as the server: keep
-        # it out of the garbage collector's full passes, which otherwise walk it all and
-        # stalled every request in flight for ~120 ms (the c=32 p99 in bench/serve.py).
-        gc.collect()
-        gc.freeze()
+        _freeze()
         poller = asyncio.create_task(_poll(state), name="registry-poller")
         try:
             yield
@@ -130,10 +126,18 @@ def create_app(
 
 
 # ---------------------------------------------------------------------- registry
+def _freeze() -> None:
+    """Keep what is loaded now (libraries, models: it lives as long as the server) out of
+    the garbage collector's full passes, which otherwise walk it all and stalled every
+    request in flight for ~120 ms (the c=32 p99 in bench/serve.py)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _refresh(state: ServerState) -> None:
     """Rebuild the snapshot from the registry (loads run on a worker thread)."""
     holder = state.holder
-    failures = holder.load_failures
+    failures, loads = holder.load_failures, holder.loads
     try:
         snap = await asyncio.to_thread(holder.build)
     except (NbpipelineError, OSError) as exc:
@@ -155,6 +159,8 @@ async def _refresh(state: ServerState) -> None:
                     log.error("cannot add %s's feature columns to the log: %s", served.version, exc)
             state.logged_features.add(served.version)
     holder.install(snap)
+    if holder.loads > loads:
+        _freeze()  # the new model, too
     state.metrics.serving(
         {"champion": snap.champion.version if snap.champion else None,
          "canary": snap.canary.version if snap.canary else None},
