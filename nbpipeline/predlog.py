@@ -11,9 +11,9 @@ row and readers never block the writer). Two tables:
     ``{}`` when, as usual, all do), plus one typed column ``f_<name>`` per model feature
     (REAL for numbers, TEXT for categories) so monitoring can aggregate a million rows in
     SQL without parsing JSON. Feature columns are added (never removed) when a model with
-    new features is served, before its first row. (Logs written before nbpipeline 0.2
-    hold every feature in ``features`` too; storing them twice made each insert ~40%
-    dearer.) :func:`logged_features` gives a row's features either way.
+    new features is served, before its first row. (Logs written by earlier versions hold
+    every feature in ``features`` too; storing them twice made each insert ~40% dearer.)
+    :func:`logged_features` gives a row's features either way.
 
 ``feedback``
     request_id TEXT PRIMARY KEY, ts REAL, outcome INTEGER (the real label).
@@ -168,9 +168,9 @@ def insert_rows(
             json.dumps(rest, separators=(",", ":"), default=str) if rest else "{}",
             *fcols.values(),
         ])
-    # Multi-row INSERTs: sqlite3 releases and retakes the GIL around every statement step,
-    # and in a busy server each retake waits for the event loop's thread. One statement
-    # for a group (its own transaction when it is the only one) keeps that to one wait.
+    # One multi-row INSERT per column set (its own transaction when it is the only one)
+    # rather than BEGIN, a statement per row and COMMIT: fewer calls into SQLite, and
+    # sqlite3 releases and retakes the GIL around each, which a busy server pays for.
     statements = [
         (fnames, rows[i:i + MAX_ROWS_PER_INSERT])
         for fnames, rows in batches.items()
@@ -208,8 +208,8 @@ def logged_features(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]
     if row is None:
         return None
     names = dict(conn.execute(
-        "SELECT substr(key, ?), value FROM meta WHERE key LIKE ?",
-        (len(_NAME_KEY) + 1, _NAME_KEY + "%"),
+        "SELECT substr(key, ?1 + 1), value FROM meta WHERE substr(key, 1, ?1) = ?2",
+        (len(_NAME_KEY), _NAME_KEY),
     ).fetchall())
     found: dict[str, Any] = {}
     for (column, *_), value in zip(cursor.description, row, strict=True):
