@@ -165,10 +165,16 @@ class Tracer:
             self._fd = -1
 
     def _watch_tree(self, top: Path, *, created: bool) -> bool:
-        for dirpath, dirnames, filenames in os.walk(top):
-            here = Path(dirpath)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
-                           and not (here / d / "pyvenv.cfg").exists()]
+        """Watch ``top`` and the directories under it; with ``created`` (a directory the
+        stage made), the files already in it count as written.
+
+        Each directory is watched first and listed second: a file made in between shows
+        up in the listing or as an event. (Listed first, as os.walk does, a file renamed
+        into place between the two was missed.)
+        """
+        pending = [top]
+        while pending:
+            here = pending.pop()
             if len(self._dirs) >= MAX_WATCHED_DIRS:
                 self._complete = False
                 return bool(self._dirs)
@@ -176,9 +182,18 @@ class Tracer:
                 self._fd, os.fsencode(here), _MASK)
             if wd >= 0:
                 self._dirs[wd] = here
-            if created:  # files made before the watch existed
-                for name in filenames:
-                    rel = self._rel(here / name)
+            try:
+                entries = list(os.scandir(here))
+            except OSError:  # gone again, or unreadable
+                continue
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    if (not entry.name.startswith(".") and entry.name not in _SKIP_DIRS
+                            and not (path / "pyvenv.cfg").exists()):
+                        pending.append(path)
+                elif created:  # made before the watch existed
+                    rel = self._rel(path)
                     self._written.add(rel)
                     self._created.add(rel)
         return True

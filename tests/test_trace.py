@@ -130,3 +130,34 @@ def test_too_many_directories_make_the_trace_incomplete(
         (tmp_path / name).mkdir()
     monkeypatch.setattr(trace_module, "MAX_WATCHED_DIRS", 2)
     assert not traced(tmp_path, lambda: None).complete
+
+
+def test_a_file_renamed_into_a_new_dir_while_it_is_being_watched_is_seen(tmp_path: Path) -> None:
+    """Regression (a flaky CI run): the tracer listed a new directory, then watched it. A
+    file renamed into place between the two (write to a temp name, then rename: what
+    atomic writers do) was in neither the listing nor the events. The rename is made here
+    at exactly that moment: when the tracer asks inotify to watch the directory."""
+    root, staging = tmp_path / "proj", tmp_path / "staging"
+    root.mkdir()
+    (staging / "models" / "candidate").mkdir(parents=True)
+    (staging / "models" / "candidate" / ".model.bin.tmp").write_bytes(b"m")
+    tracer = Tracer(root, "s")
+    assert tracer.start()
+    real = tracer._libc
+
+    class RenameJustBeforeTheWatch:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def inotify_add_watch(self, fd: int, path: bytes, mask: int) -> int:
+            tmp = Path(os.fsdecode(path)) / ".model.bin.tmp"
+            if tmp.exists():
+                os.replace(tmp, tmp.with_name("model.bin"))
+            return int(real.inotify_add_watch(fd, path, mask))
+
+    tracer._libc = RenameJustBeforeTheWatch()
+    try:  # the whole tree appears at once: one event, then the tracer walks it
+        os.rename(staging / "models", root / "models")
+    finally:
+        trace = tracer.stop()
+    assert trace.written == {"models/candidate/model.bin"}
