@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 import yaml
 from monitor_support import make_candidate, months
+from serve_fixtures import free_port, wait_ready
 
 from nbpipeline.monitor.command import ALARM_EXIT, served_features
 from nbpipeline.monitor.config import MonitorConfig
@@ -64,12 +64,6 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_monitor_cli_no_traffic_then_replayed_drift(project):
     quiet = nbp("monitor", cwd=project)
     assert "no traffic yet" in quiet.stdout
@@ -77,12 +71,12 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
 
     write_gate(project, None)
     nbp("promote", "--reason", "first model", cwd=project)
-    port = _port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([str(BIN / "nbp"), "serve", "--port", str(port)], cwd=project,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_ready(url, server)
+        wait_ready(url, timeout=60, proc=server)
         control = nbp("replay", "--months", *map(str, range(1, 9)), "--rows", str(WINDOW),
                       "--rate", "400", "--url", url, "--seed", "3", cwd=project)
         assert f"replayed {WINDOW}/{WINDOW} rows" in control.stdout
@@ -136,19 +130,6 @@ def _one_row(url: str) -> dict:
 
     frame = month_rows([12], rows=1, seed=9, frame=flights())
     return json_row(frame.to_dict("records")[0], served_features(url))
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "nbp serve exited"
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url}/ready did not answer 200")
 
 
 def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
