@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import expit  # the logistic function scikit-learn's loss uses
 
 Rows = Sequence[Mapping[str, Any]]
 Scorer = Callable[[Rows], np.ndarray]  # rows -> P(target == 1), shape (n,)
@@ -240,12 +241,12 @@ class Forest:
             v = X[rows, self.feature[at]]
             missing = np.isnan(v)
             categorical = self.categorical[at]
-            out_of_range = categorical & (v < 0)
-            code = np.where(missing | out_of_range, 0, v)
+            as_missing = missing | (categorical & (v < 0))  # negative codes: missing too
+            code = np.where(as_missing, 0, v)
             code = np.minimum(code, 255).astype(np.intp)
             in_left_set = self.tables[self.table_row[at], code]
             go_left = np.where(
-                missing | out_of_range, self.missing_left[at],
+                as_missing, self.missing_left[at],
                 np.where(categorical, in_left_set, v <= self.threshold[at]),
             )
             at = np.where(go_left, self.left[at], self.right[at])
@@ -266,8 +267,6 @@ class Compiled:
         X = np.empty((len(rows), len(self.columns)), dtype=np.float64)
         for i, row in enumerate(rows):
             X[i] = [col.value(row[col.feature]) for col in self.columns]
-        from scipy.special import expit
-
         return np.asarray(expit(self.forest.raw(X)), dtype=np.float64)
 
 
