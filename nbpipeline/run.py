@@ -256,10 +256,11 @@ def _start_kernel(project: Project, plan: StagePlan) -> _Kernel:
 
 
 def _keep_failed(
-    project: Project, plan: StagePlan, exc: Any, running: Path, html: _HtmlExporterLoader
+    project: Project, plan: StagePlan, exc: Any, running: Path, failed: Path,
+    html: _HtmlExporterLoader,
 ) -> StageFailedError:
-    """Keep the partially executed notebook (+ HTML); the one-line error naming the cell."""
-    failed = project.reports / f"{plan.stage}.failed.ipynb"
+    """Keep the partially executed notebook as ``failed`` (+ HTML); the one-line error
+    naming the cell."""
     shutil.move(running, failed)
     try:
         write_text_atomic(failed.with_suffix(".html"), html.render(read_notebook(failed)))
@@ -346,7 +347,7 @@ def run_stage(
                 except PapermillExecutionError as first:
                     nb = _tolerate_expected_errors(running, first)
             except PapermillExecutionError as exc:
-                raise _keep_failed(project, plan, exc, running, html) from exc
+                raise _keep_failed(project, plan, exc, running, failed, html) from exc
         finally:
             kernel.stop()
     finally:
