@@ -266,12 +266,6 @@ class Registry:
             raise RegistryError(self._unknown(version, self._replay()))
         return found
 
-    def find_sha(self, sha256: str) -> ModelVersion | None:
-        """The version whose model file has this hash, if registered."""
-        replay = self._replay()
-        name = replay.by_sha.get(sha256)
-        return replay.versions[name] if name else None
-
     def state(self) -> ProductionState:
         """The production state now (champion, canary, off switch) and a change token."""
         token = self.token()
