@@ -7,13 +7,18 @@ model if there is none), with request rows taken from data/valid.parquet when pr
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (httpx
 costs more CPU per request than the server does, and both share this machine's cores).
 
+Log on and log off are two servers measured in alternating rounds (order ABBA), with the
+same client work for both; the logging cost is the median of the rounds' paired ratios.
+With two or more cores the servers are pinned to one core and the load generator to the
+rest (--no-pin to turn off).
+
 Prints, side by side: the in-process model call cost on one row (predict_proba, and the
 scorer the server uses: compiled trees for the example's model), and for
 each concurrency the server's throughput, p50/p99 latency, errors and, with the log on,
 the prediction rows missing from the log (lost rows) after the run.
 
-    .venv/bin/python bench/serve.py [--requests 12000] [--seconds 20] [--rounds 6]
-                                    [--concurrency 1 8 32]
+    .venv/bin/python bench/serve.py [--requests 12000] [--seconds 20] [--rounds 20]
+                                    [--concurrency 1 8 32] [--no-pin] [--show-rounds]
 """
 
 from __future__ import annotations
@@ -140,7 +145,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(root: Path, log: bool, port: int) -> subprocess.Popen[bytes]:
+def start_server(root: Path, log: bool, port: int,
+                 cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
     import yaml
 
     (root / "params.yaml").write_text(yaml.safe_dump({"serve": {"log": log}}))
@@ -148,6 +154,7 @@ def start_server(root: Path, log: bool, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "nbpipeline", "serve", "--port", str(port)], cwd=root, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -224,8 +231,9 @@ async def load(port: int, run: Run, bodies: list[bytes], total: int, seconds: fl
                     return
                 if status == 200:
                     run.latencies.append(time.perf_counter() - t)
-                    if run.log:
-                        run.request_ids.append(json.loads(payload)["request_id"])
+                    # Parsed with the log off too: this client shares the cores, so
+                    # both runs must cost it the same.
+                    run.request_ids.append(json.loads(payload)["request_id"])
                 else:
                     run.errors += 1
         finally:
@@ -259,13 +267,24 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--candidate", help="candidate dir (default models/candidate)")
     parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
-    parser.add_argument("--rounds", type=int, default=6,
+    parser.add_argument("--rounds", type=int, default=20,
                         help="alternate log on/off this many times per concurrency")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the server and this load generator to separate cores")
+    parser.add_argument("--show-rounds", action="store_true", help="print req/s of each round")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
     from nbpipeline.registry import Registry
 
+    # The server on the last core, this load generator on the others: the scheduler no
+    # longer moves them about (which swung a round's throughput by +-25%), and the
+    # server's own threads (event loop, predictor, log writer) share one core, so any
+    # CPU the log costs shows in its throughput.
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_cpus = {cores[-1]} if len(cores) >= 2 and not args.no_pin else None
+    if server_cpus:
+        os.sched_setaffinity(0, set(cores[:-1]))
     work = Path(tempfile.mkdtemp(prefix="nbp-bench-"))
     try:
         candidate = candidate_dir(args.candidate, work)
@@ -281,7 +300,9 @@ def main() -> None:
         reg.promote(mv.version, canary_fraction=None, reason="bench", actor="bench")
 
         print(f"nbp serve benchmark: model {candidate} ({len(rows)} distinct rows), "
-              f"{os.cpu_count()} cores shared by the server process AND this load generator")
+              f"{os.cpu_count()} cores shared by the server process AND this load generator"
+              + (f" (server pinned to core {cores[-1]}, load generator to {cores[:-1]})"
+                 if server_cpus else ""))
         print(f"limits per concurrency and log setting: {args.requests} requests or "
               f"{args.seconds:.0f} s, in {args.rounds} alternating rounds; "
               f"load average before: {loadavg()}\n")
@@ -298,13 +319,16 @@ def main() -> None:
         try:
             for log in (True, False):
                 port = free_port()
-                servers[log] = (port, start_server(work / ("on" if log else "off"), log, port))
+                servers[log] = (port, start_server(work / ("on" if log else "off"), log, port,
+                                                   server_cpus))
             for c in args.concurrency:
                 runs = {log: Run(c, log) for log in servers}
                 for port, _ in servers.values():
                     asyncio.run(load(port, Run(c, False), bodies, args.warmup, 10))
-                for _ in range(args.rounds):
-                    for log, (port, _) in servers.items():
+                for r in range(args.rounds):
+                    # ABBA order: whichever runs second in a round gains or loses alike.
+                    order = list(servers.items())[::(1 if r % 2 == 0 else -1)]
+                    for log, (port, _) in order:
                         run = runs[log]
                         cpu = server_cpu_seconds(port)
                         done, seconds = len(run.latencies), run.seconds
@@ -342,6 +366,9 @@ def main() -> None:
             paired = statistics.median(
                 (1 - a / b) * 100 for a, b in zip(on.round_rates, off.round_rates, strict=True)
             )
+            if args.show_rounds:
+                print("  req/s per round, log on: ", [round(x) for x in on.round_rates])
+                print("  req/s per round, log off:", [round(x) for x in off.round_rates])
             print(f"c={c}: logging costs {paired:.1f}% throughput (median of {args.rounds} "
                   f"paired rounds; {cost:.1f}% overall: {on.throughput:.0f} vs "
                   f"{off.throughput:.0f} req/s)")
