@@ -18,7 +18,10 @@ row and readers never block the writer). Two tables:
 ``feedback``
     request_id TEXT PRIMARY KEY, ts REAL, outcome INTEGER (the real label).
 
-Writers append; nobody updates or deletes rows except ``feedback`` upserts.
+Writers append; nobody updates or deletes rows except ``feedback`` upserts. A server
+writes its rows to a spool first (``<log>.spool/``, nbpipeline/spool.py) and moves them
+in within about 50 ms; rows a crashed server left there are moved in by the next
+``nbp serve`` or ``nbp monitor``.
 """
 
 from __future__ import annotations
@@ -134,28 +137,26 @@ def feature_columns(conn: sqlite3.Connection) -> list[str]:
     ]
 
 
-def insert_rows(
-    conn: sqlite3.Connection,
-    records: Iterable[PredictionRecord],
-    *,
-    present: Collection[str] | None = None,
-) -> int:
-    """Append ``records`` in one transaction; returns the number written.
+Encoded = list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]
+"""Rows ready to insert: (typed feature columns, rows of values in column order), one entry
+per feature-column set. Plain Python values only, so the spool can store them as they are."""
 
-    ``present``: the log's feature columns if the caller already knows them (a long-lived
-    writer that alone adds columns), to save a schema query per transaction.
-    """
-    present = set(feature_columns(conn)) if present is None else present
-    batches: dict[tuple[str, ...], list[list[Any]]] = {}  # one statement per column set
+
+def encode_rows(records: Iterable[PredictionRecord], present: frozenset[str]) -> Encoded:
+    """``records`` as rows of column values; ``present``: the log's typed feature columns
+    (features without one go into the JSON ``features`` column)."""
+    batches: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for rec in records:
-        fcols, rest = {}, {}
-        for name, value in rec.features.items():
-            col = feature_column(name)
-            if col in present:
-                fcols[col] = value
-            else:
-                rest[name] = value
-        batches.setdefault(tuple(fcols), []).append([
+        fcols, typed = _column_plan(tuple(rec.features), present)
+        values = tuple(rec.features.values())
+        if len(typed) == len(values):  # the usual case: every feature has its column
+            rest = "{}"
+        else:
+            rest_names = [n for i, n in enumerate(rec.features) if i not in typed]
+            rest = json.dumps({n: rec.features[n] for n in rest_names},
+                              separators=(",", ":"), default=str)
+            values = tuple(values[i] for i in typed)
+        batches.setdefault(fcols, []).append((
             rec.request_id,
             rec.ts,
             rec.model_version,
@@ -165,40 +166,87 @@ def insert_rows(
             rec.probability,
             rec.latency_ms,
             int(rec.fallback),
-            json.dumps(rest, separators=(",", ":"), default=str) if rest else "{}",
-            *fcols.values(),
-        ])
-    # One multi-row INSERT per column set (its own transaction when it is the only one)
-    # rather than BEGIN, a statement per row and COMMIT: fewer calls into SQLite, and
-    # sqlite3 releases and retakes the GIL around each, which a busy server pays for.
+            rest,
+            *values,
+        ))
+    return list(batches.items())
+
+
+@functools.lru_cache(maxsize=256)  # one entry per feature set and log schema
+def _column_plan(
+    names: tuple[str, ...], present: frozenset[str]
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(typed columns, positions of the features that have one) for features ``names``."""
+    typed = tuple(i for i, name in enumerate(names) if feature_column(name) in present)
+    return tuple(feature_column(names[i]) for i in typed), typed
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    records: Iterable[PredictionRecord],
+    *,
+    present: Collection[str] | None = None,
+) -> int:
+    """Append ``records`` in one transaction; returns the number written.
+
+    ``present``: the log's feature columns if the caller already knows them, to save a
+    schema query.
+    """
+    columns = frozenset(feature_columns(conn) if present is None else present)
+    return insert_encoded(conn, encode_rows(records, columns))
+
+
+def ensure_columns(conn: sqlite3.Connection, encoded: Encoded) -> None:
+    """Add the typed feature columns ``encoded`` uses that the log lacks (rows spooled for
+    a log that was since replaced); the type follows the values (text -> TEXT, else REAL)."""
+    present = set(feature_columns(conn))
+    base = len(BASE_COLUMN_NAMES)
+    for fnames, rows in encoded:
+        for j, col in enumerate(fnames):
+            if col not in present:
+                text = any(isinstance(row[base + j], str) for row in rows)
+                sql_type = "TEXT" if text else "REAL"
+                conn.execute(f"ALTER TABLE predictions ADD COLUMN {col} {sql_type}")
+                present.add(col)
+
+
+def insert_encoded(conn: sqlite3.Connection, encoded: Encoded, *, or_ignore: bool = False) -> int:
+    """Insert :func:`encode_rows` output in one transaction; returns the rows inserted.
+
+    ``or_ignore``: skip rows whose request_id is already logged (replaying a spool that
+    may have been partly moved into the log before a crash).
+    """
+    # One multi-row INSERT per column set rather than a statement per row: fewer calls
+    # into SQLite, and sqlite3 releases and retakes the GIL around each.
     statements = [
         (fnames, rows[i:i + MAX_ROWS_PER_INSERT])
-        for fnames, rows in batches.items()
+        for fnames, rows in encoded
         for i in range(0, len(rows), MAX_ROWS_PER_INSERT)
     ]
-    if len(statements) == 1:
-        fnames, rows = statements[0]
-        conn.execute(_insert_sql(fnames, len(rows)), [v for row in rows for v in row])
-        return len(rows)
+    if not statements:
+        return 0
+    before = conn.total_changes
     conn.execute("BEGIN")
     try:
         for fnames, rows in statements:
-            conn.execute(_insert_sql(fnames, len(rows)), [v for row in rows for v in row])
+            sql = _insert_sql(fnames, len(rows), or_ignore)
+            conn.execute(sql, [v for row in rows for v in row])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return sum(len(rows) for _, rows in statements)
+    return conn.total_changes - before
 
 
 MAX_ROWS_PER_INSERT = 256  # x ~25 columns: well under SQLite's 32766 bound parameters
 
 
 @functools.lru_cache(maxsize=1024)
-def _insert_sql(feature_cols: tuple[str, ...], rows: int) -> str:
+def _insert_sql(feature_cols: tuple[str, ...], rows: int, or_ignore: bool = False) -> str:
     names = ",".join((*BASE_COLUMN_NAMES, *feature_cols))
     marks = "(" + ",".join("?" * (len(BASE_COLUMN_NAMES) + len(feature_cols))) + ")"
-    return f"INSERT INTO predictions ({names}) VALUES " + ",".join([marks] * rows)
+    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+    return f"{verb} INTO predictions ({names}) VALUES " + ",".join([marks] * rows)
 
 
 def logged_features(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:

@@ -44,30 +44,6 @@ def test_logs_of_the_older_format_read_the_same(tmp_path: Path) -> None:
     assert predlog.logged_features(conn, "old") == {"carrier": "AA"}
 
 
-def test_the_writer_checkpoints_the_wal_off_the_commit_path(tmp_path: Path) -> None:
-    """Commits never checkpoint (that stalled requests); a thread does, so the WAL is
-    reused instead of growing with every commit."""
-    from nbpipeline.serve.logwriter import CHECKPOINT_SECONDS, LogWriter
-
-    writer = LogWriter(tmp_path / "log.db")
-    writer.start()
-    try:
-        writer.ensure_features({"x": "number"}).result(10)
-        wal = tmp_path / "log.db-wal"
-        sizes = []
-        for round_ in range(3):
-            for i in range(300):
-                writer.commit([record(f"{round_}-{i}", {"x": float(i)})])
-            sizes.append(wal.stat().st_size)
-            time.sleep(CHECKPOINT_SECONDS * 3)  # the checkpointer's turn
-        assert sizes[2] <= sizes[0] * 1.2, sizes  # reused, not 3x
-        assert writer.stats.rows == 900
-    finally:
-        writer.close()
-    conn = predlog.connect(tmp_path / "log.db", readonly=True)
-    assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (900,)
-
-
 def test_large_groups_and_mixed_feature_sets_commit_together(tmp_path: Path) -> None:
     conn = predlog.connect(tmp_path / "log.db")
     predlog.ensure_schema(conn, {"x": "number", "y": "number"})

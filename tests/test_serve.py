@@ -25,7 +25,7 @@ from serve_fixtures import (
     wait_for,
 )
 
-from nbpipeline import predlog
+from nbpipeline import predlog, spool
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
 from nbpipeline.registry import Registry
@@ -68,7 +68,24 @@ def served(project: Project, registry: Registry, candidates: dict[str, Path]) ->
         yield url
 
 
-def log_rows(project: Project, where: str = "1=1", args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+def settled(url: str) -> None:
+    """Wait until everything the server has answered is in SQLite, not only its spool."""
+    wait_for(lambda: serving(url)["log"]["spooled_bytes"] == 0)
+
+
+def spooled_ids(project: Project) -> set[str]:
+    """Request ids in the spool's segment files, read as a crashed server leaves them."""
+    ids = set()
+    for path in spool.orphans(predlog.default_log_path(project.root)):
+        rows, _ = spool.decode_frames(path.read_bytes())
+        ids |= {row[0] for _, group in rows for row in group}
+    return ids
+
+
+def log_rows(
+    url: str, project: Project, where: str = "1=1", args: tuple[Any, ...] = ()
+) -> list[sqlite3.Row]:
+    settled(url)
     conn = predlog.connect(predlog.default_log_path(project.root), readonly=True)
     conn.row_factory = sqlite3.Row
     try:
@@ -95,7 +112,12 @@ def test_single_row_is_answered_and_logged_before_the_response(
     assert body["model_version"] == "v1" and body["role"] == "champion"
     assert body["fallback"] is False and body["prediction"] in (0, 1)
     assert 0.0 <= body["probability"] <= 1.0
-    [row] = log_rows(project, "request_id = ?", (body["request_id"],))
+    # Durable when answered: in the spool on disk (or already moved into SQLite).
+    conn = predlog.connect(predlog.default_log_path(project.root), readonly=True)
+    in_sqlite = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    conn.close()
+    assert body["request_id"] in spooled_ids(project) or in_sqlite == 1
+    [row] = log_rows(served, project, "request_id = ?", (body["request_id"],))
     assert row["model_version"] == "v1" and row["probability"] == body["probability"]
     assert row["f_carrier"] == "AA" and row["f_hour"] == 17.0 and row["latency_ms"] > 0
     assert row["features"] == "{}"  # every feature has its typed column: stored once
@@ -113,7 +135,7 @@ def test_batch_accepts_unseen_categories_and_missing_numbers(served: str, projec
     assert resp.status_code == 200
     answers = resp.json()["predictions"]
     assert len(answers) == 3 and len({a["request_id"] for a in answers}) == 3
-    logged = log_rows(project)
+    logged = log_rows(served, project)
     assert {r["request_id"] for r in logged} == {a["request_id"] for a in answers}
     assert {r["f_carrier"] for r in logged} == {"AA", "never-seen"}
 
@@ -252,7 +274,7 @@ def test_canary_gets_its_fraction_and_a_key_always_lands_on_one_side(
         seen = {post(served, sample_row(), headers={"X-Routing-Key": key}).json()["role"]
                 for _ in range(5)}
         assert len(seen) == 1
-    assert len(log_rows(project, "routing_key = ?", ("customer-2",))) == 5
+    assert len(log_rows(served, project, "routing_key = ?", ("customer-2",))) == 5
 
 
 # ---------------------------------------------------------------- feedback
@@ -287,6 +309,7 @@ def test_metrics_count_requests_errors_latency_per_version_and_process(served: s
     for _ in range(3):
         post(served, sample_row())
     post(served, {"bad": 1})
+    settled(served)
     text = httpx.get(f"{served}/metrics").text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -331,7 +354,7 @@ def test_promote_rollback_and_off_switch_apply_without_restart(
     assert answer["model_version"] is None
     assert httpx.get(f"{served}/ready").status_code == 200
     assert serving(served)["off_reason"] == "incident"
-    [row] = log_rows(project, "request_id = ?", (answer["request_id"],))
+    [row] = log_rows(served, project, "request_id = ?", (answer["request_id"],))
     assert row["fallback"] == 1 and row["role"] == "fallback" and row["f_carrier"] == "AA"
     bad = post(served, sample_row(hour="x"))
     assert bad.status_code == 422  # still validated while switched off

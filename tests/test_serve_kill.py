@@ -1,5 +1,6 @@
-"""`nbp serve` as a real process, killed with SIGKILL under load: no answered prediction
-is missing from the log and the database is intact."""
+"""`nbp serve` as a real process, killed with SIGKILL under load: every answered prediction
+is on disk (in the log or the spool), the next start moves the spool into the log, and the
+database is intact."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from serve_fixtures import (
     wait_ready,
 )
 
-from nbpipeline import predlog
+from nbpipeline import predlog, spool
 from nbpipeline.registry import Registry
+from nbpipeline.serve.logwriter import LogWriter
 
 
 def test_kill_9_under_load_loses_no_answered_prediction(
@@ -59,10 +61,26 @@ def test_kill_9_under_load_loses_no_answered_prediction(
     answered = set(ids)
     assert len(answered) >= 300 and errors and errors[0] >= 1  # cut off mid-load
 
-    conn = sqlite3.connect(predlog.default_log_path(project.root))
+    path = predlog.default_log_path(project.root)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    in_sqlite = {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
+    conn.close()
+    # Durable when answered: each answered row is in SQLite or in the dead server's spool.
+    spooled = set()
+    for segment in spool.orphans(path):
+        rows, _ = spool.decode_frames(segment.read_bytes())  # a torn last frame is left out
+        spooled |= {row[0] for _, group in rows for row in group}
+    missing = answered - in_sqlite - spooled
+    assert not missing, f"{len(missing)} answered predictions are neither in the log nor spooled"
+
+    LogWriter.check(path)  # what the next `nbp serve` does first: moves the spool in
+    assert spool.orphans(path) == []
+    conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     logged = {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
     conn.close()
     assert answered <= logged, f"{len(answered - logged)} answered predictions missing from the log"
-    # Rows committed but whose response was lost with the process are allowed (logged >= answered).
+    assert logged == in_sqlite | spooled
+    # Rows logged but whose response was lost with the process are allowed (logged >= answered).
     assert len(logged) - len(answered) <= 64

@@ -22,6 +22,7 @@ insertion order) or a span of ``size`` seconds aligned to the Unix epoch (``by="
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sqlite3
@@ -31,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nbpipeline import predlog
+from nbpipeline import predlog, spool
 from nbpipeline.errors import MonitorError
 from nbpipeline.monitor.reference import CODES, Binning
+
+log = logging.getLogger("nbpipeline.monitor")
 
 PACK = 9  # 7-bit codes per 64-bit integer
 PROB_BINS = 100
@@ -106,8 +109,18 @@ class TrafficGroups:
 
 
 def open_log(path: Path | str) -> sqlite3.Connection | None:
-    """Open the prediction log read-only; None when it does not exist yet (no traffic)."""
+    """Open the prediction log read-only; None when it does not exist yet (no traffic).
+
+    Rows a server that died left in its spool are moved in first (a running server's
+    spool is left to it), so the monitor sees every answered prediction.
+    """
     path = Path(path)
+    if spool.orphans(path):
+        try:
+            spool.recover(path)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("%s: cannot move rows left in %s into the log (%s); they are moved "
+                        "in when `nbp serve` next starts", path, spool.spool_dir(path), exc)
     if not path.exists():
         return None
     try:

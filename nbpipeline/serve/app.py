@@ -2,8 +2,9 @@
 
 Endpoints (see docs/serve.md): POST /predict, POST /feedback, GET /health, GET /ready,
 GET /metrics, GET /schema; their work is in nbpipeline/serve/handlers.py. Every endpoint
-is ``async``; model calls run on the predictor thread and log writes on the writer
-thread, so the event loop only parses, validates, routes and answers.
+is ``async``; model calls (and the spooling of their log rows) run on the predictor
+thread and SQLite on the log writer thread, so the event loop only parses, validates,
+routes and answers.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def create_app(
             state.writer = LogWriter(settings.log_path, on_commit=state.metrics.on_commit)
             await asyncio.to_thread(state.writer.start)
         state.predictor = Predictor(
-            sink=state.writer.commit if state.writer is not None else None,
+            sink=state.writer.append if state.writer is not None else None,
             on_call=state.metrics.on_model_call,
         )
         await _refresh(state)

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,10 +174,10 @@ def _scalar(value: Any) -> bool:
 
 
 async def _score_and_log(state: ServerState, rows: list[_Row], start: float) -> Response | None:
-    """Decide every row and commit it to the log; an error response if that failed.
+    """Decide every row and log it durably; an error response if that failed.
 
     Model rows go to the predictor thread, which scores them, decides (:func:`_decide`)
-    and commits in one go; fallback rows are decided here and queued to the writer.
+    and spools their log rows in one go; fallback rows are decided and spooled here.
     """
     assert state.predictor is not None
     groups: dict[str, list[_Row]] = {}
@@ -195,7 +196,13 @@ async def _score_and_log(state: ServerState, rows: list[_Row], start: float) -> 
     if fallback:
         records = _decide(state, fallback, start)
         if state.writer is not None:
-            pending.append((None, asyncio.wrap_future(state.writer.write(records))))
+            spooled: Future[None] = Future()  # one write() to the spool: done right here
+            try:
+                state.writer.append(records)
+                spooled.set_result(None)
+            except Exception as exc:
+                spooled.set_exception(exc)
+            pending.append((None, asyncio.wrap_future(spooled)))
     results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
     metrics = state.metrics
     for (failed, _), result in zip(pending, results, strict=True):
@@ -315,7 +322,8 @@ def health_body(state: ServerState) -> dict[str, Any]:
         "errors": errors,
         "log": None if writer is None else {
             "path": str(writer.path), "rows": writer.stats.rows, "commits": writer.stats.commits,
-            "errors": writer.stats.errors,
+            "errors": writer.stats.errors, "spooled_bytes": writer.backlog_bytes(),
+            "recovered_rows": writer.stats.recovered,
         },
         "uptime_seconds": round(time.time() - state.started, 1),
     }

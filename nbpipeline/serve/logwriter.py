@@ -1,16 +1,16 @@
-"""The prediction log's one connection, its writer thread, and group commit.
+"""The prediction log's writer: the spool on the request path, SQLite behind it.
 
-Model decisions are committed by the predictor thread right after scoring, one
-transaction per micro-batch (:meth:`LogWriter.commit`). Everything else (fallback
-decisions, feedback, new feature columns) is queued to the writer thread, which handles
-all that is queued since its last turn in one go. Either way a future is resolved only
-after the commit, and the response waits for it: a ``kill -9`` loses no answered
-prediction (SQLite WAL, see nbpipeline/predlog.py), and the event loop never waits on
-SQLite.
+:meth:`LogWriter.append` runs on the predictor thread right after scoring (and on the
+event loop for fallback decisions): it writes the rows to this server's spool segment
+(nbpipeline/spool.py) and returns, and only then is the request answered. So a
+``kill -9`` loses no answered prediction, and no request waits on SQLite.
 
-WAL checkpoints (copying the WAL back into the database, with an fsync) run on a thread
-of their own every CHECKPOINT_SECONDS, not inside whichever commit crosses SQLite's
-page limit: there they stalled that commit's requests for milliseconds.
+The writer thread moves spooled rows into SQLite every FLUSH_SECONDS, in one transaction
+per turn, and handles feedback and new feature columns (queued; each future resolves
+after the work is committed). Feedback is handled after the spool is moved in, so an id
+answered before its feedback arrived is always found. If SQLite fails (disk full, a
+locked file), rows stay in the spool and are tried again next turn; /health reports it.
+At start, rows that a crashed server left in the spool are moved into the log first.
 """
 
 from __future__ import annotations
@@ -26,35 +26,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbpipeline import predlog
+from nbpipeline import predlog, spool
 from nbpipeline.errors import ServeError
 from nbpipeline.serve.batching import take_group
 
 log = logging.getLogger("nbpipeline.serve")
 
-MAX_GROUP = 1024  # queued operations handled per commit
-CHECKPOINT_SECONDS = 0.5
+MAX_GROUP = 1024  # queued operations handled per turn
+FLUSH_SECONDS = 0.05  # spooled rows reach SQLite within about this long
+MAX_INGEST_BYTES = 4 << 20  # spool bytes moved per transaction (~12,000 rows)
 
 
 @dataclass
 class _Op:
-    kind: str  # "write" | "feedback" | "schema"
+    kind: str  # "feedback" | "schema"
     payload: Any
     future: Future[Any] = field(default_factory=Future)
 
 
 @dataclass
 class WriterStats:
-    """Counters read by /metrics and /health (written by the writer thread only)."""
+    """Counters read by /metrics and /health."""
 
-    rows: int = 0
+    rows: int = 0  # rows moved into SQLite
     commits: int = 0
     errors: int = 0
     last_error: str | None = None
+    recovered: int = 0  # rows a crashed server had left in the spool, moved in at start
 
 
 class LogWriter:
-    """Owns the one write connection to the prediction log."""
+    """Owns this server's spool and the one write connection to the prediction log."""
 
     def __init__(self, path: Path, on_commit: Callable[[int, float], None] | None = None) -> None:
         self.path = Path(path)
@@ -63,31 +65,30 @@ class LogWriter:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._spool: spool.Spool | None = None
         self._columns: frozenset[str] = frozenset()  # feature columns (only we add them)
-        self._lock = threading.Lock()  # the connection is used by this thread and the predictor
-        self._stopping = threading.Event()
-        self._checkpointer: threading.Thread | None = None
+        self._failing: str | None = None  # the last ingest error, logged once
 
     def start(self) -> None:
-        """Open the database (in the caller, so start-up errors surface) and start the thread."""
+        """Open the log and the spool (in the caller, so start-up errors surface), move in
+        what a crashed server left, and start the thread."""
         try:
             self._conn = predlog.connect(self.path)
             predlog.ensure_schema(self._conn)
             self._columns = frozenset(predlog.feature_columns(self._conn))
-            self._conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
-            checkpoints = predlog.connect(self.path)
+            recovered = spool.recover(self.path, self._conn)
+            self._spool = spool.Spool(spool.spool_dir(self.path))
         except (sqlite3.Error, OSError) as exc:
             raise ServeError(
                 f"{self.path}: cannot open the prediction log ({exc}); check the directory is "
                 "writable and the file is an nbpipeline prediction log, or set $NBPIPELINE_PREDLOG"
             ) from exc
+        self.stats.recovered = recovered.rows
+        if recovered.segments:
+            log.info("prediction log %s: moved %d rows left in the spool by a server that "
+                     "stopped abruptly", self.path, recovered.rows)
         self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
         self._thread.start()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, args=(checkpoints,), name="predlog-checkpoint",
-            daemon=True,
-        )
-        self._checkpointer.start()
 
     @classmethod
     def check(cls, path: Path) -> None:
@@ -97,27 +98,34 @@ class LogWriter:
         writer.close()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Commit what is queued, then stop the thread and close the database."""
-        self._stopping.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join(timeout)
-            self._checkpointer = None
+        """Move what is spooled into SQLite, then stop the thread and close the log."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
 
+    def backlog_bytes(self) -> int:
+        """Spooled bytes not yet in SQLite."""
+        return self._spool.backlog() if self._spool is not None else 0
+
     # ------------------------------------------------------------------ requests
+    def append(self, records: list[predlog.PredictionRecord]) -> None:
+        """Make ``records`` durable now, on the calling thread (thread-safe); they reach
+        SQLite within about FLUSH_SECONDS. Raises if they could not be written."""
+        if self._spool is None or self._thread is None:
+            raise ServeError(f"{self.path}: the prediction log writer is not running")
+        try:
+            self._spool.append(predlog.encode_rows(records, self._columns))
+        except Exception as exc:
+            self._error(f"cannot spool {len(records)} rows", exc)
+            raise
+
     def _submit(self, kind: str, payload: Any) -> Future[Any]:
         if self._thread is None:
             raise ServeError(f"{self.path}: the prediction log writer is not running")
         op = _Op(kind, payload)
         self._queue.put(op)
         return op.future
-
-    def write(self, records: list[predlog.PredictionRecord]) -> Future[int]:
-        """Append ``records``; the future resolves once they are committed."""
-        return self._submit("write", records)
 
     def feedback(self, request_id: str, outcome: int, ts: float) -> Future[bool]:
         """Record an outcome; the future resolves to False for an unknown request id."""
@@ -129,96 +137,78 @@ class LogWriter:
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
-        assert self._conn is not None
+        assert self._conn is not None and self._spool is not None
         stop = False
-        while not stop:
-            ops, stop = take_group(self._queue, MAX_GROUP)
-            if ops:
-                self._handle(ops)
-        self._conn.close()
-
-    def _checkpoint_loop(self, conn: sqlite3.Connection) -> None:
-        """Copy committed WAL frames into the database, off the request path.
-
-        PASSIVE never blocks the writer; frames a reader still needs wait for the next
-        turn. (The last connection to close checkpoints what is left.)
-        """
-        done = -1
         try:
-            while not self._stopping.wait(CHECKPOINT_SECONDS):
-                if self.stats.commits == done:
-                    continue
-                done = self.stats.commits
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:  # e.g. disk full: the commits report it too
-                    log.warning("prediction log %s: checkpoint failed: %s", self.path, exc)
+            while not stop:
+                ops, stop = take_group(self._queue, MAX_GROUP, timeout=FLUSH_SECONDS)
+                for op in ops:
+                    if op.kind == "schema":
+                        self._settle(op, self._ensure_schema)
+                feedback = [op for op in ops if op.kind == "feedback"]
+                caught_up = self._ingest(until_empty=bool(feedback) or stop)
+                for op in feedback:
+                    if caught_up:
+                        self._settle(op, self._feedback)
+                    else:
+                        op.future.set_exception(ServeError(
+                            f"the prediction log cannot be written: {self.stats.last_error}"))
         finally:
-            conn.close()
+            left = self._spool.close()
+            if left:
+                log.warning("prediction log %s: %d spooled bytes not yet in the log; the next "
+                            "`nbp serve` moves them in", self.path, left)
+            self._conn.close()
 
-    def _handle(self, ops: list[_Op]) -> None:
-        writes = [op for op in ops if op.kind == "write"]
-        for op in ops:
-            if op.kind == "schema":
-                self._settle(op, self._ensure_schema)
-        if writes:
-            self._commit(writes)
-        for op in ops:
-            if op.kind == "feedback":
-                self._settle(op, self._feedback)
+    def _ingest(self, *, until_empty: bool) -> bool:
+        """Move spooled rows into SQLite; False if that failed (they stay spooled)."""
+        assert self._conn is not None and self._spool is not None
+        while True:
+            try:
+                unread = self._spool.read(MAX_INGEST_BYTES)
+                if unread is None:
+                    return True
+                start = time.perf_counter()
+                count = predlog.insert_encoded(self._conn, unread.rows, or_ignore=True)
+            except Exception as exc:
+                self._error("cannot move spooled rows into the log (they stay spooled and are "
+                            "tried again)", exc, once=True)
+                return False
+            self._spool.mark_done(unread)
+            self._failing = None
+            if count < unread.count:
+                log.warning("prediction log %s: %d rows with a request_id already logged were "
+                            "skipped", self.path, unread.count - count)
+            self.stats.rows += count
+            self.stats.commits += 1
+            if self._on_commit is not None:
+                self._on_commit(count, time.perf_counter() - start)
+            if not until_empty:
+                return True
+
+    def _error(self, what: str, exc: Exception, *, once: bool = False) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        self.stats.errors += 1
+        self.stats.last_error = message
+        if not (once and self._failing == message):  # a retry every turn: log it once
+            log.error("prediction log %s: %s: %s", self.path, what, message)
+        if once:
+            self._failing = message
 
     def _ensure_schema(self, kinds: Mapping[str, str]) -> None:
         assert self._conn is not None
-        with self._lock:
-            predlog.ensure_schema(self._conn, kinds)
-            self._columns = frozenset(predlog.feature_columns(self._conn))
+        predlog.ensure_schema(self._conn, kinds)
+        self._columns = frozenset(predlog.feature_columns(self._conn))
 
     def _feedback(self, payload: tuple[str, int, float]) -> bool:
         assert self._conn is not None
-        with self._lock:
-            return predlog.record_feedback(self._conn, *payload)
-
-    def commit(self, records: list[predlog.PredictionRecord]) -> int:
-        """Append ``records`` in one transaction now, on the calling thread (thread-safe).
-
-        The predictor thread calls this right after scoring (see predictor.py); queued
-        :meth:`write` calls end up here on the writer thread. Raises if the write failed.
-        """
-        assert self._conn is not None
-        start = time.perf_counter()
-        try:
-            with self._lock:
-                count = predlog.insert_rows(self._conn, records, present=self._columns)
-        except Exception as exc:
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("prediction log %s: cannot append %d rows: %s", self.path, len(records), exc)
-            raise
-        self.stats.rows += count
-        self.stats.commits += 1
-        if self._on_commit is not None:
-            self._on_commit(count, time.perf_counter() - start)
-        return count
-
-    def _commit(self, writes: list[_Op]) -> None:
-        try:
-            self.commit([rec for op in writes for rec in op.payload])
-        except Exception:
-            # One bad group must not fail the others: retry each request on its own.
-            for op in writes:
-                self._settle(op, self.commit)
-            return
-        for op in writes:
-            op.future.set_result(len(op.payload))
+        return predlog.record_feedback(self._conn, *payload)
 
     def _settle(self, op: _Op, action: Callable[[Any], Any]) -> None:
         try:
             result = action(op.payload)
         except Exception as exc:  # reported to the waiting request, which answers 503
-            if op.kind != "write":  # commit() has counted and logged it already
-                self.stats.errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("prediction log %s: %s failed: %s", self.path, op.kind, exc)
+            self._error(f"{op.kind} failed", exc)
             op.future.set_exception(exc)
             return
         op.future.set_result(result)

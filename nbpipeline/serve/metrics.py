@@ -43,7 +43,7 @@ class ServerMetrics:
         )
         self.latency = Histogram(
             "nbp_predict_latency_seconds",
-            "time from request received to response ready (incl. log commit), by model version",
+            "time from request received to response ready (incl. the log write), by model version",
             ["model_version", "role"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.batch_rows = Histogram(
@@ -59,9 +59,11 @@ class ServerMetrics:
             "nbp_model_call_rows", "rows per predict_proba call (micro-batching)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096), registry=r,
         )
-        self.log_rows = Counter("nbp_log_rows", "prediction rows committed to the log", registry=r)
+        self.log_rows = Counter(
+            "nbp_log_rows", "prediction rows moved from the spool into the log", registry=r,
+        )
         self.log_commit = Histogram(
-            "nbp_log_commit_seconds", "time of one group commit of the prediction log",
+            "nbp_log_commit_seconds", "time of one transaction moving spooled rows into the log",
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.model_info = Gauge(
@@ -80,7 +82,7 @@ class ServerMetrics:
         )
 
     def on_commit(self, rows: int, seconds: float) -> None:
-        """Called by the log writer thread after each group commit."""
+        """Called by the log writer thread after each transaction."""
         self.log_rows.inc(rows)
         self.log_commit.observe(seconds)
 

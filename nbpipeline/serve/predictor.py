@@ -28,7 +28,7 @@ MAX_ROWS_PER_CALL = 4096
 
 
 Finish = Callable[[list[float]], list[predlog.PredictionRecord]]
-Sink = Callable[[list[predlog.PredictionRecord]], object]
+Sink = Callable[[list[predlog.PredictionRecord]], object]  # makes log records durable
 
 
 class ModelFailed(Exception):
@@ -49,9 +49,9 @@ class Predictor:
 
     :meth:`submit` takes rows and a ``finish`` function turning their probabilities into
     log records; the thread scores the rows (micro-batched with other requests), calls
-    ``finish``, hands all records of the batch to ``sink`` (the log's commit) and only
-    then resolves the futures. Scoring and committing on one thread spares each request
-    a round trip through the event loop between the two.
+    ``finish``, hands all records of the batch to ``sink`` (the log's spool: one write)
+    and only then resolves the futures. Scoring and logging on one thread spares each
+    request a round trip through the event loop between the two.
     """
 
     def __init__(
@@ -115,7 +115,7 @@ class Predictor:
             try:
                 self._sink([rec for _, records in done for rec in records])
             except Exception:
-                # One bad request must not fail the others: commit each on its own.
+                # One bad request must not fail the others: log each on its own.
                 for job, records in done:
                     try:
                         self._sink(records)
