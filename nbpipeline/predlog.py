@@ -124,10 +124,14 @@ def ensure_schema(
     for name, kind in kinds.items():
         col = feature_column(name)
         if col not in present:
-            sql_type = "TEXT" if kind == "category" else "REAL"
-            conn.execute(f"ALTER TABLE predictions ADD COLUMN {col} {sql_type}")
+            _add_column(conn, col, kind)
         # The column name is SQL-safe; keep the feature's real name beside it.
         conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (_NAME_KEY + col, name))
+
+
+def _add_column(conn: sqlite3.Connection, col: str, kind: str) -> None:
+    sql_type = "TEXT" if kind == "category" else "REAL"
+    conn.execute(f"ALTER TABLE predictions ADD COLUMN {col} {sql_type}")
 
 
 def feature_columns(conn: sqlite3.Connection) -> list[str]:
@@ -205,8 +209,7 @@ def ensure_columns(conn: sqlite3.Connection, encoded: Encoded) -> None:
         for j, col in enumerate(fnames):
             if col not in present:
                 text = any(isinstance(row[base + j], str) for row in rows)
-                sql_type = "TEXT" if text else "REAL"
-                conn.execute(f"ALTER TABLE predictions ADD COLUMN {col} {sql_type}")
+                _add_column(conn, col, "category" if text else "number")
                 present.add(col)
 
 

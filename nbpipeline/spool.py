@@ -50,7 +50,12 @@ def spool_dir(log_path: Path | str) -> Path:
 
 
 class SpoolCorrupt(Exception):
-    """A complete frame whose checksum or payload does not verify."""
+    """A frame that does not verify; ``rows`` holds the good rows before it, ``used`` the
+    bytes they span."""
+
+    def __init__(self, message: str, rows: predlog.Encoded, used: int) -> None:
+        super().__init__(message)
+        self.rows, self.used = rows, used
 
 
 def encode_frame(encoded: predlog.Encoded) -> bytes:
@@ -62,8 +67,7 @@ def encode_frame(encoded: predlog.Encoded) -> bytes:
 def decode_frames(data: bytes) -> tuple[predlog.Encoded, int]:
     """The rows of the complete frames at the start of ``data`` and the bytes they span.
 
-    Stops before an incomplete frame; SpoolCorrupt (with the good rows in ``args[1]``
-    and their length in ``args[2]``) at a frame that does not verify.
+    Stops before an incomplete frame; SpoolCorrupt at a frame that does not verify.
     """
     rows: predlog.Encoded = []
     offset = 0
@@ -207,8 +211,8 @@ class Spool:
 
 
 def _remove(path: Path, fd: int) -> None:
-    """Delete a segment whose rows are all in SQLite (if that fails, a later recover()
-    finds them logged already and only deletes it)."""
+    """Delete a segment whose rows are all in SQLite, then close (and so unlock) it. If
+    deleting fails, a later recover() finds its rows logged already and only deletes it."""
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:
@@ -249,41 +253,47 @@ def recover(log_path: Path | str, conn: sqlite3.Connection | None = None) -> Rec
                 if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                     continue  # a running server's
                 raise
-            if conn is None:
-                conn = predlog.connect(log_path)
-                predlog.ensure_schema(conn)
-            _recover_segment(path, fd, conn, result)
+            try:
+                if conn is None:
+                    conn = predlog.connect(log_path)
+                    predlog.ensure_schema(conn)
+                kept = _recover_segment(path, fd, conn, result)
+            except BaseException:
+                os.close(fd)
+                raise
+            if kept is None:
+                _remove(path, fd)
+            else:
+                os.close(fd)
     finally:
         if own and conn is not None:
             conn.close()
     return result
 
 
-def _recover_segment(path: Path, fd: int, conn: sqlite3.Connection, result: Recovery) -> None:
+def _recover_segment(
+    path: Path, fd: int, conn: sqlite3.Connection, result: Recovery
+) -> Path | None:
+    """Move one dead segment's rows in; the path it was kept under if corrupt, else None
+    (the caller deletes it and closes ``fd``)."""
     size = os.fstat(fd).st_size
-    data = os.pread(fd, size, 0)
     try:
-        rows, used = decode_frames(data)
+        rows, used = decode_frames(os.pread(fd, size, 0))
         problem = None
     except SpoolCorrupt as exc:
-        rows, used, problem = exc.args[1], exc.args[2], exc.args[0]
-    try:
-        predlog.ensure_columns(conn, rows)
-        result.rows += predlog.insert_encoded(conn, rows, or_ignore=True)
-    except BaseException:
-        os.close(fd)
-        raise
+        rows, used, problem = exc.rows, exc.used, str(exc)
+    predlog.ensure_columns(conn, rows)
+    result.rows += predlog.insert_encoded(conn, rows, or_ignore=True)
     result.segments += 1
     if problem is None:
         if used < size:
             log.info("prediction log spool %s: dropped a torn last frame (%d bytes) of a "
                      "request that was never answered", path, size - used)
-        _remove(path, fd)
-        return
+        return None
     kept = path.with_suffix(".corrupt")
     os.replace(path, kept)
-    os.close(fd)
     message = (f"{kept}: {problem}; the rows before it are in the log, the rest of this "
                "segment is kept for inspection")
     result.corrupt.append(message)
     log.warning("prediction log spool: %s", message)
+    return kept

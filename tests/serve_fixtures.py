@@ -196,6 +196,18 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+def spooled_ids(log_path: Path) -> set[str]:
+    """Request ids in the log's spool segments, read as a crashed server leaves them (a
+    torn last frame left out)."""
+    from nbpipeline import spool
+
+    ids: set[str] = set()
+    for segment in spool.orphans(log_path):
+        rows, _ = spool.decode_frames(segment.read_bytes())
+        ids |= {row[0] for _, group in rows for row in group}
+    return ids
+
+
 async def hammer(
     url: str, total: int, concurrency: int, ids: list[str], timeout: float = 30
 ) -> int:

@@ -22,10 +22,11 @@ from serve_fixtures import (
     register,
     running_server,
     sample_row,
+    spooled_ids,
     wait_for,
 )
 
-from nbpipeline import predlog, spool
+from nbpipeline import predlog
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
 from nbpipeline.registry import Registry
@@ -73,15 +74,6 @@ def settled(url: str) -> None:
     wait_for(lambda: serving(url)["log"]["spooled_bytes"] == 0)
 
 
-def spooled_ids(project: Project) -> set[str]:
-    """Request ids in the spool's segment files, read as a crashed server leaves them."""
-    ids = set()
-    for path in spool.orphans(predlog.default_log_path(project.root)):
-        rows, _ = spool.decode_frames(path.read_bytes())
-        ids |= {row[0] for _, group in rows for row in group}
-    return ids
-
-
 def log_rows(
     url: str, project: Project, where: str = "1=1", args: tuple[Any, ...] = ()
 ) -> list[sqlite3.Row]:
@@ -116,7 +108,8 @@ def test_single_row_is_answered_and_logged_before_the_response(
     conn = predlog.connect(predlog.default_log_path(project.root), readonly=True)
     in_sqlite = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
     conn.close()
-    assert body["request_id"] in spooled_ids(project) or in_sqlite == 1
+    spooled = spooled_ids(predlog.default_log_path(project.root))
+    assert body["request_id"] in spooled or in_sqlite == 1
     [row] = log_rows(served, project, "request_id = ?", (body["request_id"],))
     assert row["model_version"] == "v1" and row["probability"] == body["probability"]
     assert row["f_carrier"] == "AA" and row["f_hour"] == 17.0 and row["latency_ms"] > 0

@@ -19,6 +19,7 @@ from serve_fixtures import (
     make_candidate,
     make_project,
     register,
+    spooled_ids,
     start_server_process,
     wait_ready,
 )
@@ -62,25 +63,26 @@ def test_kill_9_under_load_loses_no_answered_prediction(
     assert len(answered) >= 300 and errors and errors[0] >= 1  # cut off mid-load
 
     path = predlog.default_log_path(project.root)
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    in_sqlite = {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
-    conn.close()
+    in_sqlite = logged_ids(path)
     # Durable when answered: each answered row is in SQLite or in the dead server's spool.
-    spooled = set()
-    for segment in spool.orphans(path):
-        rows, _ = spool.decode_frames(segment.read_bytes())  # a torn last frame is left out
-        spooled |= {row[0] for _, group in rows for row in group}
+    spooled = spooled_ids(path)
     missing = answered - in_sqlite - spooled
     assert not missing, f"{len(missing)} answered predictions are neither in the log nor spooled"
 
     LogWriter.check(path)  # what the next `nbp serve` does first: moves the spool in
     assert spool.orphans(path) == []
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    logged = {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
-    conn.close()
+    logged = logged_ids(path)
     assert answered <= logged, f"{len(answered - logged)} answered predictions missing from the log"
     assert logged == in_sqlite | spooled
     # Rows logged but whose response was lost with the process are allowed (logged >= answered).
     assert len(logged) - len(answered) <= 64
+
+
+def logged_ids(path: Path) -> set[str]:
+    """The request ids in the log, after checking the database is intact."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
+    finally:
+        conn.close()

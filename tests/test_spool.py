@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from serve_fixtures import wait_for
 
 from nbpipeline import predlog, spool
-from nbpipeline.serve.logwriter import FLUSH_SECONDS, LogWriter
+from nbpipeline.serve.logwriter import LogWriter
 
 
 def record(request_id: str, x: float = 1.0) -> predlog.PredictionRecord:
@@ -35,14 +36,6 @@ def logged(db: Path) -> list[str]:
         return [r[0] for r in conn.execute("SELECT request_id FROM predictions ORDER BY rowid")]
     finally:
         conn.close()
-
-
-def wait_for(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(FLUSH_SECONDS)
-    return result
 
 
 @pytest.fixture

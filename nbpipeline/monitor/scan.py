@@ -115,12 +115,11 @@ def open_log(path: Path | str) -> sqlite3.Connection | None:
     spool is left to it), so the monitor sees every answered prediction.
     """
     path = Path(path)
-    if spool.orphans(path):
-        try:
-            spool.recover(path)
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("%s: cannot move rows left in %s into the log (%s); they are moved "
-                        "in when `nbp serve` next starts", path, spool.spool_dir(path), exc)
+    try:
+        spool.recover(path)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("%s: cannot move rows left in %s into the log (%s); they are moved "
+                    "in when `nbp serve` next starts", path, spool.spool_dir(path), exc)
     if not path.exists():
         return None
     try:
