@@ -10,17 +10,16 @@ version back along that chain; :func:`render` prints it for ``nbp lineage``.
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from nbpipeline.errors import RegistryError
-from nbpipeline.project import Project
+from nbpipeline.project import Project, git_output
 from nbpipeline.registry import ModelVersion, Registry
 
-__all__ = ["capture", "git_output", "read_lock", "render", "report_files", "trace"]
+__all__ = ["capture", "read_lock", "render", "report_files", "trace"]
 
 
 def _md5(path: Path) -> str:
@@ -29,15 +28,6 @@ def _md5(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def git_output(root: Path, *args: str) -> str | None:
-    """stdout of ``git args`` in ``root``; None when git fails or is missing."""
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def read_lock(project: Project) -> dict[str, Any]:

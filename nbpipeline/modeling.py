@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nbpipeline.datasets import CATEGORICAL, FEATURES, NUMERIC, TARGET
 from nbpipeline.errors import NbpipelineError
-from nbpipeline.project import atomic_path, write_text_atomic
+from nbpipeline.project import atomic_path, git_output, write_text_atomic
 from nbpipeline.record import file_sha256, json_value
 
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "skops", "papermill", "dvc", "nbpipeline")
@@ -58,14 +57,6 @@ def build_pipeline(
         random_state=seed, early_stopping=False,
     )
     return Pipeline([("encode", encode), ("model", model)])
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def library_versions() -> dict[str, str]:
@@ -115,8 +106,8 @@ def save_candidate(
             split: {"path": path, "sha256": file_sha256(path), "rows": int(_rows(path))}
             for split, path in data_paths.items()
         },
-        "git_rev": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_rev": git_output(Path.cwd(), "rev-parse", "HEAD"),
+        "git_dirty": bool(git_output(Path.cwd(), "status", "--porcelain", "--untracked-files=no")),
         "versions": library_versions(),
         "features": feature_schema(train),
         "target": {"name": TARGET, "description": "arrival delay above the threshold (1 = late)"},

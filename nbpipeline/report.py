@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from nbpipeline.errors import NbpipelineError
-from nbpipeline.lineage import git_output, read_lock
-from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.lineage import read_lock
+from nbpipeline.project import Project, git_output, write_text_atomic
 from nbpipeline.registry import ModelVersion, Registry
 
 __all__ = ["build_index", "previous_run_diff"]

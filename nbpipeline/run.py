@@ -5,19 +5,20 @@ calls. Order of work:
 
 1. read params.yaml and the notebook; resolve the stage's values (nbpipeline.params) —
    every parameter problem is reported here, before any kernel starts;
-2. execute the notebook with papermill (kernel over IPC sockets, immediate shutdown,
-   environment ``NBPIPELINE_STAGE``/``NBPIPELINE_ROOT`` so notebooks know they run
-   under the pipeline); the HTML exporter is imported on a thread meanwhile;
+2. execute the notebook with papermill (kernel over IPC sockets in a private run
+   directory, immediate shutdown, environment ``NBPIPELINE_STAGE``/``NBPIPELINE_ROOT`` so
+   notebooks know they run under the pipeline); the HTML exporter is imported on a thread
+   meanwhile; run directories left by dead runs are removed first (nbpipeline.kernel);
 3. on success write ``reports/<stage>.ipynb`` (volatile metadata removed) and
    ``reports/<stage>.html``, each atomically;
    on failure keep the partially executed notebook as ``reports/<stage>.failed.ipynb``
    (+ ``.html``) and raise StageFailedError naming notebook, cell and exception.
    Errors in cells tagged ``raises-exception`` are expected and do not fail the stage;
-4. when dvc.yaml defines the stage, the files the kernel read and wrote were traced
-   (nbpipeline.trace): reading a project file that is not a dep, or writing one that is not
-   an out, fails the stage when DVC runs it (``$DVC_STAGE`` set: dvc.lock would record a
-   lie) and is a warning on stderr when `nbp run` is typed by hand; ``lenient`` True/False
-   forces the warning/the failure.
+4. when dvc.yaml defines the stage, the files the kernel's process tree read and wrote
+   were traced (nbpipeline.trace; no other process is): reading a project file that is not
+   a dep, or writing one that is not an out, fails the stage when DVC runs it
+   (``$DVC_STAGE`` set: dvc.lock would record a lie) and is a warning on stderr when
+   `nbp run` is typed by hand; ``lenient`` True/False forces the warning/the failure.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from typing import Any
 
 from nbpipeline import lean
 from nbpipeline.errors import NotebookError, StageError, StageFailedError
+from nbpipeline.kernel import Kernel, RunDir, remove_stale
 from nbpipeline.notebook import (
     first_unexpected_error,
     kernel_language,
@@ -48,6 +49,8 @@ from nbpipeline.notebook import (
 )
 from nbpipeline.params import load_params, stage_values
 from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.stages import load_stage
+from nbpipeline.trace import Trace, Tracer, describe
 
 STAGE_ENV = "NBPIPELINE_STAGE"
 ROOT_ENV = "NBPIPELINE_ROOT"
@@ -165,41 +168,6 @@ class _HtmlExporterLoader(threading.Thread):
         return str(body)
 
 
-class _Kernel:
-    """The stage's kernel, started before papermill is imported so the two overlap.
-
-    A kernel takes ~1.4 s to be ready and ``import papermill`` ~0.8 s; started first,
-    the kernel boots while papermill loads (DESIGN.md: start-up dominates a small
-    pipeline). It is an async kernel manager on nbclient's event loop (jupyter_core's
-    run_sync), talking over IPC sockets in a temp dir: no "running over TCP without
-    encryption" warning, no port dance, nothing in the project for DVC to see.
-    nbclient does not shut down a kernel it did not start: :meth:`stop` does, at once.
-    """
-
-    def __init__(self, name: str, cwd: Path) -> None:
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.utils import run_sync
-
-        self._run_sync = run_sync
-        self._dir = tempfile.mkdtemp(prefix="nbp-kernel-")
-        self.manager = AsyncKernelManager(
-            kernel_name=name, transport="ipc", ip=os.path.join(self._dir, "kernel")
-        )
-        try:
-            run_sync(self.manager.start_kernel)(cwd=str(cwd))
-        except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
-
-    def stop(self) -> None:
-        try:
-            if self._run_sync(self.manager.is_alive)():
-                self._run_sync(self.manager.shutdown_kernel)(now=True)
-            self._run_sync(self.manager.cleanup_resources)()
-        finally:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-
 def _recorded_files(project: Project, stage: str) -> list[Path]:
     """Files nbpipeline.record writes for ``stage``; a run starts without stale ones."""
     plots = project.plots / stage
@@ -246,11 +214,13 @@ def _tolerate_expected_errors(running: Path, exc: Any) -> Any:
     ) from exc
 
 
-def _start_kernel(project: Project, plan: StagePlan) -> _Kernel:
+def _start_kernel(
+    project: Project, plan: StagePlan, run_dir: RunDir, env: dict[str, str],
+) -> Kernel:
     from jupyter_client.kernelspec import NoSuchKernel
 
     try:
-        return _Kernel(plan.kernel, project.root)
+        return Kernel(plan.kernel, project.root, run_dir, env)
     except NoSuchKernel as exc:
         raise _kernel_missing(project.rel(plan.notebook_path), plan.kernel) from exc
 
@@ -277,9 +247,7 @@ def _keep_failed(
     )
 
 
-def _traced_problems(trace: Any, declared: Any, plan: StagePlan, project: Project) -> str:
-    from nbpipeline.trace import describe
-
+def _traced_problems(trace: Trace, declared: Any, plan: StagePlan, project: Project) -> str:
     reads, writes = trace.undeclared(declared.deps, declared.outs)
     return describe(declared.name, reads, writes, project.rel(plan.notebook_path))
 
@@ -298,13 +266,7 @@ def run_stage(
         lenient = not os.environ.get("DVC_STAGE")
     started = time.perf_counter()
     plan = plan_stage(project, stage)
-    declared = tracer = None
-    if trace:
-        from nbpipeline.stages import load_stage
-        from nbpipeline.trace import Tracer
-
-        declared = load_stage(project, stage)
-        tracer = Tracer(project.root, stage) if declared else None
+    declared = load_stage(project, stage) if trace else None
     reports = project.reports
     reports.mkdir(parents=True, exist_ok=True)
     running = reports / f".{stage}.running.ipynb"
@@ -314,13 +276,14 @@ def run_stage(
     for stale in (failed, failed.with_suffix(".html"), *_recorded_files(project, stage)):
         stale.unlink(missing_ok=True)
 
-    env_before = {k: os.environ.get(k) for k in (STAGE_ENV, ROOT_ENV, RUNNING_ENV)}
-    os.environ[STAGE_ENV] = stage
-    os.environ[ROOT_ENV] = str(project.root)
-    os.environ[RUNNING_ENV] = "1"
-    traced = tracer.start() if tracer else False
+    remove_stale()
+    run_dir = RunDir()
+    env = {**os.environ, STAGE_ENV: stage, ROOT_ENV: str(project.root), RUNNING_ENV: "1"}
+    tracer = Tracer(project.root, stage, run_dir.path / "trace.log") if declared else None
+    env.update((tracer.start() if tracer else None) or {})
+    trace_result = None
     try:
-        kernel = _start_kernel(project, plan)  # boots while papermill imports
+        kernel = _start_kernel(project, plan, run_dir, env)  # boots while papermill imports
         try:
             papermill = lean.papermill()
             from papermill.exceptions import PapermillExecutionError
@@ -350,14 +313,10 @@ def run_stage(
                 raise _keep_failed(project, plan, exc, running, failed, html) from exc
         finally:
             kernel.stop()
+        trace_result = tracer.stop() if tracer and not tracer.unavailable else None
     finally:
-        trace_result = tracer.stop() if tracer and traced else None
         running.unlink(missing_ok=True)
-        for key, value in env_before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        run_dir.remove()
 
     strip_volatile(nb)
     nb.metadata.setdefault("papermill", {})["output_path"] = project.rel(report)
@@ -370,10 +329,9 @@ def run_stage(
             raise StageError(problems + f"\n  (`nbp run {stage} --lenient` only warns)")
         if problems:
             print(f"nbp: warning: {problems}", file=sys.stderr)
-        if not trace_result.complete:
-            print(f"nbp: warning: stage '{stage}': file tracing was incomplete (too many "
-                  "directories or events); undeclared deps/outs may have been missed",
-                  file=sys.stderr)
+    elif tracer is not None and tracer.unavailable:
+        print(f"nbp: warning: stage '{stage}': deps and outs not checked: {tracer.unavailable}",
+              file=sys.stderr)
     return RunResult(
         stage, plan.notebook_path, report, report_html, plan.parameters,
         time.perf_counter() - started,

@@ -1,10 +1,15 @@
-"""Undeclared dependencies: which project files a stage really read and wrote.
+"""Undeclared dependencies: which project files a stage's own processes read and wrote.
 
-While `nbp run` executes a notebook, an inotify watch (Linux) on the project's directories
-records every file closed after reading and every file created, written, renamed or
-deleted, by the kernel and anything it starts (pandas/pyarrow C++ readers and shell
-commands included, which a Python audit hook cannot see: pyarrow opens parquet files in
-C++). After the run the files are compared with the stage's dvc.yaml declarations:
+``nbp run`` starts the stage's kernel with a small C library preloaded (``trace_shim.c``,
+built once with the system C compiler and cached). Every process of the kernel's tree
+loads it, the kernel itself, C/C++ readers inside it (pyarrow opens parquet files in C++,
+where a Python audit hook sees nothing) and any program it starts, and each appends the
+project files it opens, renames and deletes to a log in the run's private temp dir.
+Processes outside that tree (an editor, JupyterLab, a shell, git re-hashing files for
+another command, another stage) never load it, so their accesses never count; nor does
+``nbp run``'s own bookkeeping (reports, git revision: see :func:`untraced_env`).
+
+After the run the files are compared with the stage's dvc.yaml declarations:
 
 * read, but neither under a dep nor under an out of the stage  -> undeclared dep;
 * written (and still there, or deleted though it existed before) but not under an out
@@ -13,44 +18,42 @@ C++). After the run the files are compared with the stage's dvc.yaml declaration
 Not counted: hidden files and directories (``.git``, ``.dvc``, checkpoints, temp files
 of atomic writes), Python code (``*.py``, ``*.pyc``, ``*.so``: package code, see
 docs/authoring.md), ``params.yaml`` (declared through ``params:``), dvc.yaml/dvc.lock/
-``*.dvc``, the source notebooks, the stage's own reports, and paths matched by
-``.dvcignore`` (state DVC must not manage, e.g. ``registry/``). Directories are not watched
-inside virtual environments, ``__pycache__`` and ``node_modules``.
+``*.dvc``, the source notebooks, the stage's own reports, files inside virtual
+environments, ``__pycache__`` and ``node_modules``, and paths matched by ``.dvcignore``
+(state DVC must not manage, e.g. ``registry/``).
 
-On systems without inotify, tracing is skipped (``Tracer.start`` returns False).
+Limits (docs/authoring.md): statically linked programs and raw system calls bypass libc
+and are not seen; where the shim cannot be built or loaded (no C compiler, not Linux),
+``Tracer.start`` returns None and :attr:`Tracer.unavailable` says why in one line.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import hashlib
 import os
-import select
-import struct
-import threading
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_IN_CLOSE_WRITE = 0x00000008
-_IN_CLOSE_NOWRITE = 0x00000010
-_IN_MOVED_FROM = 0x00000040
-_IN_MOVED_TO = 0x00000080
-_IN_CREATE = 0x00000100
-_IN_DELETE = 0x00000200
-_IN_Q_OVERFLOW = 0x00004000
-_IN_IGNORED = 0x00008000
-_IN_ISDIR = 0x40000000
-_MASK = (_IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE
-         | _IN_DELETE)
-_EVENT = struct.Struct("iIII")
+SHIM_SOURCE = Path(__file__).with_name("trace_shim.c")
+LOG_ENV = "NBP_TRACE_LOG"
+ROOT_ENV = "NBP_TRACE_ROOT"
+SHIM_PREFIX = "nbp-trace-shim-"
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 _CODE_SUFFIXES = (".py", ".pyc", ".pyi", ".pyd", ".so", ".pth")
 _PIPELINE_FILES = {"params.yaml", "dvc.yaml", "dvc.lock"}
 # An editable install of the project's own package reads these (importlib.metadata).
 _PACKAGING_FILES = {"pyproject.toml", "setup.cfg", "MANIFEST.in"}
 _PACKAGING_DIRS = (".egg-info", ".dist-info")
-MAX_WATCHED_DIRS = 20000
+
+
+class TracingUnavailable(Exception):
+    """The shim cannot be built or loaded here; the message says why and what to do."""
 
 
 @dataclass
@@ -59,7 +62,6 @@ class Trace:
 
     read: set[str] = field(default_factory=set)
     written: set[str] = field(default_factory=set)
-    complete: bool = True  # False if the kernel's event queue overflowed
 
     def undeclared(self, deps: Iterable[str], outs: Iterable[str]) -> tuple[list[str], list[str]]:
         """(reads not under ``deps``/``outs``, writes not under ``outs``), sorted."""
@@ -101,150 +103,127 @@ def ignored(rel: str, stage: str) -> bool:
                    f"reports/{stage}.failed.ipynb", f"reports/{stage}.failed.html")
 
 
-def _libc() -> ctypes.CDLL | None:
-    if not hasattr(os, "O_CLOEXEC"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        libc.inotify_init1  # noqa: B018 - raises AttributeError where inotify is missing
-    except (OSError, AttributeError):
-        return None
-    return libc
+def untraced_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) without the tracer: for bookkeeping subprocesses
+    such as git, whose reads of the work tree are not the stage's own."""
+    clean = dict(os.environ if env is None else env)
+    clean.pop(LOG_ENV, None)
+    clean.pop(ROOT_ENV, None)
+    preload = [p for p in clean.pop("LD_PRELOAD", "").split() if SHIM_PREFIX not in p]
+    if preload:
+        clean["LD_PRELOAD"] = " ".join(preload)
+    return clean
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nbpipeline"
+
+
+def shim_library() -> Path:
+    """The compiled shim, built on first use into the user's cache (~0.2 s, once)."""
+    if not sys.platform.startswith("linux"):
+        raise TracingUnavailable(f"file tracing needs Linux (LD_PRELOAD); this is {sys.platform}")
+    source = SHIM_SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    name = f"{SHIM_PREFIX}{digest}-{platform.machine()}.so"
+    for directory in (_cache_dir(), Path(tempfile.gettempdir())):
+        if (directory / name).is_file():
+            return directory / name
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise TracingUnavailable(
+            "no C compiler to build the file tracer; install one (e.g. `apt-get install gcc`)")
+    for directory in (_cache_dir(), Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+        except OSError:
+            continue
+        os.close(fd)
+        proc = subprocess.run(
+            [compiler, "-shared", "-fPIC", "-O2", "-o", tmp, str(SHIM_SOURCE), "-ldl"],
+            capture_output=True, text=True, env=untraced_env(),
+        )
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+            raise TracingUnavailable(f"building the file tracer with {compiler} failed: {first}")
+        os.replace(tmp, directory / name)
+        return directory / name
+    raise TracingUnavailable(f"no writable directory for the file tracer (tried {_cache_dir()})")
 
 
 class Tracer:
-    """Watches a project tree with inotify from a background thread."""
+    """Traces the processes started with the environment :meth:`start` returns."""
 
-    def __init__(self, root: Path, stage: str) -> None:
+    def __init__(self, root: Path, stage: str, log: Path) -> None:
         self.root = root.resolve()
         self.stage = stage
-        self._libc = _libc()
-        self._fd = -1
-        self._dirs: dict[int, Path] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._read: set[str] = set()
-        self._written: set[str] = set()
-        self._created: set[str] = set()
-        self._deleted: set[str] = set()
-        self._complete = True
+        self.log = log
+        self.unavailable: str | None = None
 
-    def start(self) -> bool:
-        """Begin watching; False (and nothing watched) when inotify is unavailable."""
-        if self._libc is None:
-            return False
-        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self._fd < 0:
-            return False
-        if not self._watch_tree(self.root, created=False):
-            self._close()
-            return False
-        self._thread = threading.Thread(target=self._loop, name="nbp-trace", daemon=True)
-        self._thread.start()
-        return True
+    def start(self) -> dict[str, str] | None:
+        """Environment additions for the kernel; None (and :attr:`unavailable` set) when
+        tracing cannot be done here."""
+        try:
+            library = shim_library()
+        except TracingUnavailable as exc:
+            self.unavailable = str(exc)
+            return None
+        self.log.write_bytes(b"")
+        preload = " ".join(p for p in (str(library), os.environ.get("LD_PRELOAD", "")) if p)
+        return {"LD_PRELOAD": preload, LOG_ENV: str(self.log), ROOT_ENV: str(self.root)}
 
-    def stop(self) -> Trace:
-        """Stop watching, read the remaining events, and return what was seen."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._drain()
-        self._close()
-        written = {p for p in self._written if (self.root / p).exists()}
-        written |= {p for p in self._deleted - self._created if not (self.root / p).exists()}
+    def stop(self) -> Trace | None:
+        """What the traced processes read and wrote; None (and :attr:`unavailable` set)
+        when no process loaded the shim."""
+        read: set[str] = set()
+        written: set[str] = set()
+        created: set[str] = set()
+        deleted: set[str] = set()
+        loaded = False
+        try:
+            lines = self.log.read_text(errors="surrogateescape").splitlines()
+        except OSError:
+            lines = []
+        kinds = {"R": (read,), "W": (written,), "C": (written, created),
+                 "N": (written, created), "D": (deleted,)}
+        for line in lines:
+            kind, _, path = line.partition(" ")
+            if kind == "S":
+                loaded = True
+            elif kind in kinds and (rel := self._rel(path)) is not None:
+                for found in kinds[kind]:
+                    found.add(rel)
+        if not loaded:
+            self.unavailable = ("the file tracer did not load in the kernel (LD_PRELOAD "
+                                "ignored: is the kernel a static or setuid program?)")
+            return None
+        still = {p for p in written if (self.root / p).exists()}
+        still |= {p for p in deleted - created if not (self.root / p).exists()}
         skip = dvcignore(self.root)
-        return Trace(
-            read={p for p in self._read if not ignored(p, self.stage) and not skip(p)},
-            written={p for p in written if not ignored(p, self.stage) and not skip(p)},
-            complete=self._complete,
-        )
+        keep = self._counted(skip)
+        return Trace(read={p for p in read if keep(p)}, written={p for p in still if keep(p)})
 
-    def _close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def _rel(self, path: str) -> str | None:
+        rel = os.path.relpath(os.path.normpath(path), self.root)
+        return None if rel.startswith("..") or rel == "." else Path(rel).as_posix()
 
-    def _watch_tree(self, top: Path, *, created: bool) -> bool:
-        """Watch ``top`` and the directories under it; with ``created`` (a directory the
-        stage made), the files already in it count as written.
+    def _counted(self, skip: Callable[[str], bool]) -> Callable[[str], bool]:
+        venvs: dict[Path, bool] = {}
 
-        Each directory is watched first and listed second: a file made in between shows
-        up in the listing or as an event. (Listed first, as os.walk does, a file renamed
-        into place between the two was missed.)
-        """
-        pending = [top]
-        while pending:
-            here = pending.pop()
-            if len(self._dirs) >= MAX_WATCHED_DIRS:
-                self._complete = False
-                return bool(self._dirs)
-            wd = self._libc.inotify_add_watch(  # type: ignore[union-attr]
-                self._fd, os.fsencode(here), _MASK)
-            if wd >= 0:
-                self._dirs[wd] = here
-            try:
-                entries = list(os.scandir(here))
-            except OSError:  # gone again, or unreadable
-                continue
-            for entry in entries:
-                path = Path(entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    if (not entry.name.startswith(".") and entry.name not in _SKIP_DIRS
-                            and not (path / "pyvenv.cfg").exists()):
-                        pending.append(path)
-                elif created:  # made before the watch existed
-                    rel = self._rel(path)
-                    self._written.add(rel)
-                    self._created.add(rel)
-        return True
+        def in_venv(rel: str) -> bool:
+            for parent in (self.root / rel).parents:
+                if parent == self.root or self.root not in parent.parents:
+                    return False
+                if parent not in venvs:
+                    venvs[parent] = (parent / "pyvenv.cfg").is_file()
+                if venvs[parent]:
+                    return True
+            return False
 
-    def _rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.05)
-            if ready:
-                self._drain()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self._fd, 1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:
-                return
-            if not data:
-                return
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, size = _EVENT.unpack_from(data, offset)
-                name = data[offset + _EVENT.size: offset + _EVENT.size + size].rstrip(b"\0")
-                offset += _EVENT.size + size
-                self._event(wd, mask, os.fsdecode(name))
-
-    def _event(self, wd: int, mask: int, name: str) -> None:
-        if mask & _IN_Q_OVERFLOW:
-            self._complete = False
-            return
-        directory = self._dirs.get(wd)
-        if directory is None or not name or mask & _IN_IGNORED:
-            return
-        path = directory / name
-        if mask & _IN_ISDIR:
-            if mask & (_IN_CREATE | _IN_MOVED_TO) and not name.startswith("."):
-                self._watch_tree(path, created=True)
-            return
-        rel = self._rel(path)
-        if mask & _IN_CLOSE_NOWRITE:
-            self._read.add(rel)
-        if mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE):
-            self._written.add(rel)
-            if mask & _IN_CREATE:
-                self._created.add(rel)
-        if mask & (_IN_DELETE | _IN_MOVED_FROM):
-            self._deleted.add(rel)
+        return lambda rel: not ignored(rel, self.stage) and not skip(rel) and not in_venv(rel)
 
 
 def describe(stage: str, reads: list[str], writes: list[str], notebook: str) -> str:

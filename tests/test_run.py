@@ -150,14 +150,14 @@ def test_kernel_boots_while_papermill_imports_and_is_gone_after_success_and_fail
     from nbpipeline.project import Project
 
     seen: list[object] = []
-    original = run._Kernel.__init__
+    original = run.Kernel.__init__
 
-    def init(self: run._Kernel, name: str, cwd: Path) -> None:
+    def init(self: run.Kernel, name: str, cwd: Path, run_dir: run.RunDir, env: dict) -> None:
         seen.append("papermill" in sys.modules)
-        original(self, name, cwd)
-        seen.append(self._dir)
+        original(self, name, cwd, run_dir, env)
+        seen.append(run_dir.path)
 
-    monkeypatch.setattr(run._Kernel, "__init__", init)
+    monkeypatch.setattr(run.Kernel, "__init__", init)
     for name in [m for m in sys.modules if m.split(".")[0] == "papermill"]:
         monkeypatch.delitem(sys.modules, name)
     add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 1, "b": 1.0, "label": "s"})

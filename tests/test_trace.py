@@ -1,4 +1,4 @@
-"""Undeclared dependencies: the inotify tracer, and `nbp run` under real `dvc repro`."""
+"""Undeclared dependencies: the preload tracer, and `nbp run` under real `dvc repro`."""
 
 from __future__ import annotations
 
@@ -6,54 +6,117 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from projects import REPO, init_repo, make_example_project, sh
 
-from nbpipeline.trace import Trace, Tracer, describe, ignored
+from nbpipeline.trace import Trace, Tracer, describe, ignored, untraced_env
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux")
-
-
-def traced(root: Path, action) -> Trace:
-    tracer = Tracer(root, "s")
-    assert tracer.start()
-    try:
-        action()
-    finally:
-        result = tracer.stop()
-    return result
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux")
 
 
-def test_tracer_sees_reads_writes_renames_deletes_and_new_dirs(tmp_path: Path) -> None:
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "in.csv").write_text("a\n1\n")
-    (tmp_path / "data" / "t.parquet").write_bytes(b"")
-    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "data" / "t.parquet")
-    (tmp_path / "old.txt").write_text("x")
-    (tmp_path / ".git").mkdir()
-    (tmp_path / ".git" / "HEAD").write_text("ref")
+def traced(root: Path, code: str, tmp: Path) -> Trace:
+    """What a Python process running ``code`` in ``root`` did, as the tracer saw it."""
+    tracer = Tracer(root, "s", tmp / "trace.log")
+    env = tracer.start()
+    assert env is not None, tracer.unavailable
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=root, check=True,
+                   env={**os.environ, **env})
+    trace = tracer.stop()
+    assert trace is not None, tracer.unavailable
+    return trace
 
-    def work() -> None:
-        (tmp_path / "data" / "in.csv").read_text()
-        pd.read_parquet(tmp_path / "data" / "t.parquet")  # C++ reader
-        subprocess.run(["cat", str(tmp_path / ".git" / "HEAD")], check=True,
-                       capture_output=True)
-        deep = tmp_path / "models" / "candidate"
-        deep.mkdir(parents=True)
-        tmp = deep / ".model.bin.tmp"
-        tmp.write_bytes(b"m")
-        os.replace(tmp, deep / "model.bin")
-        (tmp_path / "old.txt").unlink()
-        (tmp_path / "helper.py").write_text("x = 1\n")
 
-    trace = traced(tmp_path, work)
-    assert trace.read == {"data/in.csv", "data/t.parquet"}
+def test_tracer_sees_python_cpp_and_subprocess_reads_writes_renames_deletes(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "proj"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "in.csv").write_text("a\n1\n")
+    (root / "data" / "by_cat.txt").write_text("x\n")
+    pd.DataFrame({"a": [1]}).to_parquet(root / "data" / "t.parquet")
+    (root / "old.txt").write_text("x")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref")
+    trace = traced(root, """
+        import os, subprocess
+        import pandas as pd
+        open("data/in.csv").read()                      # Python open
+        pd.read_parquet("data/t.parquet")               # pyarrow's C++ reader
+        subprocess.run(["cat", "data/by_cat.txt", ".git/HEAD"], check=True,
+                       capture_output=True)             # a program the code starts
+        os.makedirs("models/candidate")
+        with open("models/candidate/.model.bin.tmp", "wb") as fh:
+            fh.write(b"m")
+        os.replace("models/candidate/.model.bin.tmp", "models/candidate/model.bin")
+        os.remove("old.txt")
+        with open("scratch.txt", "w") as fh:            # made and removed again: no out
+            fh.write("x")
+        os.remove("scratch.txt")
+        with open("helper.py", "w") as fh:
+            fh.write("x = 1")
+        """, tmp_path)
+    assert trace.read == {"data/in.csv", "data/t.parquet", "data/by_cat.txt"}
     assert trace.written == {"models/candidate/model.bin", "old.txt"}
-    assert trace.complete
-    assert trace.undeclared(["data/in.csv"], ["models"]) == (["data/t.parquet"], ["old.txt"])
+    assert trace.undeclared(["data/in.csv"], ["models"]) == (
+        ["data/by_cat.txt", "data/t.parquet"], ["old.txt"])
+
+
+def test_other_processes_are_never_attributed_to_the_stage(tmp_path: Path) -> None:
+    """Regression (issue: a fresh clone's first run failed): inotify saw every process's
+    reads, so an editor, a shell or git re-hashing a fresh clone failed correct stages."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "README.md").write_text("hello")
+    tracer = Tracer(root, "s", tmp_path / "trace.log")
+    env = tracer.start()
+    assert env is not None
+    (root / "README.md").read_text()                          # this process: not traced
+    subprocess.run(["cat", str(root / "README.md")], check=True, capture_output=True)
+    (root / "notes.txt").write_text("by another process")
+    subprocess.run([sys.executable, "-c", "print(1)"], env={**os.environ, **env}, check=True,
+                   capture_output=True)
+    trace = tracer.stop()
+    assert trace == Trace(read=set(), written=set())
+
+
+def test_bookkeeping_subprocesses_run_untraced(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "README.md").write_text("hello")
+    trace = traced(root, """
+        import subprocess
+        from nbpipeline.trace import untraced_env
+        subprocess.run(["cat", "README.md"], env=untraced_env(), check=True,
+                       capture_output=True)
+        """, tmp_path)
+    assert trace.read == set()
+    assert "LD_PRELOAD" not in untraced_env({"LD_PRELOAD": "/c/nbp-trace-shim-1.so"})
+    assert untraced_env({"LD_PRELOAD": "/x/other.so /c/nbp-trace-shim-1.so"})["LD_PRELOAD"] == (
+        "/x/other.so")
+
+
+def test_a_tracer_without_the_shim_says_so_and_judges_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nbpipeline.trace as trace_module
+
+    monkeypatch.setattr(trace_module, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(trace_module.tempfile, "gettempdir", lambda: str(tmp_path / "t"))
+    monkeypatch.setattr(trace_module.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CC", raising=False)
+    tracer = Tracer(tmp_path, "s", tmp_path / "trace.log")
+    assert tracer.start() is None
+    assert tracer.unavailable and "no C compiler" in tracer.unavailable
+
+    loaded_nowhere = Tracer(tmp_path, "s", tmp_path / "trace2.log")
+    loaded_nowhere.log.write_text("")
+    assert loaded_nowhere.stop() is None and "did not load" in str(loaded_nowhere.unavailable)
 
 
 def test_ignored_files() -> None:
@@ -65,11 +128,18 @@ def test_ignored_files() -> None:
         assert not ignored(rel, "s"), rel
 
 
-def test_dvcignore_patterns_are_not_traced(tmp_path: Path) -> None:
-    (tmp_path / ".dvcignore").write_text("registry/\n")
-    (tmp_path / "registry").mkdir()
-    (tmp_path / "registry" / "events.jsonl").write_text("{}\n")
-    trace = traced(tmp_path, lambda: (tmp_path / "registry" / "events.jsonl").read_text())
+def test_dvcignore_patterns_and_virtualenvs_are_not_traced(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    (root / "registry").mkdir(parents=True)
+    (root / ".dvcignore").write_text("registry/\n")
+    (root / "registry" / "events.jsonl").write_text("{}\n")
+    (root / "venv" / "lib").mkdir(parents=True)
+    (root / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (root / "venv" / "lib" / "data.txt").write_text("x")
+    trace = traced(root, """
+        open("registry/events.jsonl").read()
+        open("venv/lib/data.txt").read()
+        """, tmp_path)
     assert trace.read == set()
 
 
@@ -119,45 +189,3 @@ def test_example_data_stage_passes_tracing_under_dvc(tmp_path: Path) -> None:
     proc = sh("dvc", "repro", "data", cwd=root)
     assert "stage 'data' done" in proc.stdout
     assert "warning" not in proc.stderr
-
-
-def test_too_many_directories_make_the_trace_incomplete(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import nbpipeline.trace as trace_module
-
-    for name in ("a", "b", "c"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setattr(trace_module, "MAX_WATCHED_DIRS", 2)
-    assert not traced(tmp_path, lambda: None).complete
-
-
-def test_a_file_renamed_into_a_new_dir_while_it_is_being_watched_is_seen(tmp_path: Path) -> None:
-    """Regression (a flaky CI run): the tracer listed a new directory, then watched it. A
-    file renamed into place between the two (write to a temp name, then rename: what
-    atomic writers do) was in neither the listing nor the events. The rename is made here
-    at exactly that moment: when the tracer asks inotify to watch the directory."""
-    root, staging = tmp_path / "proj", tmp_path / "staging"
-    root.mkdir()
-    (staging / "models" / "candidate").mkdir(parents=True)
-    (staging / "models" / "candidate" / ".model.bin.tmp").write_bytes(b"m")
-    tracer = Tracer(root, "s")
-    assert tracer.start()
-    real = tracer._libc
-
-    class RenameJustBeforeTheWatch:
-        def __getattr__(self, name: str) -> object:
-            return getattr(real, name)
-
-        def inotify_add_watch(self, fd: int, path: bytes, mask: int) -> int:
-            tmp = Path(os.fsdecode(path)) / ".model.bin.tmp"
-            if tmp.exists():
-                os.replace(tmp, tmp.with_name("model.bin"))
-            return int(real.inotify_add_watch(fd, path, mask))
-
-    tracer._libc = RenameJustBeforeTheWatch()
-    try:  # the whole tree appears at once: one event, then the tracer walks it
-        os.rename(staging / "models", root / "models")
-    finally:
-        trace = tracer.stop()
-    assert trace.written == {"models/candidate/model.bin"}

@@ -1,0 +1,90 @@
+"""The stage kernel's private files: modes, removal after a clean run and after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from projects import add_stage, project_env
+
+from nbpipeline.kernel import RUN_DIR_PREFIX, RunDir, remove_stale
+
+pytestmark = pytest.mark.slow
+
+
+def _nbp_run(root: Path, stage: str, tmp: Path) -> subprocess.Popen[str]:
+    env = {**project_env(), "TMPDIR": str(tmp)}
+    return subprocess.Popen(["nbp", "run", stage], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+
+
+def _wait_for(predicate, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_kernel_files_are_private_and_a_clean_run_leaves_nothing(
+    mini_project: Path, tmp_path: Path,
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    add_stage(mini_project, "sleeps", "sleeps.ipynb", {"seconds": 2.0})
+    proc = _nbp_run(mini_project, "sleeps", tmp)
+    _wait_for(lambda: any(tmp.glob(f"{RUN_DIR_PREFIX}*/kernel.json")))
+    run_dir = next(tmp.glob(f"{RUN_DIR_PREFIX}*"))
+    assert stat.S_IMODE(run_dir.stat().st_mode) & 0o777 == 0o700  # (+ sticky: jupyter)
+    assert stat.S_IMODE((run_dir / "kernel.json").stat().st_mode) == 0o600
+    assert list(tmp.glob("*.json")) == []  # no connection file loose in the temp dir
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert list(tmp.iterdir()) == []
+
+
+def test_files_of_a_killed_run_are_removed_by_the_next_run(
+    mini_project: Path, tmp_path: Path,
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    add_stage(mini_project, "sleeps", "sleeps.ipynb", {"seconds": 30.0})
+    proc = _nbp_run(mini_project, "sleeps", tmp)
+    _wait_for(lambda: any(tmp.glob(f"{RUN_DIR_PREFIX}*/kernel.json")))
+    time.sleep(2.5)  # the kernel is up and running the cell
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    left = list(tmp.glob(f"{RUN_DIR_PREFIX}*"))
+    assert left and (left[0] / "kernel.json").exists()  # what kill -9 leaves behind
+
+    add_stage(mini_project, "sleeps", "sleeps.ipynb", {"seconds": 0.1})
+    again = _nbp_run(mini_project, "sleeps", tmp)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert list(tmp.iterdir()) == []
+
+
+def test_remove_stale_spares_live_and_young_run_dirs(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    live = RunDir()
+    dead = RunDir()
+    dead.path.joinpath("kernel.json").write_text("{}")
+    dead._fd, fd = -1, dead._fd
+    os.close(fd)  # its process died: the lock is free
+    young = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))  # not locked yet: starting up
+    old = time.time() - 60
+    for path in (live.path, dead.path, live.path / "lock", dead.path / "lock"):
+        os.utime(path, (old, old))
+    assert remove_stale(tmp_path) == [dead.path]
+    assert live.path.exists() and young.exists() and not dead.path.exists()
+    live.remove()
+    assert not live.path.exists()
