@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nbpipeline import record
+from nbpipeline import record, threads
 from nbpipeline.errors import NbpipelineError
+from nbpipeline.params import load_params
 from nbpipeline.project import atomic_path
 
 __all__ = [
@@ -42,9 +43,11 @@ def stage() -> str | None:
 def init(stage_name: str) -> Path:
     """Put an interactive session in the same place as a pipeline run; return the root.
 
-    Changes the working directory to the project root (the directory holding dvc.yaml)
-    and remembers ``stage_name`` for :mod:`nbpipeline.record`. Under `nbp run` it only
-    checks that the notebook is run as the stage it says it is.
+    Changes the working directory to the project root (the directory holding dvc.yaml),
+    remembers ``stage_name`` for :mod:`nbpipeline.record`, and applies the thread
+    discipline of :mod:`nbpipeline.threads` before every cell, so exploring never
+    oversubscribes the cores of a running `dvc repro` (nor the reverse). Under `nbp run`
+    it also checks that the notebook is run as the stage it says it is.
     """
     from nbpipeline.project import find_project
 
@@ -58,6 +61,7 @@ def init(stage_name: str) -> Path:
     os.chdir(project.root)
     os.environ[_STAGE_ENV] = stage_name
     os.environ.setdefault(_ROOT_ENV, str(project.root))
+    threads.install(load_params(project.params_yaml))
     return project.root
 
 

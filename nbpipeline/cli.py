@@ -25,7 +25,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     project = find_project()
     result = run_stage(project, args.stage, log_output=args.log_output, lenient=lenient)
     print(
-        f"nbp: stage '{result.stage}' done in {result.seconds:.1f}s: "
+        f"nbp: stage '{result.stage}' done in {result.seconds:.1f}s "
+        f"({result.threads} thread{'s' if result.threads != 1 else ''}): "
         f"{project.rel(result.report)}, {project.rel(result.html)}"
     )
     return 0

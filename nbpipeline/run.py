@@ -28,14 +28,15 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nbpipeline import lean
+from nbpipeline import lean, threads
 from nbpipeline.errors import NotebookError, StageError, StageFailedError
 from nbpipeline.kernel import Kernel, RunDir, remove_stale
 from nbpipeline.notebook import (
+    add_run_summary,
     first_unexpected_error,
     kernel_language,
     kernel_name,
@@ -49,12 +50,13 @@ from nbpipeline.notebook import (
 )
 from nbpipeline.params import load_params, stage_values
 from nbpipeline.project import Project, write_text_atomic
-from nbpipeline.stages import load_stage
+from nbpipeline.stages import NotebookStage, load_stage
 from nbpipeline.trace import Trace, Tracer, describe
 
 STAGE_ENV = "NBPIPELINE_STAGE"
 ROOT_ENV = "NBPIPELINE_ROOT"
 RUNNING_ENV = "NBPIPELINE_RUNNING"
+NO_TRACE_ENV = "NBP_NO_TRACE"  # set to 1: no file tracing at all (e.g. to measure its cost)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RunResult:
     html: Path
     parameters: dict[str, Any]
     seconds: float
+    threads: int  # BLAS/OpenMP threads the kernel ended with (nbpipeline.threads)
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,10 @@ def _keep_failed(
     )
 
 
-def _traced_problems(trace: Trace, declared: Any, plan: StagePlan, project: Project) -> str:
-    reads, writes = trace.undeclared(declared.deps, declared.outs)
+def _traced_problems(
+    trace: Trace, declared: NotebookStage, plan: StagePlan, project: Project,
+) -> str:
+    reads, writes = trace.undeclared(declared)
     return describe(declared.name, reads, writes, project.rel(plan.notebook_path))
 
 
@@ -264,6 +269,7 @@ def run_stage(
     """
     if lenient is None:
         lenient = not os.environ.get("DVC_STAGE")
+    trace = trace and os.environ.get(NO_TRACE_ENV, "") in ("", "0")
     started = time.perf_counter()
     plan = plan_stage(project, stage)
     declared = load_stage(project, stage) if trace else None
@@ -278,7 +284,12 @@ def run_stage(
 
     remove_stale()
     run_dir = RunDir()
-    env = {**os.environ, STAGE_ENV: stage, ROOT_ENV: str(project.root), RUNNING_ENV: "1"}
+    slot = threads.Slot()
+    slot.acquire()  # counted by concurrent stages until this run ends
+    ran_with = threads.settings(load_params(project.params_yaml))
+    env = {**os.environ, STAGE_ENV: stage, ROOT_ENV: str(project.root), RUNNING_ENV: "1",
+           **threads.environment(ran_with.threads), threads.SLOT_HELD_ENV: "1",
+           threads.RECORD_ENV: str(run_dir.path / "threads.json")}
     tracer = Tracer(project.root, stage, run_dir.path / "trace.log") if declared else None
     env.update((tracer.start() if tracer else None) or {})
     trace_result = None
@@ -314,11 +325,14 @@ def run_stage(
         finally:
             kernel.stop()
         trace_result = tracer.stop() if tracer and not tracer.unavailable else None
+        thread_record = threads.read_record(run_dir.path / "threads.json")
     finally:
         running.unlink(missing_ok=True)
         run_dir.remove()
+        slot.release()
 
     strip_volatile(nb)
+    add_run_summary(nb, thread_record or {**asdict(ran_with), "threadpools": None})
     nb.metadata.setdefault("papermill", {})["output_path"] = project.rel(report)
     nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
     write_notebook(nb, report)
@@ -334,5 +348,5 @@ def run_stage(
               file=sys.stderr)
     return RunResult(
         stage, plan.notebook_path, report, report_html, plan.parameters,
-        time.perf_counter() - started,
+        time.perf_counter() - started, int((thread_record or asdict(ran_with))["threads"]),
     )

@@ -36,9 +36,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 SHIM_SOURCE = Path(__file__).with_name("trace_shim.c")
 LOG_ENV = "NBP_TRACE_LOG"
@@ -63,15 +64,21 @@ class Trace:
     read: set[str] = field(default_factory=set)
     written: set[str] = field(default_factory=set)
 
-    def undeclared(self, deps: Iterable[str], outs: Iterable[str]) -> tuple[list[str], list[str]]:
-        """(reads not under ``deps``/``outs``, writes not under ``outs``), sorted."""
-        from nbpipeline.stages import covered
-
-        deps, outs = list(deps), list(outs)
+    def undeclared(self, stage: Declarations) -> tuple[list[str], list[str]]:
+        """(reads ``stage`` declares neither as dep nor out, writes it does not declare as
+        out), sorted."""
         reads = sorted(p for p in self.read - self.written
-                       if not covered(p, deps) and not covered(p, outs))
-        writes = sorted(p for p in self.written if not covered(p, outs))
+                       if not stage.declares_dep(p) and not stage.declares_out(p))
+        writes = sorted(p for p in self.written if not stage.declares_out(p))
         return reads, writes
+
+
+class Declarations(Protocol):
+    """What a stage declares (nbpipeline.stages.NotebookStage)."""
+
+    def declares_dep(self, path: str) -> bool: ...
+
+    def declares_out(self, path: str) -> bool: ...
 
 
 def dvcignore(root: Path) -> Callable[[str], bool]:

@@ -7,14 +7,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from projects import REPO, init_repo, make_example_project, sh
 
+from nbpipeline.stages import NotebookStage
 from nbpipeline.trace import Trace, Tracer, describe, ignored, untraced_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux")
@@ -63,8 +62,8 @@ def test_tracer_sees_python_cpp_and_subprocess_reads_writes_renames_deletes(
         """, tmp_path)
     assert trace.read == {"data/in.csv", "data/t.parquet", "data/by_cat.txt"}
     assert trace.written == {"models/candidate/model.bin", "old.txt"}
-    assert trace.undeclared(["data/in.csv"], ["models"]) == (
-        ["data/by_cat.txt", "data/t.parquet"], ["old.txt"])
+    stage = NotebookStage("s", "s", "nbp run s", (), ("data/in.csv",), ("models",), (), ())
+    assert trace.undeclared(stage) == (["data/by_cat.txt", "data/t.parquet"], ["old.txt"])
 
 
 def test_other_processes_are_never_attributed_to_the_stage(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import sqlite3
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbpipeline import predlog, spool
+from nbpipeline import predlog, spool, threads
 from nbpipeline.errors import MonitorError
 from nbpipeline.monitor.reference import CODES, Binning
 
@@ -245,7 +244,7 @@ def scan_log(
     finally:
         conn.close()
     sql, width = _query(usable, window, versions, since)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or min(4, threads.current())  # its share of the cores
     if last < PARALLEL_MIN_ROWS or workers < 2:
         data = _fetch(path, sql, width, first, last, since)
     else:
