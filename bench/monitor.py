@@ -2,7 +2,7 @@
 
     python bench/monitor.py [--rows 1000000] [--keep DIR]
 
-1. builds a prediction log (nbpipeline.predlog schema) of real nycflights13 rows drawn
+1. builds a prediction log (nbpipeline.predlog.table schema) of real nycflights13 rows drawn
    with replacement, scored by a real model (models/candidate if present, else a small
    fit), with real outcomes as feedback for 60% of them (not timed);
 2. runs, each in a fresh process, (a) the monitor's analysis (``nbpipeline.monitor.
@@ -30,10 +30,10 @@ WINDOW = 2000
 def build(db: Path, rows: int, workdir: Path) -> None:
     import numpy as np
 
-    from nbpipeline import predlog
     from nbpipeline.datasets import FEATURES, TARGET
     from nbpipeline.modeling import build_pipeline, save_candidate
     from nbpipeline.monitor.replay import month_rows
+    from nbpipeline.predlog import table as predlog
 
     started = time.perf_counter()
     frame = month_rows(list(range(1, 13)))

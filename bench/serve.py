@@ -113,8 +113,8 @@ def in_process_costs(reg: Any, version: str, rows: list[dict[str, Any]],
     import pandas as pd
     from threadpoolctl import threadpool_limits
 
-    from nbpipeline.compiled import compile_scorer, frame_scorer
     from nbpipeline.serve.schema import FeatureSchema
+    from nbpipeline.serve.scorer import compile_scorer, frame_scorer
 
     model, metadata = reg.load(version)
     schema = FeatureSchema.from_metadata(metadata, version="candidate")
@@ -275,7 +275,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from nbpipeline.registry import Registry
+    from nbpipeline.release.registry import Registry
 
     # The server on the last core, this load generator on the others: the scheduler no
     # longer moves them about (which swung a round's throughput by +-25%), and the

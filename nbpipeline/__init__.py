@@ -72,8 +72,8 @@ def parameters(stage_name: str | None = None) -> dict[str, Any]:
     (stage section > common > paths), checked the same way; so an interactive session
     can use exactly what `dvc repro` would, e.g. ``globals().update(nbp.parameters())``.
     """
+    from nbpipeline.pipeline.run import plan_stage
     from nbpipeline.project import find_project
-    from nbpipeline.run import plan_stage
 
     name = stage_name or stage()
     if not name:

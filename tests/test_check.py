@@ -10,8 +10,8 @@ import nbformat
 import pytest
 from projects import REPO, sh
 
-from nbpipeline.check import check_project, sync_notebooks
 from nbpipeline.errors import ParamsError
+from nbpipeline.pipeline.check import check_project, sync_notebooks
 from nbpipeline.project import Project
 
 FIXTURES = Path(__file__).parent / "fixtures"

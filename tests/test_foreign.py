@@ -13,11 +13,11 @@ import nbformat
 import pytest
 
 from nbpipeline import cli
-from nbpipeline.authoring import add_stage
-from nbpipeline.check import check_project
 from nbpipeline.errors import NbpipelineError, StageFailedError
+from nbpipeline.pipeline.authoring import add_stage
+from nbpipeline.pipeline.check import check_project
+from nbpipeline.pipeline.run import run_stage
 from nbpipeline.project import Project
-from nbpipeline.run import run_stage
 
 FOREIGN = Path(__file__).parent / "fixtures" / "foreign-notebooks"
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from nbpipeline.errors import GateError
-from nbpipeline.gate import DEFAULT_CRITERIA, decide
+from nbpipeline.release.gate import DEFAULT_CRITERIA, decide
 
 CRITERIA = dict(DEFAULT_CRITERIA, gate_min=0.6, gate_min_improvement=0.0,
                 gate_max_slice_regression=0.05, gate_too_good=0.98, gate_max_jump=0.1,

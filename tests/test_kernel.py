@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from projects import add_stage, project_env
 
-from nbpipeline.kernel import RUN_DIR_PREFIX, RunDir, remove_stale
+from nbpipeline.pipeline.kernel import RUN_DIR_PREFIX, RunDir, remove_stale
 
 pytestmark = pytest.mark.slow
 

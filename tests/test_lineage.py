@@ -9,7 +9,7 @@ from _candidates import gate_for, make_candidate, make_release_project
 
 from nbpipeline.cli import main
 from nbpipeline.project import Project
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 
 
 @pytest.fixture()
@@ -106,7 +106,7 @@ def test_lineage_of_unknown_version(project: Path, capsys: pytest.CaptureFixture
 
 
 def test_lineage_flags_files_that_changed_since_dvc_lock(project: Path) -> None:
-    from nbpipeline.lineage import capture
+    from nbpipeline.release.lineage import capture
 
     (project / "reports" / "train.html").write_text("edited by hand")
     snap = capture(Project(project))

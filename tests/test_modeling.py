@@ -8,7 +8,7 @@ import pytest
 
 from nbpipeline.errors import NbpipelineError, RegistryError
 from nbpipeline.modeling import load_candidate
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 
 
 def _broken_candidate(tmp_path: Path) -> Path:

@@ -2,7 +2,7 @@
 
 The champion is the example's pipeline fitted on January-August 2013; log rows are real
 flights with that model's real probabilities and the flights' real outcomes as feedback,
-written with nbpipeline.predlog exactly as the server writes them; the registry is real.
+written with nbpipeline.predlog.table exactly as the server writes them; the registry is real.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from monitor_support import kinds, log_traffic, make_candidate, months
 
-from nbpipeline import predlog
 from nbpipeline.monitor import MonitorConfig, run_monitor
 from nbpipeline.monitor.alarms import AlarmLog
-from nbpipeline.registry import Registry
+from nbpipeline.predlog import table as predlog
+from nbpipeline.release.registry import Registry
 
 WINDOW = 1000
 

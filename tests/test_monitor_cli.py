@@ -22,7 +22,7 @@ from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.core import run_monitor
 from nbpipeline.monitor.replay import json_row, replay
 from nbpipeline.record import file_sha256
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -137,8 +137,8 @@ def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
 
     from monitor_support import kinds, log_traffic
 
-    from nbpipeline import predlog
     from nbpipeline.monitor.command import monitor_command
+    from nbpipeline.predlog import table as predlog
     from nbpipeline.project import Project
 
     root = tmp_path / "retrain"

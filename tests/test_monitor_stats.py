@@ -10,7 +10,6 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from nbpipeline import predlog
 from nbpipeline.errors import MonitorError
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.drift import category_drift, chi_square, ks_binned, number_drift, psi
@@ -18,6 +17,7 @@ from nbpipeline.monitor.quality import OutcomeCounts, binned_auc, quality_metric
 from nbpipeline.monitor.reference import MISSING, category_binning, number_binning
 from nbpipeline.monitor.roi import roi_figures
 from nbpipeline.monitor.scan import WindowSpec, first_rowid, scan_codes
+from nbpipeline.predlog import table as predlog
 
 
 def test_sql_codes_equal_numpy_codes(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nbpipeline import predlog
+from nbpipeline.predlog import table as predlog
 
 
 def record(request_id: str, features: dict[str, object]) -> predlog.PredictionRecord:

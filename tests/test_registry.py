@@ -11,7 +11,7 @@ import pytest
 from _candidates import features_frame, make_candidate
 
 from nbpipeline.errors import GateError, RegistryError
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 
 PASSED = {"passed": True, "checks": [], "metrics": {"golden": {"roc_auc": 0.9}}}
 FAILED = {

@@ -13,8 +13,8 @@ import pytest
 from _candidates import gate_for, make_candidate, make_release_project
 
 from nbpipeline.project import Project
-from nbpipeline.release import promote_candidate
-from nbpipeline.report import build_index
+from nbpipeline.release.promote import promote_candidate
+from nbpipeline.report.index import build_index
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -84,8 +84,8 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
     stage scores it on the same golden rows, the gate records it, lineage and report show it."""
     from projects import SMALL_PARAMS, make_example_project, sh
 
-    from nbpipeline.lineage import capture, report_files
-    from nbpipeline.registry import Registry
+    from nbpipeline.release.lineage import capture, report_files
+    from nbpipeline.release.registry import Registry
 
     fast = {**SMALL_PARAMS, "evaluate": {"importance_rows": 400, "importance_repeats": 1}}
     root = make_example_project(tmp_path / "project", fast)

@@ -117,7 +117,7 @@ def test_html_exporter_thread_starts_after_papermill_is_imported(
     ("cannot import name 'AsyncKernelManager' from partially initialized module")."""
     import sys
 
-    from nbpipeline import run
+    from nbpipeline.pipeline import run
     from nbpipeline.project import Project
 
     seen: list[bool] = []
@@ -145,8 +145,8 @@ def test_kernel_boots_while_papermill_imports_and_is_gone_after_success_and_fail
 
     import psutil
 
-    from nbpipeline import run
     from nbpipeline.errors import StageFailedError
+    from nbpipeline.pipeline import run
     from nbpipeline.project import Project
 
     seen: list[object] = []

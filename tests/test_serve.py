@@ -26,10 +26,10 @@ from serve_fixtures import (
     wait_for,
 )
 
-from nbpipeline import predlog
 from nbpipeline.errors import ServeError
+from nbpipeline.predlog import table as predlog
 from nbpipeline.project import Project
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 from nbpipeline.serve import ServeSettings, serve
 from nbpipeline.serve.settings import settings_from_params
 

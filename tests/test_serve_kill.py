@@ -24,8 +24,9 @@ from serve_fixtures import (
     wait_ready,
 )
 
-from nbpipeline import predlog, spool
-from nbpipeline.registry import Registry
+from nbpipeline.predlog import spool
+from nbpipeline.predlog import table as predlog
+from nbpipeline.release.registry import Registry
 from nbpipeline.serve.logwriter import LogWriter
 
 

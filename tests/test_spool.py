@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from serve_fixtures import wait_for
 
-from nbpipeline import predlog, spool
+from nbpipeline.predlog import spool
+from nbpipeline.predlog import table as predlog
 from nbpipeline.serve.logwriter import LogWriter
 
 
@@ -156,7 +157,7 @@ def test_a_failed_write_leaves_no_torn_frame_and_later_appends_still_land(
     script = textwrap.dedent(f"""
         import json, os, resource, signal, sys
         sys.path.insert(0, {str(Path(__file__).parents[1])!r})
-        from nbpipeline import spool
+        from nbpipeline.predlog import spool
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         rows = [(("f_x",), [("id%d" % i, 1.0, "v1", "champion", None, 1, 0.5, 1.0, 0, "{{}}",
                               "x" * 200)]) for i in range(50)]

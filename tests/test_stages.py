@@ -12,11 +12,11 @@ import pytest
 from nbclient import NotebookClient
 from projects import NOTEBOOKS, REPO, project_env, sh
 
-from nbpipeline.authoring import add_stage
-from nbpipeline.check import check_project, sync_notebooks
 from nbpipeline.errors import NotebookError, StageError
+from nbpipeline.pipeline.authoring import add_stage
+from nbpipeline.pipeline.check import check_project, sync_notebooks
+from nbpipeline.pipeline.stages import DvcYaml, nbp_stage_name
 from nbpipeline.project import Project
-from nbpipeline.stages import DvcYaml, nbp_stage_name
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FOREIGN = FIXTURES / "foreign-notebooks"

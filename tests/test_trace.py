@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from projects import REPO, init_repo, make_example_project, sh
 
-from nbpipeline.stages import NotebookStage
-from nbpipeline.trace import Trace, Tracer, describe, ignored, untraced_env
+from nbpipeline.pipeline.stages import NotebookStage
+from nbpipeline.pipeline.trace import Trace, Tracer, describe, ignored, untraced_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux")
 
@@ -90,7 +90,7 @@ def test_bookkeeping_subprocesses_run_untraced(tmp_path: Path) -> None:
     (root / "README.md").write_text("hello")
     trace = traced(root, """
         import subprocess
-        from nbpipeline.trace import untraced_env
+        from nbpipeline.pipeline.trace import untraced_env
         subprocess.run(["cat", "README.md"], env=untraced_env(), check=True,
                        capture_output=True)
         """, tmp_path)
@@ -103,7 +103,7 @@ def test_bookkeeping_subprocesses_run_untraced(tmp_path: Path) -> None:
 def test_a_tracer_without_the_shim_says_so_and_judges_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import nbpipeline.trace as trace_module
+    import nbpipeline.pipeline.trace as trace_module
 
     monkeypatch.setattr(trace_module, "_cache_dir", lambda: tmp_path / "cache")
     monkeypatch.setattr(trace_module.tempfile, "gettempdir", lambda: str(tmp_path / "t"))

@@ -1,6 +1,6 @@
 """Package metadata read by importlib.metadata is not a stage dependency."""
 
-from nbpipeline.trace import ignored
+from nbpipeline.pipeline.trace import ignored
 
 
 def test_editable_install_metadata_is_not_a_dependency() -> None:

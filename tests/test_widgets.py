@@ -17,8 +17,8 @@ import pytest
 import yaml
 from monitor_support import kinds, log_traffic, make_candidate, months
 
-from nbpipeline import predlog
-from nbpipeline.registry import Registry
+from nbpipeline.predlog import table as predlog
+from nbpipeline.release.registry import Registry
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_ENV = "NBP_WIDGET_SCREENSHOT"  # copy the screenshot here to look at it

@@ -28,7 +28,7 @@ from nbpipeline.errors import RegistryError
 from nbpipeline.monitor.alarms import ROLLBACK_KINDS, Alarm
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.project import write_text_atomic
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 
 ACTOR = "nbp-monitor"
 

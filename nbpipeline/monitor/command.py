@@ -49,7 +49,7 @@ def monitor_command(
     but the exit code is 0, and ``retrain_action: dvc`` only leaves the marker (DVC holds
     its lock while the stage runs).
     """
-    from nbpipeline.run import run_stage
+    from nbpipeline.pipeline.run import run_stage
 
     started = time.time()
     settings = _settings(project)

@@ -25,7 +25,7 @@ from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.reference import Reference, load_reference
 from nbpipeline.project import write_text_atomic
 from nbpipeline.record import json_value
-from nbpipeline.registry import ProductionState, Registry
+from nbpipeline.release.registry import ProductionState, Registry
 
 SUMMARY_NAME = "last_run.json"
 STATE_KINDS = ("promote", "rollback", "switch_off")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from nbpipeline.errors import MonitorError
-from nbpipeline.predlog import feature_column
+from nbpipeline.predlog.table import feature_column
 
 GRID_BINS = 124
 MISSING = 127

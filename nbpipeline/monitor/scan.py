@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nbpipeline import predlog, spool, threads
+from nbpipeline import threads
 from nbpipeline.errors import MonitorError
 from nbpipeline.monitor.reference import CODES, Binning
+from nbpipeline.predlog import spool
+from nbpipeline.predlog import table as predlog
 
 log = logging.getLogger("nbpipeline.monitor")
 

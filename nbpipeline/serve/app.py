@@ -21,7 +21,7 @@ from fastapi.responses import Response
 
 from nbpipeline.errors import NbpipelineError
 from nbpipeline.project import Project
-from nbpipeline.registry import Registry
+from nbpipeline.release.registry import Registry
 from nbpipeline.serve.handlers import (
     ServerState,
     feedback_response,

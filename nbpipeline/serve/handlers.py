@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from nbpipeline import predlog
+from nbpipeline.predlog import table as predlog
 from nbpipeline.serve.holder import ModelHolder, ServedModel, Snapshot
 from nbpipeline.serve.logwriter import LogWriter
 from nbpipeline.serve.metrics import ServerMetrics

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nbpipeline.compiled import Scorer, compile_scorer
 from nbpipeline.errors import NbpipelineError
-from nbpipeline.registry import ModelVersion, ProductionState, Registry
+from nbpipeline.release.registry import ModelVersion, ProductionState, Registry
 from nbpipeline.serve.routing import goes_to_canary
 from nbpipeline.serve.schema import FeatureSchema
+from nbpipeline.serve.scorer import Scorer, compile_scorer
 
 CHECK_ROWS = 5000  # reference rows a compiled scorer must reproduce before it serves
 

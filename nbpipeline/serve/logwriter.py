@@ -2,7 +2,7 @@
 
 :meth:`LogWriter.append` runs on the predictor thread right after scoring (and on the
 event loop for fallback decisions): it writes the rows to this server's spool segment
-(nbpipeline/spool.py) and returns, and only then is the request answered. So a
+(nbpipeline/predlog/spool.py) and returns, and only then is the request answered. So a
 ``kill -9`` loses no answered prediction, and no request waits on SQLite.
 
 The writer thread moves spooled rows into SQLite every FLUSH_SECONDS, in one transaction
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbpipeline import predlog, spool
 from nbpipeline.errors import ServeError
+from nbpipeline.predlog import spool
+from nbpipeline.predlog import table as predlog
 from nbpipeline.serve.batching import take_group
 
 log = logging.getLogger("nbpipeline.serve")

@@ -1,6 +1,6 @@
 """Model calls (and the logging of their decisions) off the event loop, micro-batched.
 
-One worker thread runs every model call (a :data:`nbpipeline.compiled.Scorer`: compiled
+One worker thread runs every model call (a :data:`nbpipeline.serve.scorer.Scorer`: compiled
 trees, or ``predict_proba`` on a DataFrame). Rows that arrive while it is busy are
 gathered and scored in one call per model, so concurrent single-row requests share the
 fixed cost of a call instead of queueing behind it.
@@ -20,9 +20,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbpipeline import predlog
-from nbpipeline.compiled import Scorer
+from nbpipeline.predlog import table as predlog
 from nbpipeline.serve.batching import take_group
+from nbpipeline.serve.scorer import Scorer
 
 MAX_ROWS_PER_CALL = 4096
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from nbpipeline.errors import ServeError
 from nbpipeline.params import load_params
-from nbpipeline.predlog import default_log_path
+from nbpipeline.predlog.table import default_log_path
 from nbpipeline.project import Project
 
 SECTION = "serve"

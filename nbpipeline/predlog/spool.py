@@ -34,9 +34,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbpipeline import predlog
+from nbpipeline.predlog import table as predlog
 
-log = logging.getLogger("nbpipeline.spool")
+log = logging.getLogger("nbpipeline.predlog.spool")
 
 SEGMENT_BYTES = 16 << 20  # a new segment after this many bytes
 _HEADER = struct.Struct("<II")

@@ -74,7 +74,7 @@ class Trace:
 
 
 class Declarations(Protocol):
-    """What a stage declares (nbpipeline.stages.NotebookStage)."""
+    """What a stage declares (nbpipeline.pipeline.stages.NotebookStage)."""
 
     def declares_dep(self, path: str) -> bool: ...
 

@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from nbpipeline.errors import RegistryError
-from nbpipeline.project import Project, git_output
-from nbpipeline.registry import ModelVersion, Registry
+from nbpipeline.pipeline.gitinfo import git_output
+from nbpipeline.project import Project
+from nbpipeline.release.registry import ModelVersion, Registry
 
 __all__ = ["capture", "read_lock", "render", "report_files", "trace"]
 

@@ -19,7 +19,7 @@ row and readers never block the writer). Two tables:
     request_id TEXT PRIMARY KEY, ts REAL, outcome INTEGER (the real label).
 
 Writers append; nobody updates or deletes rows except ``feedback`` upserts. A server
-writes its rows to a spool first (``<log>.spool/``, nbpipeline/spool.py) and moves them
+writes its rows to a spool first (``<log>.spool/``, nbpipeline/predlog/spool.py) and moves them
 in within about 50 ms; rows a crashed server left there are moved in by the next
 ``nbp serve`` or ``nbp monitor``.
 """

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from nbpipeline.errors import GateError, RegistryError
-from nbpipeline.lineage import capture, report_files
 from nbpipeline.project import Project
 from nbpipeline.record import file_sha256
-from nbpipeline.registry import Event, ModelVersion, Registry, default_actor
+from nbpipeline.release.lineage import capture, report_files
+from nbpipeline.release.registry import Event, ModelVersion, Registry, default_actor
 
 __all__ = [
     "Promotion", "models_table", "promote_candidate", "promote_version", "read_gate", "rollback",

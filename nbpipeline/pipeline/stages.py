@@ -28,7 +28,7 @@ from nbpipeline.params import load_params
 from nbpipeline.project import Project
 
 if TYPE_CHECKING:
-    from nbpipeline.yamledit import YamlDoc
+    from nbpipeline.pipeline.yamledit import YamlDoc
 
 PARAMS_FILE = "params.yaml"
 OUT_KINDS = ("outs", "metrics", "plots")
@@ -188,7 +188,7 @@ class DvcYaml:
         self.file: YamlDoc | None = None
         self._plain: dict[str, Any] = {}
         if editable:
-            from nbpipeline.yamledit import YamlDoc
+            from nbpipeline.pipeline.yamledit import YamlDoc
 
             self.file = YamlDoc.load(project.dvc_yaml, StageError)
         else:

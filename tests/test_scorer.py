@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from serve_fixtures import CATEGORIES, NUMBERS, boosting_model, synthetic_rows
 
-from nbpipeline.compiled import Compiled, check_rows, compile_scorer, frame_scorer
+from nbpipeline.serve.scorer import Compiled, check_rows, compile_scorer, frame_scorer
 
 NAMES = [*CATEGORIES, *NUMBERS]
 KINDS = {**{n: "category" for n in CATEGORIES}, **{n: "number" for n in NUMBERS}}

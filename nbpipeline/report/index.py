@@ -25,9 +25,10 @@ from typing import Any
 import yaml
 
 from nbpipeline.errors import NbpipelineError
-from nbpipeline.lineage import read_lock
-from nbpipeline.project import Project, git_output, write_text_atomic
-from nbpipeline.registry import ModelVersion, Registry
+from nbpipeline.pipeline.gitinfo import git_output
+from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.release.lineage import read_lock
+from nbpipeline.release.registry import ModelVersion, Registry
 
 __all__ = ["build_index", "previous_run_diff"]
 
@@ -379,7 +380,8 @@ def build_index(project: Project, *, compare_previous: bool = True) -> Path:
     rev = git_output(project.root, "rev-parse", "--short", "HEAD")
     meta = f"project <code>{escape(project.root.name)}</code>" + (
         f" &middot; git <code>{escape(rev)}</code>" if rev else "")
-    template = Template(files("nbpipeline").joinpath("templates/index.html").read_text("utf-8"))
+    html = files("nbpipeline.report").joinpath("templates/index.html").read_text("utf-8")
+    template = Template(html)
     page = template.substitute(
         title="Pipeline review", meta=meta, body=body,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

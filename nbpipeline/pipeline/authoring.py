@@ -36,8 +36,7 @@ from nbpipeline.notebook import (
     write_notebook,
 )
 from nbpipeline.params import SHARED_SECTIONS
-from nbpipeline.project import Project
-from nbpipeline.stages import (
+from nbpipeline.pipeline.stages import (
     PARAMS_FILE,
     DvcYaml,
     ParamRef,
@@ -47,7 +46,8 @@ from nbpipeline.stages import (
     param_refs,
     resolve_path,
 )
-from nbpipeline.yamledit import YamlDoc
+from nbpipeline.pipeline.yamledit import YamlDoc
+from nbpipeline.project import Project
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode

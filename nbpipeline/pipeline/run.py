@@ -8,14 +8,14 @@ calls. Order of work:
 2. execute the notebook with papermill (kernel over IPC sockets in a private run
    directory, immediate shutdown, environment ``NBPIPELINE_STAGE``/``NBPIPELINE_ROOT`` so
    notebooks know they run under the pipeline); the HTML exporter is imported on a thread
-   meanwhile; run directories left by dead runs are removed first (nbpipeline.kernel);
+   meanwhile; run directories left by dead runs are removed first (nbpipeline.pipeline.kernel);
 3. on success write ``reports/<stage>.ipynb`` (volatile metadata removed) and
    ``reports/<stage>.html``, each atomically;
    on failure keep the partially executed notebook as ``reports/<stage>.failed.ipynb``
    (+ ``.html``) and raise StageFailedError naming notebook, cell and exception.
    Errors in cells tagged ``raises-exception`` are expected and do not fail the stage;
 4. when dvc.yaml defines the stage, the files the kernel's process tree read and wrote
-   were traced (nbpipeline.trace; no other process is): reading a project file that is not
+   were traced (nbpipeline.pipeline.trace; no other process is): reading a project file that is not
    a dep, or writing one that is not an out, fails the stage when DVC runs it
    (``$DVC_STAGE`` set: dvc.lock would record a lie) and is a warning on stderr when
    `nbp run` is typed by hand; ``lenient`` True/False forces the warning/the failure.
@@ -34,7 +34,6 @@ from typing import Any
 
 from nbpipeline import lean, threads
 from nbpipeline.errors import NotebookError, StageError, StageFailedError
-from nbpipeline.kernel import Kernel, RunDir, remove_stale
 from nbpipeline.notebook import (
     add_run_summary,
     first_unexpected_error,
@@ -49,9 +48,10 @@ from nbpipeline.notebook import (
     write_notebook,
 )
 from nbpipeline.params import load_params, stage_values
+from nbpipeline.pipeline.kernel import Kernel, RunDir, remove_stale
+from nbpipeline.pipeline.stages import NotebookStage, load_stage
+from nbpipeline.pipeline.trace import Trace, Tracer, describe
 from nbpipeline.project import Project, write_text_atomic
-from nbpipeline.stages import NotebookStage, load_stage
-from nbpipeline.trace import Trace, Tracer, describe
 
 STAGE_ENV = "NBPIPELINE_STAGE"
 ROOT_ENV = "NBPIPELINE_ROOT"

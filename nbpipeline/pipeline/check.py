@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbpipeline.authoring import recorded_outputs
 from nbpipeline.errors import NbpipelineError, ParamsError
 from nbpipeline.notebook import (
     kernel_language,
@@ -32,8 +31,9 @@ from nbpipeline.notebook import (
     write_notebook,
 )
 from nbpipeline.params import SHARED_SECTIONS, check_type, load_params, stage_values
+from nbpipeline.pipeline.authoring import recorded_outputs
+from nbpipeline.pipeline.stages import PARAMS_FILE, DvcYaml, NotebookStage
 from nbpipeline.project import Project
-from nbpipeline.stages import PARAMS_FILE, DvcYaml, NotebookStage
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode

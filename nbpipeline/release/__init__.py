@@ -1,0 +1,1 @@
+"""From candidate to production: the gate, the registry, promote/rollback, lineage."""

@@ -1,0 +1,1 @@
+"""What people review: the stage reports' summary and the index page."""
