@@ -25,24 +25,25 @@ import time
 from pathlib import Path
 
 WINDOW = 2000
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the example's data
 
 
 def build(db: Path, rows: int, workdir: Path) -> None:
     import numpy as np
+    from flights import FEATURES, TARGET, contract, month_rows
 
-    from nbpipeline.datasets import FEATURES, TARGET
-    from nbpipeline.modeling import build_pipeline, save_candidate
-    from nbpipeline.monitor.replay import month_rows
+    from nbpipeline.modeling import build_model
     from nbpipeline.predlog import table as predlog
+    from nbpipeline.release.candidate import save_candidate
 
     started = time.perf_counter()
     frame = month_rows(list(range(1, 13)))
     train = frame[frame["month"] <= 8].sample(20000, random_state=0)
-    model = build_pipeline(max_iter=50, min_samples_leaf=40, seed=0, max_depth=5)
+    model = build_model(contract(train), max_iter=50, min_samples_leaf=40, seed=0, max_depth=5)
     model.fit(train[FEATURES], train[TARGET])
     reference = train.sample(5000, random_state=1)[FEATURES + [TARGET]]
     reference = reference.assign(probability=model.predict_proba(reference[FEATURES])[:, 1])
-    save_candidate(model, workdir / "candidate", train=train, reference=reference,
+    save_candidate(model, workdir / "candidate", contract=contract(train), reference=reference,
                    params={}, data_paths={}, search={})
     rng = np.random.default_rng(0)
     picked = frame.iloc[np.sort(rng.integers(0, len(frame), rows))].reset_index(drop=True)

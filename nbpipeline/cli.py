@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from nbpipeline.errors import NbpipelineError
 from nbpipeline.project import find_project
@@ -55,6 +56,34 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
         print(f"nbp: canary {event.data['from']} removed; the champion serves all traffic")
     else:
         print(f"nbp: rolled back champion {event.data['from']} -> {event.data['to']}")
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from nbpipeline.scaffold.init import init_project
+
+    found = init_project(Path(args.directory), data=Path(args.data), target=args.target,
+                         time=args.time, positive=args.positive, task=args.task)
+    kinds = ", ".join(f"{name} ({kind})" for name, kind in found.features.items())
+    label = f", positive label {found.positive_label!r}" if found.task == "classification" else ""
+    print(f"nbp: created {args.directory}: {found.rows:,} rows, {found.task}{label}; "
+          f"features: {kinds}")
+    for name, why in found.skipped.items():
+        print(f"nbp:   left out {name}: {why}")
+    if not found.committed:
+        print("nbp: files are staged but not committed (no git identity?): run `git commit`")
+    print(f"nbp: next: cd {args.directory} && dvc repro")
+    return 0
+
+
+def _cmd_retire(args: argparse.Namespace) -> int:
+    from nbpipeline.release.promote import retire
+
+    event = retire(find_project(), reason=args.reason)
+    retired = ", ".join(event.data["retired"] + ([event.data["canary"]] if event.data["canary"]
+                                                  else []))
+    print(f"nbp: retired {retired}; no champion now: the next `nbp promote` starts a new model "
+          "line (re-run `dvc repro evaluate` first so the gate no longer compares with it)")
     return 0
 
 
@@ -107,8 +136,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from nbpipeline.monitor.command import replay_command
 
     return replay_command(
-        find_project(), args.months, rows=args.rows, rate=args.rate, url=args.url,
-        seed=args.seed, feedback=not args.no_feedback,
+        find_project(), data=args.data, start=args.start, stop=args.stop, rows=args.rows,
+        rate=args.rate, url=args.url, seed=args.seed, feedback=not args.no_feedback,
     )
 
 
@@ -119,10 +148,13 @@ def _add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     monitor.add_argument("--exit-zero", action="store_true",
                          help="exit 0 even with alarms (the dvc.yaml stage uses this)")
     monitor.set_defaults(handler=_cmd_monitor)
-    replay = sub.add_parser("replay", help="send real 2013 flights of given months through the "
+    replay = sub.add_parser("replay", help="send the rows of a labelled table through the "
                             "running server, then their real outcomes as feedback")
-    replay.add_argument("--months", type=int, nargs="+", required=True, metavar="M",
-                        help="months of 2013 (1-12), e.g. --months 11 12")
+    replay.add_argument("--data", metavar="FILE",
+                        help="CSV or parquet table (default: params.yaml paths.golden_path)")
+    replay.add_argument("--from", dest="start", metavar="DATE",
+                        help="first time to replay (on the model's time column)")
+    replay.add_argument("--to", dest="stop", metavar="DATE", help="replay times before this")
     replay.add_argument("--rows", type=int, default=2000, help="rows to send (default 2000)")
     replay.add_argument("--rate", type=float, default=200.0, help="max requests/s (default 200)")
     replay.add_argument("--url", default="http://127.0.0.1:8000", help="server address")
@@ -147,6 +179,10 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     rollback.add_argument("--canary", action="store_true", help="remove the canary instead")
     rollback.add_argument("--reason", help="why (recorded in the registry)")
     rollback.set_defaults(handler=_cmd_rollback)
+    retire = sub.add_parser("retire", help="retire the champion (and canary) to start a new "
+                            "model line, e.g. after changing features, target or task")
+    retire.add_argument("--reason", required=True, help="why (recorded in the registry)")
+    retire.set_defaults(handler=_cmd_retire)
     models = sub.add_parser("models", help="list registered model versions and their roles")
     models.set_defaults(handler=_cmd_models)
     lineage = sub.add_parser("lineage", help="trace a model version to data, params, reports, git")
@@ -227,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--strict", action="store_const", const=False, default=None,
                        help="fail on undeclared reads/writes even when not run by DVC")
     run.set_defaults(handler=_cmd_run)
+    init = sub.add_parser("init", help="create a project (notebooks, params, dvc.yaml, git, DVC) "
+                          "around your own table")
+    init.add_argument("directory", help="the new project's directory (must be new or empty)")
+    init.add_argument("--data", required=True, metavar="FILE", help="CSV or parquet table")
+    init.add_argument("--target", required=True, metavar="COLUMN", help="what to predict")
+    init.add_argument("--time", metavar="COLUMN",
+                      help="time column: split train/valid/golden by time (else at random)")
+    init.add_argument("--positive", metavar="VALUE", help="the positive class (classification)")
+    init.add_argument("--task", choices=["classification", "regression"],
+                      help="default: inferred from the target")
+    init.set_defaults(handler=_cmd_init)
     _add_authoring_commands(sub)
     _add_release_commands(sub)
     _add_serve_command(sub)

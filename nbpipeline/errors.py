@@ -56,3 +56,9 @@ class ServeError(NbpipelineError):
 
 class MonitorError(NbpipelineError):
     """The monitor cannot read its inputs or act on its findings."""
+
+
+class InitError(NbpipelineError):
+    """``nbp init`` cannot make a project from these inputs."""
+
+    exit_code = 2

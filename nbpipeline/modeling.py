@@ -1,58 +1,49 @@
-"""The example's model: pipeline, candidate files on disk, and evaluation metrics.
+"""Building and judging models in stage notebooks, driven by the model contract.
 
-A candidate is a directory (see docs/contracts.md): ``model.skops`` (skops format, loaded
-only with the trusted types recorded beside it, never plain pickle), ``metadata.json``
-and ``reference.parquet``.
+Nothing here knows a data set: the features, their kinds, the target and the task come
+from :class:`nbpipeline.release.candidate.ModelContract`, which the train stage builds from
+params.yaml ``common:``.
 """
 
 from __future__ import annotations
 
-import json
-import platform
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from nbpipeline.datasets import CATEGORICAL, FEATURES, NUMERIC, TARGET
-from nbpipeline.errors import NbpipelineError
-from nbpipeline.pipeline.gitinfo import git_output
-from nbpipeline.project import atomic_path, write_text_atomic
-from nbpipeline.record import file_sha256, json_value
+from nbpipeline.release.candidate import ModelContract
 
-LIBRARIES = ("scikit-learn", "pandas", "numpy", "skops", "papermill", "dvc", "nbpipeline")
+# gate metric -> scikit-learn scorer name (for searches and permutation importance)
+_SCORERS = {"log_loss": "neg_log_loss", "brier": "neg_brier_score",
+            "rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error"}
 
 
-def build_pipeline(
-    *, max_iter: int, min_samples_leaf: int, seed: int, max_depth: int | None = None,
-    learning_rate: float = 0.1, categorical: list[str] = CATEGORICAL,
-    numeric: list[str] = NUMERIC,
+def build_model(
+    contract: ModelContract, *, max_iter: int, min_samples_leaf: int, seed: int,
+    max_depth: int | None = None, learning_rate: float = 0.1,
 ) -> Any:
     """Ordinal-encode the categories (unknown -> missing) and fit gradient boosting.
 
     The server scores this shape with compiled trees (nbpipeline/serve/scorer.py), ~50x
-    faster per row than ``predict_proba``; keep it or check ``/health``'s "scorers".
+    faster per row than scikit-learn; keep it or check ``/health``'s "scorers".
     """
     import numpy as np
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OrdinalEncoder
 
+    categorical, numeric = contract.categorical, contract.numeric
     encode = ColumnTransformer(
         [
-            (
-                "categories",
-                OrdinalEncoder(
-                    handle_unknown="use_encoded_value", unknown_value=np.nan,
-                    encoded_missing_value=np.nan,
-                ),
-                categorical,
-            ),
+            ("categories", OrdinalEncoder(handle_unknown="use_encoded_value",
+                                          unknown_value=np.nan, encoded_missing_value=np.nan),
+             categorical),
             ("numbers", "passthrough", numeric),
         ],
         verbose_feature_names_out=False,
     )
-    model = HistGradientBoostingClassifier(
+    estimator = (HistGradientBoostingRegressor if contract.task == "regression"
+                 else HistGradientBoostingClassifier)
+    model = estimator(
         max_iter=max_iter, max_depth=max_depth, learning_rate=learning_rate,
         min_samples_leaf=min_samples_leaf, categorical_features=list(range(len(categorical))),
         random_state=seed, early_stopping=False,
@@ -60,106 +51,42 @@ def build_pipeline(
     return Pipeline([("encode", encode), ("model", model)])
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape a model's behaviour."""
-    from importlib.metadata import PackageNotFoundError, version
+def search_folds(contract: ModelContract, folds: int, seed: int) -> Any:
+    """Cross-validation folds: in time order with a time column (rows are sorted by it),
+    else stratified (classification) or shuffled (regression)."""
+    from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 
-    found = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def feature_schema(frame: Any) -> list[dict[str, Any]]:
-    """The input contract: each feature's kind and, for categories, the values seen."""
-    schema: list[dict[str, Any]] = []
-    for name in FEATURES:
-        if name in CATEGORICAL:
-            values = sorted(str(v) for v in frame[name].dropna().unique())
-            schema.append({"name": name, "kind": "category", "values": values})
-        else:
-            schema.append({"name": name, "kind": "number"})
-    return schema
+    if contract.time_column:
+        return TimeSeriesSplit(n_splits=folds)
+    if contract.task == "classification":
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return KFold(n_splits=folds, shuffle=True, random_state=seed)
 
 
-def save_candidate(
-    model: Any, model_dir: str | Path, *, train: Any, reference: Any, params: dict[str, Any],
-    data_paths: dict[str, str], search: dict[str, Any],
-) -> dict[str, Any]:
-    """Write model.skops, metadata.json and reference.parquet into ``model_dir``."""
-    import skops.io as sio
-
-    out = Path(model_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    blob = sio.dumps(model)
-    trusted = sorted(sio.get_untrusted_types(data=blob))
-    with atomic_path(out / "model.skops") as tmp:
-        tmp.write_bytes(blob)
-    with atomic_path(out / "reference.parquet") as tmp:
-        reference.to_parquet(tmp, index=False)
-    metadata = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "params": params,
-        "data": {
-            split: {"path": path, "sha256": file_sha256(path), "rows": int(_rows(path))}
-            for split, path in data_paths.items()
-        },
-        "git_rev": git_output(Path.cwd(), "rev-parse", "HEAD"),
-        "git_dirty": bool(git_output(Path.cwd(), "status", "--porcelain", "--untracked-files=no")),
-        "versions": library_versions(),
-        "features": feature_schema(train),
-        "target": {"name": TARGET, "description": "arrival delay above the threshold (1 = late)"},
-        "search": search,
-        "model_sha256": file_sha256(out / "model.skops"),
-        "trusted_types": trusted,
-    }
-    write_text_atomic(out / "metadata.json", json.dumps(json_value(metadata), indent=2) + "\n")
-    return metadata
+def output_column(contract: ModelContract) -> str:
+    """Name of the model's output: ``probability`` (of the positive label) or ``prediction``."""
+    return "prediction" if contract.task == "regression" else "probability"
 
 
-def _rows(path: str) -> int:
-    import pyarrow.parquet as pq
-
-    return int(pq.ParquetFile(path).metadata.num_rows)
-
-
-def read_candidate_metadata(
-    model_dir: str | Path, error: type[NbpipelineError] = NbpipelineError
-) -> dict[str, Any]:
-    """metadata.json of the candidate in ``model_dir``; ``error`` names the file and the fix
-    when the model or its metadata is missing or the metadata is not JSON."""
-    directory = Path(model_dir)
-    meta_path, model_path = directory / "metadata.json", directory / "model.skops"
-    if not meta_path.is_file() or not model_path.is_file():
-        raise error(
-            f"{directory}: no candidate model (model.skops + metadata.json); run the train "
-            "stage first (`dvc repro train`)"
-        )
-    try:
-        metadata: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise error(f"{meta_path}: not valid JSON ({exc}); re-run `dvc repro train`") from exc
-    return metadata
+def scores(model: Any, contract: ModelContract, frame: Any) -> Any:
+    """The model's output for ``frame``: P(positive label), or the predicted value."""
+    X = frame[contract.names]
+    if contract.task == "regression":
+        return model.predict(X)
+    return model.predict_proba(X)[:, 1]
 
 
-def load_candidate(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Load a candidate saved by :func:`save_candidate`, checking its hash and types."""
-    import skops.io as sio
+def evaluation_metrics(contract: ModelContract, y_true: Any, score: Any,
+                       threshold: float) -> dict[str, float]:
+    """The task's metrics (:func:`classification_metrics` or :func:`regression_metrics`)."""
+    if contract.task == "regression":
+        return regression_metrics(y_true, score)
+    return classification_metrics(y_true, score, threshold)
 
-    directory = Path(model_dir)
-    model_path = directory / "model.skops"
-    metadata = read_candidate_metadata(directory)
-    actual = file_sha256(model_path)
-    if metadata.get("model_sha256") not in (None, actual):
-        raise NbpipelineError(
-            f"{model_path}: sha256 {actual[:12]} does not match metadata.json "
-            f"({metadata['model_sha256'][:12]}); the file was changed — re-run `dvc repro train`"
-        )
-    model = sio.load(model_path, trusted=metadata.get("trusted_types", []))
-    return model, metadata
+
+def sklearn_scoring(metric: str) -> str:
+    """The scikit-learn scorer for a gate metric (higher is better there)."""
+    return _SCORERS.get(metric, metric)
 
 
 def classification_metrics(y_true: Any, score: Any, threshold: float) -> dict[str, float]:
@@ -188,3 +115,65 @@ def classification_metrics(y_true: Any, score: Any, threshold: float) -> dict[st
         "positive_rate": float(y_true.mean()),
         "rows": float(len(y_true)),
     }
+
+
+def regression_metrics(y_true: Any, predicted: Any) -> dict[str, float]:
+    """Error metrics of predicted values."""
+    import numpy as np
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    errors = np.asarray(predicted, dtype=float) - np.asarray(y_true, dtype=float)
+    return {
+        "rmse": float(np.sqrt(np.mean(errors ** 2))),
+        "mae": mean_absolute_error(y_true, predicted),
+        "r2": r2_score(y_true, predicted),
+        "mean_outcome": float(np.mean(y_true)),
+        "mean_prediction": float(np.mean(predicted)),
+        "rows": float(len(y_true)),
+    }
+
+
+def evaluation_plots(contract: ModelContract, y_true: Any, score: Any, threshold: float,
+                     *, seed: int = 0) -> Any:
+    """Record the task's DVC plots of the golden rows and draw them (a matplotlib figure).
+
+    Classification: ``confusion`` (actual, predicted) and ``roc`` (fpr, tpr); regression:
+    ``predicted`` (actual, predicted; a sample of 500 rows).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from nbpipeline import record
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if contract.task == "regression":
+        frame = pd.DataFrame({"actual": np.asarray(y_true, dtype=float),
+                              "predicted": np.asarray(score, dtype=float)})
+        record.plot("predicted", frame.sample(min(500, len(frame)), random_state=seed).round(5))
+        left.scatter(frame["actual"], frame["predicted"], s=4, alpha=0.4)
+        left.set(xlabel="actual", ylabel="predicted", title="golden: predicted vs actual")
+        right.hist(frame["predicted"] - frame["actual"], bins=50)
+        right.set(xlabel="predicted - actual", title="golden residuals")
+    else:
+        from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+        predicted = (np.asarray(score) >= threshold).astype(int)
+        record.plot("confusion", pd.DataFrame({"actual": np.asarray(y_true).astype(int),
+                                               "predicted": predicted}))
+        fpr, tpr, _ = roc_curve(y_true, score)
+        step = max(1, len(fpr) // 200)
+        record.plot("roc", pd.DataFrame({"fpr": fpr[::step].round(5),
+                                         "tpr": tpr[::step].round(5)}))
+        left.plot(fpr, tpr, label=f"golden AUC {roc_auc_score(y_true, score):.3f}")
+        left.plot([0, 1], [0, 1], ls="--", c="grey")
+        left.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (golden)")
+        left.legend(loc="lower right")
+        matrix = confusion_matrix(y_true, predicted, labels=[0, 1])
+        right.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            right.text(j, i, f"{value:,}", ha="center", va="center")
+        right.set(xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="actual",
+                  title=f"confusion (threshold {threshold})")
+    fig.tight_layout()
+    return fig

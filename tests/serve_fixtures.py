@@ -56,10 +56,11 @@ def sample_row(**overrides: Any) -> dict[str, Any]:
 
 def boosting_model(data: pd.DataFrame, *, max_iter: int = 40, seed: int = 0) -> Any:
     """The example's model shape (ordinal encoders + gradient boosting) fitted on ``data``."""
-    from nbpipeline.modeling import build_pipeline
+    from nbpipeline.modeling import build_model
+    from nbpipeline.release.candidate import ModelContract
 
-    model = build_pipeline(max_iter=max_iter, min_samples_leaf=5, seed=seed,
-                           categorical=list(CATEGORIES), numeric=NUMBERS)
+    contract = ModelContract.from_metadata({"features": FEATURES, "target": {"name": "target"}})
+    model = build_model(contract, max_iter=max_iter, min_samples_leaf=5, seed=seed)
     return model.fit(data.drop(columns="target"), data["target"])
 
 

@@ -84,11 +84,12 @@ BREAKAGES = {
         "is int 3; set it to a int in params.yaml (or change the default in the parameters cell)",
     ),
     "section not in params list": (
-        lambda p: edit(p.dvc_yaml, "      - common.seed\n      - train\n", "      - common.seed\n"),
+        lambda p: edit(p.dvc_yaml, "      - common\n      - train\n", "      - common\n"),
         "dvc.yaml: stage 'train': params train.max_iter, train.max_depth",
     ),
     "common key not in params list": (
-        lambda p: edit(p.dvc_yaml, "      - common.seed\n      - data\n", "      - data\n"),
+        lambda p: edit(p.dvc_yaml, "      - common.seed\n      - common.features\n",
+                       "      - common.features\n"),
         "dvc.yaml: stage 'data': params common.seed reach the notebook but are not in its "
         "`params:` list, so changing them would not re-run the stage; add `- common.seed` "
         "under params:",
@@ -183,7 +184,8 @@ def test_sync_rewrites_defaults_keeping_comments_and_layout(tmp_path: Path) -> N
         "notebooks/evaluate.ipynb: parameters cell now has params.yaml's seed",
     ]
     source = params_cell(nbformat.read(project.notebook("train"), as_version=4)).source
-    assert "seed = 7\nmax_iter = 30  # boosting\n" in source
+    assert source.startswith("seed = 7\n") and "\nmax_iter = 30  # boosting\n" in source
+    assert '\n    "carrier": "category",\n' in source  # a long mapping: one item a line
     assert 'scoring = "average_precision"' in source and "max_depth = [4, 8]" in source
     assert _problems(project) == []
     assert sync_notebooks(project) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nbpipeline.errors import NbpipelineError, RegistryError
-from nbpipeline.modeling import load_candidate
+from nbpipeline.release.candidate import load_candidate
 from nbpipeline.release.registry import Registry
 
 

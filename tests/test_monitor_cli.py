@@ -77,8 +77,10 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(url, timeout=60, proc=server)
-        control = nbp("replay", "--months", *map(str, range(1, 9)), "--rows", str(WINDOW),
-                      "--rate", "400", "--url", url, "--seed", "3", cwd=project)
+        months(list(range(1, 9))).to_parquet(project / "jan-aug.parquet")
+        control = nbp("replay", "--data", "jan-aug.parquet", "--from", "2013-01-01",
+                      "--to", "2013-09-02", "--rows", str(WINDOW), "--rate", "400",
+                      "--url", url, "--seed", "3", cwd=project)
         assert f"replayed {WINDOW}/{WINDOW} rows" in control.stdout
         assert f"{WINDOW} outcomes sent" in control.stdout
         cfg = MonitorConfig.from_params(yaml.safe_load(
@@ -87,7 +89,8 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         assert not [a for a in first.alarms if "drift" in a.kind], first.lines()
 
         features = served_features(url)
-        sent = replay(url, months([12], rows=WINDOW, seed=0), features, rate=400)
+        sent = replay(url, months([12], rows=WINDOW, seed=0), features, target="delayed",
+                      rate=400)
         assert sent.feedback == WINDOW and sent.errors == 0
         december = nbp("monitor", cwd=project, check_code=ALARM_EXIT)
         assert "ALARM input_drift: feature 'temp' drifted" in december.stdout
@@ -95,7 +98,8 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         assert json.loads((project / "retrain" / "requested.json").read_text())["window"] == 1
 
         # autumn: the model stops paying (ROI < 0 for roi_windows windows) -> off switch
-        replay(url, months([9, 10, 11], rows=2 * WINDOW, seed=5), features, rate=400)
+        replay(url, months([9, 10, 11], rows=2 * WINDOW, seed=5), features, target="delayed",
+               rate=400)
         result = run_monitor(cfg, project)
         assert [a.kind for a in result.actions if a.kind == "switch_off"] == ["switch_off"]
         assert Registry(project / "registry").state().switched_off
@@ -123,12 +127,12 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
 
 
 def _one_row(url: str) -> dict:
-    from monitor_support import flights
+
+    from flights import month_rows
 
     from nbpipeline.monitor.command import served_features
-    from nbpipeline.monitor.replay import month_rows
 
-    frame = month_rows([12], rows=1, seed=9, frame=flights())
+    frame = month_rows([12], rows=1, seed=9)
     return json_row(frame.to_dict("records")[0], served_features(url))
 
 

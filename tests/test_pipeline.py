@@ -34,7 +34,7 @@ def test_repro_noop_param_change_run_cache_and_interactive_parity(example_projec
         assert all(c.get("execution_count") is None for c in nb.cells)
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root).stdout)
     shown = json.dumps(metrics)
-    for key in ("roc_auc", "quarantine_reasons", "delayed_rate"):
+    for key in ("roc_auc", "quarantine_reasons", "outcome_mean"):
         assert key in shown
     data = json.loads((root / "metrics" / "data.json").read_text())
     assert data["rows"]["quarantined"] > 0 and data["rows"]["golden"] > 0

@@ -134,7 +134,7 @@ def test_corrupted_model_file_is_refused(reg: Registry, candidates: list[Path]) 
 def test_candidate_changed_after_training_is_refused(reg: Registry, candidates: list[Path]) -> None:
     with open(candidates[0] / "model.skops", "ab") as fh:
         fh.write(b"tampered")
-    with pytest.raises(RegistryError, match="does not match metadata.json"):
+    with pytest.raises(RegistryError, match="model changed after training"):
         reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
 
 

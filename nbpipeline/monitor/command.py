@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,16 @@ def _settings(project: Project) -> dict[str, Any]:
 
     section = load_params(project.params_yaml).get(STAGE) or {}
     return MonitorConfig.from_params(dict(section)).as_dict()
+
+
+def _champion_task(project: Project) -> str | None:
+    from nbpipeline.release.registry import Registry
+
+    if not project.registry.is_dir():
+        return None
+    registry = Registry(project.registry)
+    champion = registry.state().champion
+    return None if champion is None else registry.contract(champion.version).task
 
 
 def summary_path(project: Project) -> Path:
@@ -73,6 +83,9 @@ def monitor_command(
     if summary["status"] == "no traffic yet":
         echo("nbp: monitor: no traffic yet - start `nbp serve` and send requests, "
              "or replay real months with `nbp replay --months 12`")
+    if summary["status"] != "no traffic yet" and _champion_task(project) == "regression":
+        echo("nbp: monitor: a regression model: input drift, traffic and latency are judged; "
+             "output drift, quality on feedback and ROI are not yet (classification only)")
     for alarm in summary["alarms"]:
         where = f" [{alarm['version']} {alarm['role']}]" if alarm.get("version") else ""
         new = "" if alarm["id"] in summary["new_alarms"] else " (already logged)"
@@ -119,20 +132,41 @@ def served_features(url: str, timeout: float = 10.0) -> list[str]:
 
 
 def replay_command(
-    project: Project, months: Sequence[int], *, rows: int, rate: float, url: str,
-    seed: int = 0, feedback: bool = True, echo: Callable[[str], None] = print,
+    project: Project, *, data: str | None, start: str | None, stop: str | None, rows: int,
+    rate: float, url: str, seed: int = 0, feedback: bool = True,
+    echo: Callable[[str], None] = print,
 ) -> int:
-    """Replay ``rows`` real flights of ``months`` through the server at ``url``."""
-    from nbpipeline.monitor.replay import month_rows, replay
+    """Replay ``rows`` of a labelled table through the server at ``url``, with outcomes.
 
-    features = served_features(url)
+    The table defaults to the golden split (params.yaml ``paths.golden_path``); the model
+    contract (features, target, time column) is the champion's.
+    """
+    from nbpipeline.monitor.replay import OUTCOME, replay, replay_rows
+    from nbpipeline.release.registry import Registry
+
+    registry = Registry(project.registry)
+    champion = registry.state().champion
+    if champion is None:
+        raise MonitorError("no champion in the registry: `nbp promote` a model first, then "
+                           "`nbp serve`, then replay")
+    contract = registry.contract(champion.version)
     params = load_params(project.params_yaml)
-    threshold = float((params.get("data") or {}).get("delay_threshold_min", 15))
-    frame = month_rows(months, rows=rows, seed=seed, delay_threshold_min=threshold)
-    echo(f"nbp: replay: {len(frame):,} flights of 2013 month(s) "
-         f"{', '.join(map(str, months))} to {url} at <= {rate:g}/s "
-         f"(delayed rate {frame['delayed'].mean():.1%})")
-    result = replay(url, frame, features, rate=rate, send_feedback=feedback,
+    path = data or (params.get("paths") or {}).get("golden_path")
+    if not path:
+        raise MonitorError("no table to replay: pass --data FILE (or set paths.golden_path)")
+    frame = replay_rows(project.root / path, contract, start=start, stop=stop, rows=rows,
+                        seed=seed)
+    if frame.empty:
+        raise MonitorError(f"{path}: no rows to replay"
+                           + (f" between {start or 'the start'} and {stop or 'the end'}"
+                              if start or stop else ""))
+    span = ""
+    if contract.time_column:
+        t = frame[contract.time_column]
+        span = f" from {t.min():%Y-%m-%d} to {t.max():%Y-%m-%d}"
+    echo(f"nbp: replay: {len(frame):,} rows of {path}{span} to {url} at <= {rate:g}/s "
+         f"(mean outcome {frame[OUTCOME].mean():.3f})")
+    result = replay(url, frame, served_features(url), rate=rate, send_feedback=feedback,
                     progress=lambda n: echo(f"  {n:,} sent"))
     echo(f"nbp: replay: {result.summary()}")
     if result.first_error:

@@ -1,10 +1,12 @@
-"""Replay real rows of chosen months through a running model server, then send outcomes.
+"""Replay a labelled table through a running model server, then send its outcomes.
 
-``nbp replay --months 12 --rows 3000`` takes flights of December 2013 (the real data set,
-offline, :mod:`nbpipeline.datasets`), cleans them like the data stage, and for each row:
+``nbp replay`` takes the rows of a table (by default the project's golden split;
+``--data FILE`` for any CSV or parquet file with the model's features and target),
+in time order, optionally within ``--from``/``--to`` on the time column, and for each row:
 POST /predict with the model's feature columns (one JSON row), remembers the request_id,
-and then POST /feedback with the real outcome (arrival delay above the threshold). The
-number of rows and the request rate are bounded; only 127.0.0.1-style URLs are expected.
+and then POST /feedback with the row's real outcome (the target, encoded as the model
+contract says). The number of rows and the request rate are bounded; only 127.0.0.1-style
+URLs are expected.
 """
 
 from __future__ import annotations
@@ -15,40 +17,57 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from nbpipeline.errors import MonitorError
+from nbpipeline.dataset import read_table
+from nbpipeline.errors import MonitorError, NbpipelineError
+from nbpipeline.release.candidate import ModelContract
 
-DEFAULT_THRESHOLD_MIN = 15
 MAX_ROWS = 200_000
+OUTCOME = "__outcome__"  # the encoded target column added by :func:`replay_rows`
 
 
-def month_rows(
-    months: Sequence[int], *, rows: int | None = None, seed: int = 0,
-    delay_threshold_min: float = DEFAULT_THRESHOLD_MIN, frame: Any = None,
+def replay_rows(
+    path: Path | str, contract: ModelContract, *, start: str | None = None,
+    stop: str | None = None, rows: int | None = None, seed: int = 0,
 ) -> Any:
-    """Clean flights of ``months`` (1..12) in time order, with the target ``delayed``.
+    """The rows of ``path`` to replay, in time order, with the encoded outcome.
 
-    Cleaning follows the data stage: rows without an arrival delay (cancelled/diverted)
-    or without a weather record are dropped. ``rows`` draws a random sample (then re-sorts
-    by time). ``frame`` (the output of ``load_flights()``) can be passed to avoid reloading.
+    ``start``/``stop`` (dates) keep rows with ``start <= time < stop`` on the contract's
+    time column; ``rows`` draws a random sample of that many (then re-sorts by time).
     """
-    from nbpipeline.datasets import TARGET, load_flights
+    import pandas as pd
 
-    bad = [m for m in months if not 1 <= int(m) <= 12]
-    if bad or not months:
+    time_column = contract.time_column
+    try:
+        frame = read_table(path, [time_column] if time_column else [])
+    except NbpipelineError as exc:
+        raise MonitorError(str(exc)) from exc
+    missing = [c for c in [*contract.names, contract.target] if c not in frame.columns]
+    if missing:
         raise MonitorError(
-            f"months {list(months)!r}: give month numbers 1..12 of 2013, e.g. --months 11 12"
+            f"{path}: no column(s) {', '.join(missing)}; the served model takes "
+            f"{', '.join(contract.names)} and predicts {contract.target}"
         )
-    raw = load_flights() if frame is None else frame
-    keep = raw["month"].isin([int(m) for m in months]) & raw["arr_delay"].notna()
-    keep &= raw["temp"].notna()
-    picked = raw[keep]
-    if rows is not None and rows < len(picked):
-        picked = picked.sample(rows, random_state=seed).sort_values("time_hour", kind="stable")
-    picked = picked.copy()
-    picked[TARGET] = (picked["arr_delay"] > delay_threshold_min).astype("int8")
-    return picked.reset_index(drop=True)
+    if (start or stop) and not time_column:
+        raise MonitorError("--from/--to need a time column; the model contract has none")
+    if time_column:
+        t = frame[time_column]
+        keep = t.notna()
+        if start:
+            keep &= t >= pd.Timestamp(start, tz="UTC")
+        if stop:
+            keep &= t < pd.Timestamp(stop, tz="UTC")
+        frame = frame[keep]
+    frame = frame[frame[contract.target].notna()]
+    if rows is not None and rows < len(frame):
+        frame = frame.sample(rows, random_state=seed)
+    if time_column:
+        frame = frame.sort_values(time_column, kind="stable")
+    frame = frame.reset_index(drop=True)
+    frame[OUTCOME] = contract.outcome(frame[contract.target])
+    return frame
 
 
 def json_row(row: dict[str, Any], features: Sequence[str]) -> dict[str, Any]:
@@ -84,7 +103,7 @@ class ReplayResult:
 
 
 def replay(
-    url: str, frame: Any, features: Sequence[str], *, target: str = "delayed",
+    url: str, frame: Any, features: Sequence[str], *, target: str = OUTCOME,
     rate: float = 200.0, max_rows: int = MAX_ROWS, timeout: float = 10.0,
     send_feedback: bool = True, progress: Callable[[int], None] | None = None,
     concurrency: int = 4,
@@ -108,13 +127,13 @@ def replay(
     if missing:
         raise MonitorError(
             f"replay rows lack the model's feature(s) {', '.join(missing)}; the served "
-            "model expects columns the example data set does not have"
+            "model expects columns this table does not have"
         )
     base = url.rstrip("/")
     result = ReplayResult()
     lock = threading.Lock()
     records = frame[list(features) + [target]].to_dict("records")
-    answered: list[tuple[str, int] | None] = [None] * len(records)
+    answered: list[tuple[str, int | float] | None] = [None] * len(records)
     started = time.perf_counter()
 
     def note_error(exc: Exception) -> None:
@@ -138,14 +157,16 @@ def replay(
         except (httpx.HTTPError, ValueError) as exc:
             note_error(exc)
             return
-        answered[i] = (str(body["request_id"]), int(records[i][target]))
+        outcome = records[i][target]
+        answered[i] = (str(body["request_id"]),
+                       int(outcome) if float(outcome).is_integer() else float(outcome))
         with lock:
             result.predicted += 1
             result.fallback += int(bool(body.get("fallback")))
             if progress and result.predicted % 500 == 0:
                 progress(result.predicted)
 
-    def feedback(client: httpx.Client, item: tuple[str, int]) -> None:
+    def feedback(client: httpx.Client, item: tuple[str, int | float]) -> None:
         try:
             resp = client.post(f"{base}/feedback",
                                json={"request_id": item[0], "outcome": item[1]})

@@ -74,7 +74,50 @@ def check_project(project: Project) -> list[Problem]:
             problems += _check_recorded(stage, nb)
             if params is not None:
                 problems += _check_params(project, stage, nb, params)
+    if params is not None:
+        problems += _check_features(project, params)
     return sorted(problems, key=lambda p: p.file)  # grouped by the file to edit
+
+
+def _check_features(project: Project, params: Mapping[str, Any]) -> list[Problem]:
+    """``common.features`` and ``common.target`` against the columns of the data: the
+    source table (``data.source``) when the project names one, else the train split.
+    (A data notebook that derives columns from other tables has no source table.)"""
+    common = params.get("common") or {}
+    features = common.get("features")
+    if not isinstance(features, Mapping):
+        return []
+    source = (params.get("data") or {}).get("source")
+    train = (params.get("paths") or {}).get("train_path")
+    table = project.root / str(source or train or "")
+    if not (source or train) or not table.is_file():
+        return []
+    columns = _columns(table)
+    if columns is None:
+        return [Problem(project.rel(table), "cannot read its columns to check common.features")]
+    wanted = [*features, *([common["target"]] if common.get("target") else [])]
+    missing = [name for name in wanted if name not in columns]
+    if not missing:
+        return []
+    fix = ("derive it in notebooks/data.ipynb or remove it from common.features"
+           if source else "check the name, or run `dvc repro data` if the data stage makes it")
+    return [Problem("params.yaml", f"[common] column(s) {', '.join(missing)} are not in "
+                    f"{project.rel(table)} (its columns: {', '.join(columns)}); {fix}")]
+
+
+def _columns(table: Path) -> list[str] | None:
+    """Column names of a parquet or CSV file, read without loading its rows."""
+    try:
+        if table.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(table).names)
+        import csv
+
+        with open(table, newline="", encoding="utf-8") as fh:
+            return next(csv.reader(fh), [])
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def _check_notebook(project: Project, stage: NotebookStage, kernels: list[str],

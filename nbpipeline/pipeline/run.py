@@ -23,6 +23,7 @@ calls. Order of work:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -171,6 +172,16 @@ class _HtmlExporterLoader(threading.Thread):
         return str(body)
 
 
+class _OwnParameterChecks(logging.Filter):
+    """Drops papermill's guesses about the parameters cell: its line-based parser warns
+    "Unable to parse line" on a string holding " = " and then "Passed unknown parameter";
+    nbp has already checked every parameter against the cell's AST (plan_stage)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Unable to parse line", "Passed unknown parameter"))
+
+
 def _recorded_files(project: Project, stage: str) -> list[Path]:
     """Files nbpipeline.record writes for ``stage``; a run starts without stale ones."""
     plots = project.plots / stage
@@ -297,6 +308,8 @@ def run_stage(
         kernel = _start_kernel(project, plan, run_dir, env)  # boots while papermill imports
         try:
             papermill = lean.papermill()
+            for name in ("papermill", "papermill.translators"):
+                logging.getLogger(name).addFilter(_OwnParameterChecks())
             from papermill.exceptions import PapermillExecutionError
 
             # Only now, with papermill -> nbclient -> jupyter_client fully imported:

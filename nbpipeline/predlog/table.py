@@ -76,7 +76,7 @@ class PredictionRecord:
     ts: float
     model_version: str | None
     role: str
-    prediction: int | None
+    prediction: float | None  # the decision (0/1), or a regression's predicted value
     probability: float | None
     latency_ms: float
     features: Mapping[str, Any]
@@ -270,16 +270,21 @@ def logged_features(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]
     return {**found, **rest}
 
 
-def record_feedback(conn: sqlite3.Connection, request_id: str, outcome: int, ts: float) -> bool:
-    """Store the real outcome of ``request_id``; False if no such prediction exists."""
+def record_feedback(
+    conn: sqlite3.Connection, request_id: str, outcome: float, ts: float,
+) -> bool | None:
+    """Store the real outcome of ``request_id``; False if no such prediction exists, None
+    if the outcome does not fit it (a classification decision's outcome is 0 or 1)."""
     known = conn.execute(
-        "SELECT 1 FROM predictions WHERE request_id = ?", (request_id,)
+        "SELECT probability FROM predictions WHERE request_id = ?", (request_id,)
     ).fetchone()
     if known is None:
         return False
+    if known[0] is not None and outcome not in (0, 1):
+        return None
     conn.execute(
         "INSERT INTO feedback VALUES (?, ?, ?) "
         "ON CONFLICT(request_id) DO UPDATE SET ts = excluded.ts, outcome = excluded.outcome",
-        (request_id, ts, int(outcome)),
+        (request_id, ts, int(outcome) if float(outcome).is_integer() else float(outcome)),
     )
     return True

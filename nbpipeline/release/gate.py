@@ -11,7 +11,7 @@ stage writes to ``metrics/gate.json`` and that ``nbp promote`` obeys::
      "champion_metrics": {"golden": {...}} | None, "criteria": {...}}
 
 Metric inputs look like ``{"valid": {"roc_auc": .7}, "golden": {...},
-"slices": {"carrier": {"AA": {"roc_auc": .71, "rows": 900}, ...}, ...}}``.
+"slices": {"region": {"north": {"roc_auc": .71, "rows": 900}, ...}, ...}}``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ DEFAULT_CRITERIA: dict[str, Any] = {
     "gate_too_good": 0.98,  # a value beyond this smells of leakage
     "gate_max_jump": 0.1,  # so does a jump this large over the champion
 }
-LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
 
 Check = dict[str, Any]
 
@@ -113,7 +113,8 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
     ``candidate`` may carry the model file's ``sha256`` (so `nbp promote` can check that
     the decision is about the model in models/candidate). ``champion`` carries
     ``version`` (and ``sha256``) besides its golden metrics and slices,
-    computed on the same golden data as the candidate's.
+    computed on the same golden data as the candidate's; or, when its model contract
+    differs from the candidate's, ``contract_differences`` instead (the gate fails).
     """
     crit = _criteria(criteria)
     metric = crit["gate_metric"]
@@ -131,7 +132,16 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
         f"golden {metric} beyond {too_good} suggests leakage (a feature that knows the label)",
     ))
     champion_metrics = None
-    if champion is not None:
+    differences = list((champion or {}).get("contract_differences") or [])
+    if champion is not None and differences:
+        version = champion.get("version", "champion")
+        checks.append(_check(
+            "same_contract_as_champion", None, None, False,
+            f"champion {version} has another model contract ({'; '.join(differences)}); "
+            "it cannot be compared: to start a new model line, retire it with "
+            "`nbp retire --reason TEXT` and re-run `dvc repro evaluate`",
+        ))
+    elif champion is not None:
         version = champion.get("version", "champion")
         best = _value(champion, "golden", metric, f"champion {version}")
         gain = sign * (golden - best)

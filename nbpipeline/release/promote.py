@@ -103,12 +103,14 @@ def promote_candidate(
     if problems and not force:
         raise GateError("; ".join(problems))
     if not gate.get("passed") and not force:
-        failed = [f"{c['name']} ({c.get('value')} vs {c.get('threshold')})"
+        failed = [f"{c['name']}" + (f" ({c['value']} vs {c.get('threshold')})"
+                                     if c.get("value") is not None else "")
+                  + (f": {c['detail']}" if c.get("detail") else "")
                   for c in gate.get("checks", []) if not c.get("passed")]
         raise GateError(
             f"the candidate failed the gate in {project.rel(project.metrics / GATE_FILE)}: "
-            f"{'; '.join(failed)}; see reports/evaluate.html, improve the model and re-run "
-            "`dvc repro`, or override with --force --reason TEXT (recorded)"
+            f"{'; '.join(failed)} (see reports/evaluate.html); or override with --force "
+            "--reason TEXT (recorded)"
         )
     overridden = problems + ([] if gate.get("passed") else ["gate failed"])
     forced = f"{reason} (overrode: {'; '.join(overridden)})" if force and overridden else None
@@ -143,14 +145,20 @@ def rollback(project: Project, *, canary: bool = False, reason: str | None = Non
                         reason=reason or "manual rollback", actor=actor or default_actor())
 
 
+def retire(project: Project, *, reason: str, actor: str | None = None) -> Event:
+    """Retire the champion and canary: the next `nbp promote` starts a new model line."""
+    return Registry(project.registry).retire(reason=reason, actor=actor or default_actor())
+
+
 def _metric_summary(metrics: dict[str, Any]) -> str:
     golden, valid = metrics.get("golden", {}), metrics.get("valid", {})
     parts = []
-    for name in ("roc_auc", "average_precision"):
+    for name in ("roc_auc", "average_precision", "r2", "rmse"):
         if name in golden:
             parts.append(f"golden {name} {golden[name]:.4f}")
-    if "roc_auc" in valid:
-        parts.append(f"valid roc_auc {valid['roc_auc']:.4f}")
+    for name in ("roc_auc", "r2"):
+        if name in valid:
+            parts.append(f"valid {name} {valid[name]:.4f}")
     return ", ".join(parts) or "-"
 
 

@@ -32,9 +32,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from nbpipeline.errors import GateError, RegistryError
-from nbpipeline.modeling import read_candidate_metadata
 from nbpipeline.project import write_bytes_atomic
 from nbpipeline.record import json_value
+from nbpipeline.release.candidate import (
+    MODEL_FILE,
+    REFERENCE_FILE,
+    ModelContract,
+    check_hash,
+    read_metadata,
+)
 
 __all__ = [
     "ACTOR_ENV",
@@ -175,6 +181,10 @@ class _Replay:
                 self.switched_off, self.off_reason = False, None
         elif event.kind == "switch_off":
             self.switched_off, self.off_reason = True, event.reason
+        elif event.kind == "retire":  # a new model line starts: no champion, no rollback
+            self.champions.clear()
+            self.canary, self.canary_fraction = None, 0.0
+            self.switched_off, self.off_reason = False, None
 
     @property
     def champion(self) -> str | None:
@@ -296,13 +306,9 @@ class Registry:
                 f"{path}: model file of {version} is missing; restore the registry's objects/ "
                 "directory from a backup or register the model again"
             ) from exc
-        actual = _sha256(blob)
-        if actual != mv.sha256:
-            raise RegistryError(
-                f"{path}: model file of {version} is damaged: sha256 is {actual}, expected "
-                f"{mv.sha256}; refusing to load it — restore the file from a backup, or roll "
-                "back (`nbp rollback`) to a version whose file is intact"
-            )
+        check_hash(path, blob, mv.sha256, RegistryError, what=f"model file of {version}",
+                   fix="restore the file from a backup, or roll back (`nbp rollback`) to a "
+                   "version whose file is intact")
         trusted = list(mv.metadata.get("trusted_types", []))
         try:
             model = sio.loads(blob, trusted=trusted)
@@ -313,6 +319,11 @@ class Registry:
                 "metadata 'trusted_types' — re-train and register it again"
             ) from exc
         return model, dict(mv.metadata)
+
+    def contract(self, version: str) -> ModelContract:
+        """The model contract of ``version`` (what it takes and predicts)."""
+        return ModelContract.from_metadata(dict(self.get(version).metadata),
+                                           f"registry version {version}")
 
     def stored_file(self, version: str, name: str) -> Path:
         """Path of an extra file stored with ``version`` (e.g. 'reference.parquet')."""
@@ -387,21 +398,17 @@ class Registry:
         stored content-addressed too; ``reference.parquet`` of the candidate always is.
         """
         directory = Path(candidate_dir)
-        model_path, meta_path = directory / "model.skops", directory / "metadata.json"
-        metadata = read_candidate_metadata(directory, RegistryError)
-        if "trusted_types" not in metadata:
+        model_path = directory / MODEL_FILE
+        candidate = read_metadata(directory, RegistryError)
+        if candidate.trusted_types is None:
             raise RegistryError(
-                f"{meta_path}: no 'trusted_types'; the model cannot be loaded safely — "
-                "re-run `dvc repro train` with the current nbpipeline"
+                f"{directory}: metadata has no 'trusted_types'; the model cannot be loaded "
+                "safely — re-run `dvc repro train` with the current nbpipeline"
             )
+        metadata = candidate.raw
         blob = model_path.read_bytes()
-        sha = _sha256(blob)
-        expected = metadata.get("model_sha256")
-        if expected not in (None, sha):
-            raise RegistryError(
-                f"{model_path}: sha256 {sha} does not match metadata.json ({expected}); the "
-                "model changed after training — re-run `dvc repro`"
-            )
+        sha = check_hash(model_path, blob, candidate.model_sha256, RegistryError,
+                         fix="the model changed after training: re-run `dvc repro`")
         if force_reason is not None and not force_reason.strip():
             raise RegistryError("a forced registration needs a reason: pass --reason TEXT")
         if gate is not None and not gate.get("passed", False) and not force_reason:
@@ -412,7 +419,7 @@ class Registry:
                 "re-run `dvc repro`, or override with --force --reason TEXT (recorded)"
             )
         files = {}
-        extras = {"reference.parquet": directory / "reference.parquet", **(extra_files or {})}
+        extras = {REFERENCE_FILE: directory / REFERENCE_FILE, **(extra_files or {})}
         for name, path in extras.items():
             if Path(path).is_file():
                 ext = Path(name).suffix.lstrip(".") or "bin"
@@ -495,9 +502,21 @@ class Registry:
         with self._locked() as (fh, events):
             return self._append(fh, events, "switch_off", actor, reason, {})
 
+    def retire(self, *, reason: str, actor: str) -> Event:
+        """Retire the champion (and canary): the next promoted model starts a new model
+        line, e.g. with other features or another task. Versions stay registered."""
+        if not reason.strip():
+            raise RegistryError("retiring the champion needs a reason: pass --reason TEXT")
+        with self._locked() as (fh, events):
+            replay = self._replay(events)
+            if replay.champion is None and replay.canary is None:
+                raise RegistryError("there is no champion or canary to retire")
+            data = {"retired": list(replay.champions), "canary": replay.canary}
+            return self._append(fh, events, "retire", actor, reason, data)
+
     def append_event(self, kind: str, *, reason: str, actor: str, **data: Any) -> Event:
         """Record any other event (alarm, retrain trigger, note); it does not change the state."""
-        if kind in ("register", "promote", "rollback"):
+        if kind in ("register", "promote", "rollback", "retire", "switch_off"):
             raise RegistryError(
                 f"event kind '{kind}' changes the state; use Registry.{kind}() instead"
             )

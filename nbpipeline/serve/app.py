@@ -130,7 +130,7 @@ def create_app(
 def _freeze() -> None:
     """Keep what is loaded now (libraries, models: it lives as long as the server) out of
     the garbage collector's full passes, which otherwise walk it all and stalled every
-    request in flight for ~120 ms (the c=32 p99 in bench/serve.py)."""
+    request in progress for ~120 ms (the c=32 p99 in bench/serve.py)."""
     gc.collect()
     gc.freeze()
 

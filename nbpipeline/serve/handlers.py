@@ -245,9 +245,13 @@ def _decide(state: ServerState, rows: list[_Row], start: float) -> list[predlog.
                 settings.fallback_prediction, settings.fallback_probability, None,
             )
         else:
-            probability = row.probability
-            assert probability is not None
-            prediction, version = int(probability >= row.served.threshold), row.served.version
+            output = row.probability
+            assert output is not None
+            version = row.served.version
+            if row.served.task == "regression":  # the model's output is the prediction
+                prediction, probability = output, None
+            else:
+                prediction, probability = int(output >= row.served.threshold), output
         fallback = row.served is None
         row.answer = {
             "request_id": row.request_id, "prediction": prediction, "probability": probability,
@@ -292,6 +296,13 @@ async def feedback_response(state: ServerState, request: Request) -> Response:
         metrics.errors.labels("log").inc()
         detail = f"feedback not recorded ({type(exc).__name__}: {exc})"
         return json_response(503, {"detail": detail})
+    if known is None:  # the outcome does not fit the task of the model that decided
+        metrics.requests.labels("/feedback", "422").inc()
+        metrics.errors.labels("validation").inc()
+        return json_response(422, {"detail": [{
+            "loc": ["body", "outcome"], "type": "value_error",
+            "msg": f"outcome {fb.outcome!r} of a classification decision must be 0 or 1",
+        }]})
     if not known:
         metrics.requests.labels("/feedback", "404").inc()
         return json_response(404, {"detail": (

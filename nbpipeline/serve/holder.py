@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nbpipeline.errors import NbpipelineError
+from nbpipeline.release.candidate import ModelContract
 from nbpipeline.release.registry import ModelVersion, ProductionState, Registry
 from nbpipeline.serve.routing import goes_to_canary
 from nbpipeline.serve.schema import FeatureSchema
@@ -35,8 +36,9 @@ class ServedModel:
     model: Any
     schema: FeatureSchema
     threshold: float
-    scorer: Scorer  # rows -> P(target == 1); compiled trees when they agree with the model
+    scorer: Scorer  # rows -> P(positive label), or predicted values; compiled when they agree
     scorer_how: str = "scikit-learn"
+    task: str = "classification"  # the model contract's task
 
 
 @dataclass(frozen=True)
@@ -133,15 +135,18 @@ class ModelHolder:
         try:
             model, metadata = self.registry.load(mv.version)
             schema = FeatureSchema.from_metadata(metadata, version=mv.version)
+            task = ModelContract.from_metadata(metadata, f"model {mv.version}").task
         except NbpipelineError as exc:
             raise _Failed(LoadError(mv.version, str(exc))) from exc
         except Exception as exc:  # an unexpected failure must not take the server down either
             raise _Failed(LoadError(mv.version, f"{type(exc).__name__}: {exc}")) from exc
-        scorer, how = compile_scorer(model, schema.names, schema.kinds, self._reference(mv.version))
+        scorer, how = compile_scorer(model, schema.names, schema.kinds,
+                                     self._reference(mv.version), task)
         log.info("model %s scores with %s", mv.version, how)
         self.loads += 1
         return ServedModel(
-            mv.version, model, schema, _threshold(metadata, self.default_threshold), scorer, how
+            mv.version, model, schema, _threshold(metadata, self.default_threshold), scorer, how,
+            task,
         )
 
     def _reference(self, version: str) -> Any:

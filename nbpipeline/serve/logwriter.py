@@ -128,8 +128,9 @@ class LogWriter:
         self._queue.put(op)
         return op.future
 
-    def feedback(self, request_id: str, outcome: int, ts: float) -> Future[bool]:
-        """Record an outcome; the future resolves to False for an unknown request id."""
+    def feedback(self, request_id: str, outcome: float, ts: float) -> Future[bool | None]:
+        """Record an outcome; the future resolves to False for an unknown request id and
+        None for an outcome that does not fit the logged decision."""
         return self._submit("feedback", (request_id, outcome, ts))
 
     def ensure_features(self, kinds: Mapping[str, str]) -> Future[None]:
@@ -201,7 +202,7 @@ class LogWriter:
         predlog.ensure_schema(self._conn, kinds)
         self._columns = frozenset(predlog.feature_columns(self._conn))
 
-    def _feedback(self, payload: tuple[str, int, float]) -> bool:
+    def _feedback(self, payload: tuple[str, float, float]) -> bool | None:
         assert self._conn is not None
         return predlog.record_feedback(self._conn, *payload)
 

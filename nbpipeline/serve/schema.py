@@ -17,7 +17,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    create_model,
+)
 
 from nbpipeline.errors import ServeError
 
@@ -138,7 +147,9 @@ class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: Annotated[str, Field(strict=True, min_length=1, max_length=200)]
-    outcome: Annotated[int, Field(strict=True, ge=0, le=1)]
+    # 0/1 for a classification decision (checked against the logged decision), any
+    # finite number for a regression's prediction
+    outcome: StrictInt | Annotated[StrictFloat, AllowInfNan(False)]
 
 
 def parse_feedback(raw: bytes) -> Feedback:

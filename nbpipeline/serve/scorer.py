@@ -1,4 +1,5 @@
-"""A fast scorer for the example's model shape: encoders as dict lookups, trees in numpy.
+"""A fast scorer for the model shape nbpipeline.modeling builds, whatever its columns:
+encoders as dict lookups, trees in numpy.
 
 A fitted ``Pipeline([ColumnTransformer(OrdinalEncoder | passthrough), HistGradientBoosting
 Classifier])`` spends ~6 ms on one row: the encoders' pandas/validation work and one
@@ -60,8 +61,10 @@ class Column:
         return self.codes.get(raw, self.default)
 
 
-def frame_scorer(model: Any, names: Sequence[str], kinds: Mapping[str, str]) -> Scorer:
-    """Score rows with ``model.predict_proba`` on the DataFrame it was trained on."""
+def frame_scorer(model: Any, names: Sequence[str], kinds: Mapping[str, str],
+                 task: str = "classification") -> Scorer:
+    """Score rows on the DataFrame the model was trained on: ``predict_proba``'s positive
+    column (classification) or ``predict`` (regression)."""
     import pandas as pd
 
     def score(rows: Rows) -> np.ndarray:
@@ -69,8 +72,10 @@ def frame_scorer(model: Any, names: Sequence[str], kinds: Mapping[str, str]) -> 
         for name in names:
             dtype = np.float64 if kinds[name] == "number" else object
             columns[name] = np.array([row[name] for row in rows], dtype=dtype)
-        proba = model.predict_proba(pd.DataFrame(columns, columns=list(names)))
-        return np.asarray(proba, dtype=np.float64)[:, 1]
+        frame = pd.DataFrame(columns, columns=list(names))
+        if task == "regression":
+            return np.asarray(model.predict(frame), dtype=np.float64)
+        return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
 
     return score
 
@@ -258,28 +263,35 @@ class Forest:
 
 @dataclass(frozen=True)
 class Compiled:
-    """A compiled model: rows (dicts of raw feature values) -> P(target == 1)."""
+    """A compiled model: rows (dicts of raw feature values) -> P(target == 1), or the
+    predicted value of a regressor (``logistic`` False: the raw sum is the prediction)."""
 
     columns: tuple[Column, ...]
     forest: Forest
+    logistic: bool = True
 
     def __call__(self, rows: Rows) -> np.ndarray:
         X = np.empty((len(rows), len(self.columns)), dtype=np.float64)
         for i, row in enumerate(rows):
             X[i] = [col.value(row[col.feature]) for col in self.columns]
-        return np.asarray(expit(self.forest.raw(X)), dtype=np.float64)
+        raw = self.forest.raw(X)
+        return np.asarray(expit(raw) if self.logistic else raw, dtype=np.float64)
 
 
 def compile_model(model: Any, names: Sequence[str], kinds: Mapping[str, str]) -> Compiled:
-    """Compile ``Pipeline([ColumnTransformer, HistGradientBoostingClassifier])``."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    """Compile ``Pipeline([ColumnTransformer, HistGradientBoosting{Classifier,Regressor}])``
+    (a regressor only with the identity link: squared, absolute or quantile error)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
 
     if not isinstance(model, Pipeline) or len(model.steps) != 2:
         raise NotCompilable(f"{type(model).__name__} is not a two-step Pipeline")
     encode, hgb = model.steps[0][1], model.steps[1][1]
-    if not isinstance(hgb, HistGradientBoostingClassifier):
+    regressor = isinstance(hgb, HistGradientBoostingRegressor)
+    if not (regressor or isinstance(hgb, HistGradientBoostingClassifier)):
         raise NotCompilable(f"the last step is a {type(hgb).__name__}")
+    if regressor and hgb.loss not in ("squared_error", "absolute_error", "quantile"):
+        raise NotCompilable(f"a regressor with loss {hgb.loss!r} (not an identity link)")
     columns = _through(encode, [Column(name, kinds[name]) for name in names])
     if getattr(hgb, "_preprocessor", None) is not None:
         columns = _through(hgb._preprocessor, columns)
@@ -287,7 +299,7 @@ def compile_model(model: Any, names: Sequence[str], kinds: Mapping[str, str]) ->
         raise NotCompilable("raw categories reach the trees")
     if len(columns) != hgb.n_features_in_:
         raise NotCompilable(f"{len(columns)} columns for a model of {hgb.n_features_in_}")
-    return Compiled(tuple(columns), Forest(hgb))
+    return Compiled(tuple(columns), Forest(hgb), logistic=not regressor)
 
 
 def check_rows(
@@ -308,6 +320,7 @@ def check_rows(
 
 def compile_scorer(
     model: Any, names: Sequence[str], kinds: Mapping[str, str], reference: Any = None,
+    task: str = "classification",
 ) -> tuple[Scorer, str]:
     """(scorer, how): the compiled scorer if it agrees with the model, else the plain one.
 
@@ -315,7 +328,7 @@ def compile_scorer(
     sample) supplies the rows the two are compared on; without it only edge rows are.
     ``how`` says which scorer it is and why, for the server's log and /health.
     """
-    plain = frame_scorer(model, names, kinds)
+    plain = frame_scorer(model, names, kinds, task)
     try:
         compiled = compile_model(model, names, kinds)
     except NotCompilable as exc:

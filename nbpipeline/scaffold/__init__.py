@@ -1,0 +1,1 @@
+"""`nbp init`: new projects from a table, with the generic stage notebooks as templates."""
