@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flights import FEATURES, TARGET, contract, load_flights, month_rows
+from flights import FEATURES, TARGET, load_flights, month_rows
 
 from nbpipeline.predlog import table as predlog
 
@@ -22,33 +21,6 @@ flights = load_flights
 
 def months(ms: list[int], rows: int | None = None, seed: int = 0) -> Any:
     return month_rows(ms, rows=rows, seed=seed)
-
-
-def make_candidate(
-    directory: Path, *, rows: int = 12000, seed: int = 0, shuffled_labels: bool = False
-) -> tuple[Any, dict]:
-    """Fit and save a candidate (model.skops, metadata.json, reference.parquet).
-
-    ``shuffled_labels`` fits on permuted outcomes: a real model that has learnt nothing
-    (ROC AUC about 0.5), i.e. a bad release.
-    """
-    from nbpipeline.modeling import build_model
-    from nbpipeline.release.candidate import save_candidate
-
-    train = months(list(range(1, 9)), rows=rows, seed=seed)
-    labels = train[TARGET]
-    if shuffled_labels:
-        labels = labels.sample(frac=1.0, random_state=seed).to_numpy()
-    model = build_model(contract(train), max_iter=40, min_samples_leaf=40, seed=seed,
-                        max_depth=5)
-    model.fit(train[FEATURES], labels)
-    reference = train.sample(min(5000, len(train)), random_state=seed)[FEATURES + [TARGET]]
-    reference = reference.assign(probability=model.predict_proba(reference[FEATURES])[:, 1])
-    metadata = save_candidate(
-        model, directory, contract=contract(train), reference=reference,
-        params={"seed": seed}, data_paths={}, search={},
-    )
-    return model, metadata
 
 
 def log_traffic(

@@ -12,7 +12,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-NOTEBOOKS = Path(__file__).parent / "notebooks"
+TESTS = Path(__file__).resolve().parent  # helper modules (on pytest's pythonpath)
+NOTEBOOKS = TESTS / "notebooks"
+FIXTURES = TESTS / "fixtures"
 
 # A small, fast version of the example: same notebooks, fewer rows and iterations.
 SMALL_PARAMS = {

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -17,94 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pandas as pd
 
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
 from nbpipeline.serve.settings import ServeSettings
 
-CATEGORIES = {"carrier": ["AA", "B6", "DL", "UA"], "origin": ["EWR", "JFK", "LGA"]}
-NUMBERS = ["distance", "hour", "temp"]
-FEATURES = [
-    *({"name": n, "kind": "category", "values": v} for n, v in CATEGORIES.items()),
-    *({"name": n, "kind": "number"} for n in NUMBERS),
-]
 FAST = {"poll_seconds": 0.1, "retry_seconds": 0.5}
-
-
-def synthetic_rows(n: int, seed: int = 0) -> pd.DataFrame:
-    """Rows with the test feature schema and a learnable target."""
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "carrier": rng.choice(CATEGORIES["carrier"], n),
-        "origin": rng.choice(CATEGORIES["origin"], n),
-        "distance": rng.uniform(100, 2500, n),
-        "hour": rng.integers(5, 23, n).astype(float),
-        "temp": rng.normal(55, 15, n),
-    })
-    logit = (frame["hour"] - 14) / 3 + (frame["carrier"] == "B6") - (frame["origin"] == "LGA")
-    frame["target"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
-    return frame
 
 
 def sample_row(**overrides: Any) -> dict[str, Any]:
     """One valid request row."""
     return {"carrier": "AA", "origin": "JFK", "distance": 1000.0, "hour": 17, "temp": 60.5,
             **overrides}
-
-
-def boosting_model(data: pd.DataFrame, *, max_iter: int = 40, seed: int = 0) -> Any:
-    """The example's model shape (ordinal encoders + gradient boosting) fitted on ``data``."""
-    from nbpipeline.modeling import build_model
-    from nbpipeline.release.candidate import ModelContract
-
-    contract = ModelContract.from_metadata({"features": FEATURES, "target": {"name": "target"}})
-    model = build_model(contract, max_iter=max_iter, min_samples_leaf=5, seed=seed)
-    return model.fit(data.drop(columns="target"), data["target"])
-
-
-def make_candidate(
-    directory: Path, *, c: float = 1.0, seed: int = 0, boosting: bool = False
-) -> Path:
-    """Fit OneHotEncoder + LogisticRegression (or, with ``boosting``, the example's model
-    shape) on synthetic rows; write model.skops, metadata.json and reference.parquet."""
-    import skops.io as sio
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    data = synthetic_rows(300, seed)
-    if boosting:
-        model = boosting_model(data, seed=seed)
-    else:
-        model = Pipeline([
-            ("encode", ColumnTransformer([
-                ("categories", OneHotEncoder(handle_unknown="ignore"), list(CATEGORIES)),
-                ("numbers", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]),
-                 NUMBERS),
-            ])),
-            ("model", LogisticRegression(C=c, max_iter=500)),
-        ]).fit(data.drop(columns="target"), data["target"])
-    directory.mkdir(parents=True, exist_ok=True)
-    features = data.drop(columns="target")
-    features.assign(prediction=model.predict_proba(features)[:, 1]).to_parquet(
-        directory / "reference.parquet", index=False
-    )
-    blob = sio.dumps(model)
-    (directory / "model.skops").write_bytes(blob)
-    metadata = {
-        "created": "2026-01-01T00:00:00+00:00",
-        "params": {"C": c},
-        "features": FEATURES,
-        "target": {"name": "target", "description": "synthetic"},
-        "model_sha256": hashlib.sha256(blob).hexdigest(),
-        "trusted_types": sorted(sio.get_untrusted_types(data=blob)),
-    }
-    (directory / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    return directory
 
 
 def make_project(root: Path, serve: dict[str, Any] | None = None) -> Project:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from projects import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 LIBRARY = REPO / "nbpipeline"
 # What only the flights example may name (as whole words).
 EXAMPLE_WORDS = re.compile(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from projects import REPO
 
 from nbpipeline.errors import NotebookError
 from nbpipeline.notebook import (
@@ -16,8 +17,6 @@ from nbpipeline.notebook import (
     strip_outputs,
     strip_volatile,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_literals_and_annotations_are_parsed_without_executing() -> None:

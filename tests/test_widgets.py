@@ -15,7 +15,9 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from monitor_support import kinds, log_traffic, make_candidate, months
+from candidates import flights_candidate
+from monitor_support import kinds, log_traffic, months
+from projects import REPO
 
 from nbpipeline.predlog import table as predlog
 from nbpipeline.release.registry import Registry
@@ -29,11 +31,11 @@ def project(tmp_path_factory) -> Path:
     """A project with v1 champion, v2 canary and a log of May + December traffic."""
     root = tmp_path_factory.mktemp("widgets")
     (root / "dvc.yaml").write_text("stages: {}\n")
-    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
     monitor = dict(params["monitor"], window_size=1000, min_feedback=200)
     (root / "params.yaml").write_text(yaml.safe_dump({"monitor": monitor}))
-    good, meta = make_candidate(root / "models" / "candidate", rows=6000, seed=0)
-    make_candidate(root / "models" / "other", rows=3000, seed=5)
+    good, meta = flights_candidate(root / "models" / "candidate", rows=6000, seed=0)
+    flights_candidate(root / "models" / "other", rows=3000, seed=5)
     reg = Registry(root / "registry")
     v1 = reg.register(root / "models" / "candidate", {"passed": True, "checks": [
         {"name": "min_roc_auc", "passed": True, "value": 0.71, "threshold": 0.6}]},

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from candidates import synthetic_candidate
 from serve_fixtures import (
     free_port,
     hammer,
-    make_candidate,
     make_project,
     register,
     spooled_ids,
@@ -36,7 +36,7 @@ def test_kill_9_under_load_loses_no_answered_prediction(
     monkeypatch.delenv("NBPIPELINE_PREDLOG", raising=False)
     monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
     project = make_project(tmp_path / "proj")
-    register(Registry(project.registry), make_candidate(tmp_path / "cand"))
+    register(Registry(project.registry), synthetic_candidate(tmp_path / "cand"))
     port = free_port()
     proc = start_server_process(project, port)
     url = f"http://127.0.0.1:{port}"

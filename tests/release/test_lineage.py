@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _candidates import gate_for, make_candidate, make_release_project
+from candidates import small_candidate
+from release_project import gate_for, make_release_project
 
 from nbpipeline.cli import main
 from nbpipeline.project import Project
@@ -34,7 +35,7 @@ def test_promote_models_lineage_rollback(project: Path, capsys: pytest.CaptureFi
     v1 = reg.get("v1")
     assert reg.state().champion == v1 and v1.actor == "ana" and v1.gate["passed"]  # type: ignore[index]
 
-    make_candidate(project / "models" / "candidate", c=0.05)
+    small_candidate(project / "models" / "candidate", c=0.05)
     gate_for(project, 0.75, "v1")
     assert nbp("promote", "--canary", "0.2", "--reason", "try it") == 0
     state = reg.state()
@@ -87,7 +88,7 @@ def test_gate_against_another_champion_is_refused(
 ) -> None:
     gate_for(project, 0.7, None)
     assert nbp("promote") == 0
-    make_candidate(project / "models" / "candidate", c=0.05)  # new candidate, old gate.json
+    small_candidate(project / "models" / "candidate", c=0.05)  # new candidate, old gate.json
     assert nbp("promote") == 1
     err = capsys.readouterr().err
     assert "champion now is v1" in err and "dvc repro -f -s evaluate" in err
@@ -95,7 +96,7 @@ def test_gate_against_another_champion_is_refused(
     (project / "models/candidate/model.skops").write_bytes(
         (project / "models/candidate/model.skops").read_bytes()
     )
-    make_candidate(project / "models" / "candidate", c=0.5)  # retrained after evaluate
+    small_candidate(project / "models" / "candidate", c=0.5)  # retrained after evaluate
     assert nbp("promote") == 1
     assert "not the model the gate evaluated" in capsys.readouterr().err
 

@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _candidates import gate_for, make_candidate, make_release_project
+from candidates import small_candidate
+from release_project import gate_for, make_release_project
 
 from nbpipeline.project import Project
 from nbpipeline.release.promote import promote_candidate
@@ -27,7 +28,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     root = make_release_project(tmp_path / "proj")
     gate_for(root, 0.7, None)
     promote_candidate(Project(root), reason="first model", actor="ana")
-    make_candidate(root / "models" / "candidate", c=0.05)
+    small_candidate(root / "models" / "candidate", c=0.05)
     gate_for(root, 0.66, "v1", champion_golden=0.7)  # a candidate that fails the gate
     plots = root / "plots" / "evaluate"
     plots.mkdir(parents=True)

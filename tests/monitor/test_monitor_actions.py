@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from monitor_support import kinds, log_traffic, make_candidate, months
+from candidates import flights_candidate
+from monitor_support import kinds, log_traffic, months
 
 from nbpipeline.monitor import MonitorConfig, run_monitor
 from nbpipeline.monitor.alarms import AlarmLog
@@ -27,8 +28,8 @@ WINDOW = 1000
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    good, meta = make_candidate(root / "good", rows=8000, seed=0)
-    bad, _ = make_candidate(root / "bad", rows=4000, seed=1, shuffled_labels=True)
+    good, meta = flights_candidate(root / "good", rows=8000, seed=0)
+    bad, _ = flights_candidate(root / "bad", rows=4000, seed=1, shuffled_labels=True)
     return {"good": (good, root / "good", meta), "bad": (bad, root / "bad")}
 
 

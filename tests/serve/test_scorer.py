@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from serve_fixtures import CATEGORIES, NUMBERS, boosting_model, synthetic_rows
+from candidates import CATEGORIES, NUMBERS, boosting_model, synthetic_rows
 
 from nbpipeline.serve.scorer import Compiled, check_rows, compile_scorer, frame_scorer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _candidates import features_frame, make_candidate
+from candidates import small_candidate, small_rows
 
 from nbpipeline.errors import GateError, RegistryError
 from nbpipeline.release.registry import Registry
@@ -23,7 +23,7 @@ FAILED = {
 
 @pytest.fixture()
 def candidates(tmp_path: Path) -> list[Path]:
-    return [make_candidate(tmp_path / f"cand{i}", c=c) for i, c in enumerate((1.0, 0.1, 0.01))]
+    return [small_candidate(tmp_path / f"cand{i}", c=c) for i, c in enumerate((1.0, 0.1, 0.01))]
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def test_register_promote_and_load(reg: Registry, candidates: list[Path]) -> Non
     state = reg.state()
     assert state.champion is not None and state.champion.version == "v1"
     model, metadata = reg.load("v1")
-    proba = model.predict_proba(features_frame())  # type: ignore[attr-defined]
+    proba = model.predict_proba(small_rows())  # type: ignore[attr-defined]
     assert proba.shape == (5, 2) and metadata["params"] == {"C": 1.0}
 
 

@@ -12,12 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from candidates import FEATURES, synthetic_candidate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from serve_fixtures import (
-    FEATURES,
-    make_candidate,
     make_project,
     register,
     running_server,
@@ -40,8 +39,8 @@ NAMES = [f["name"] for f in FEATURES]
 def candidates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("candidates")
     return {
-        "a": make_candidate(base / "a", c=1.0, seed=0),
-        "b": make_candidate(base / "b", c=0.05, seed=1),
+        "a": synthetic_candidate(base / "a", c=1.0, seed=0),
+        "b": synthetic_candidate(base / "b", c=0.05, seed=1),
     }
 
 
@@ -138,7 +137,7 @@ def test_the_example_model_shape_is_served_by_compiled_trees_with_its_own_answer
 ) -> None:
     import pandas as pd
 
-    candidate = make_candidate(tmp_path / "boosting", boosting=True)
+    candidate = synthetic_candidate(tmp_path / "boosting", boosting=True)
     register(registry, candidate)
     model, _ = registry.load("v1")
     rows = [sample_row(), sample_row(carrier="never-seen"), sample_row(temp=None),
@@ -378,7 +377,7 @@ def test_damaged_model_file_is_kept_out_and_the_last_good_one_serves(
 def test_a_model_that_fails_on_valid_input_answers_500_naming_it(
     project: Project, registry: Registry, tmp_path: Path
 ) -> None:
-    cand = make_candidate(tmp_path / "mismatch", c=0.5)
+    cand = synthetic_candidate(tmp_path / "mismatch", c=0.5)
     meta = json.loads((cand / "metadata.json").read_text())
     meta["features"] = [dict(f, name="temperature") if f["name"] == "temp" else f
                         for f in meta["features"]]  # schema and pipeline disagree

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from projects import FIXTURES, NOTEBOOKS
 
 from nbpipeline import cli
 from nbpipeline.errors import NbpipelineError, StageFailedError
@@ -19,7 +20,7 @@ from nbpipeline.pipeline.check import check_project
 from nbpipeline.pipeline.run import run_stage
 from nbpipeline.project import Project
 
-FOREIGN = Path(__file__).parent / "fixtures" / "foreign-notebooks"
+FOREIGN = FIXTURES / "foreign-notebooks"
 
 
 @pytest.fixture
@@ -162,7 +163,7 @@ def test_uninstalled_kernel_of_a_real_project_after_stage_add(
 
 
 def test_a_real_error_after_an_expected_one_fails_the_stage(project: Project) -> None:
-    shutil.copy(Path(__file__).parent / "notebooks" / "expected_error_then_real_error.ipynb",
+    shutil.copy(NOTEBOOKS / "expected_error_then_real_error.ipynb",
                 project.notebook("mixed"))
     add_stage(project, project.notebook("mixed"))
     with pytest.raises(StageFailedError) as info:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from projects import REPO
 from serve_fixtures import wait_for
 
 from nbpipeline.predlog import spool
@@ -156,7 +157,7 @@ def test_a_failed_write_leaves_no_torn_frame_and_later_appends_still_land(
     Run in a child process, since the limit applies to the whole process."""
     script = textwrap.dedent(f"""
         import json, os, resource, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        sys.path.insert(0, {str(REPO)!r})
         from nbpipeline.predlog import spool
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         rows = [(("f_x",), [("id%d" % i, 1.0, "v1", "champion", None, 1, 0.5, 1.0, 0, "{{}}",

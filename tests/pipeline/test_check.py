@@ -8,13 +8,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from projects import REPO, sh
+from projects import FIXTURES, REPO, sh
 
 from nbpipeline.errors import ParamsError
 from nbpipeline.pipeline.check import check_project, sync_notebooks
 from nbpipeline.project import Project
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def example(root: Path) -> Project:

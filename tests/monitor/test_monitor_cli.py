@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from monitor_support import make_candidate, months
+from candidates import flights_candidate
+from monitor_support import months
+from projects import REPO
 from serve_fixtures import free_port, wait_ready
 
 from nbpipeline.monitor.command import ALARM_EXIT, served_features
@@ -24,7 +26,6 @@ from nbpipeline.monitor.replay import json_row, replay
 from nbpipeline.record import file_sha256
 from nbpipeline.release.registry import Registry
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 WINDOW = 400
 
@@ -60,7 +61,7 @@ def project(tmp_path: Path) -> Path:
     params["monitor"].update(window_size=WINDOW, min_rows=200, min_feedback=150, roi_windows=2)
     params["serve"] = {"poll_seconds": 0.2, "fallback_prediction": 0}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    make_candidate(root / "models" / "candidate", rows=8000, seed=0)
+    flights_candidate(root / "models" / "candidate", rows=8000, seed=0)
     return root
 
 
@@ -155,7 +156,7 @@ def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
     params = {"monitor": dict(params["monitor"], window_size=WINDOW, min_rows=200,
                               retrain_action="dvc")}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    model, meta = make_candidate(root / "models" / "candidate", rows=4000, seed=0)
+    model, meta = flights_candidate(root / "models" / "candidate", rows=4000, seed=0)
     conn = predlog.connect(root / "logs" / "predictions.db")
     predlog.ensure_schema(conn, kinds(meta))
     log_traffic(conn, model, months([12], rows=WINDOW, seed=4), version="v1")

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from projects import NOTEBOOKS, REPO, project_env, sh
+from projects import FIXTURES, NOTEBOOKS, REPO, project_env, sh
 
 from nbpipeline.errors import NotebookError, StageError
 from nbpipeline.pipeline.authoring import add_stage
@@ -18,7 +18,6 @@ from nbpipeline.pipeline.check import check_project, sync_notebooks
 from nbpipeline.pipeline.stages import DvcYaml, nbp_stage_name
 from nbpipeline.project import Project
 
-FIXTURES = Path(__file__).parent / "fixtures"
 FOREIGN = FIXTURES / "foreign-notebooks"
 DVC_EXAMPLES = FIXTURES / "dvc-examples"
 
