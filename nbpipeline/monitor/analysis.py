@@ -23,6 +23,7 @@ from nbpipeline.monitor.scan import (
     CodeHistograms,
     OutcomeGroups,
     TrafficGroups,
+    ValueGroups,
     WindowSpec,
     scan_log,
 )
@@ -54,15 +55,15 @@ def _traffic_tables(t: TrafficGroups) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = pd.DataFrame({
         "window": t.window, "version": t.version, "role": t.role, "fallback": t.fallback,
         "lat_bin": t.latency_bin, "count": t.count, "lat_sum": t.latency_sum,
-        "positive": t.positive, "ts_min": t.ts_min, "ts_max": t.ts_max,
+        "positive": t.positive, "ts_min": t.ts_min, "ts_max": t.ts_max, "decided": t.decided,
     })
     cols = ["window", "start", "end", "rows", "fallback_rows", "latency_mean_ms",
             "latency_p95_ms", "decision_rate", "fallback_rate"]
     if df.empty:
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=["version", "role", *cols])
-    df["model_rows"] = df["count"].where(df["fallback"] == 0, 0)
+    df["model_rows"] = df["decided"].where(df["fallback"] == 0, 0)  # decisions of a model
     df["model_positive"] = df["positive"].where(df["fallback"] == 0, 0)
-    df["fallback_rows"] = df["count"] - df["model_rows"]
+    df["fallback_rows"] = df["count"].where(df["fallback"] == 1, 0)
     return _summarise(df, ["window"]), _summarise(df, ["window", "version", "role"])
 
 
@@ -147,6 +148,18 @@ def _outcome_counts(o: OutcomeGroups) -> dict[tuple[int, str, str], OutcomeCount
     return found
 
 
+def _add_values(counts: dict[tuple[int, str, str], OutcomeCounts], v: ValueGroups) -> None:
+    """Add a regression model's labelled predictions to ``counts``."""
+    for i, key in enumerate(zip(v.window.tolist(), v.version, v.role, strict=True)):
+        c = counts.setdefault(key, OutcomeCounts())
+        c.values += int(v.count[i])
+        c.error_sum += float(v.error_sum[i])
+        c.squared_error_sum += float(v.squared_error_sum[i])
+        c.absolute_error_sum += float(v.absolute_error_sum[i])
+        c.outcome_sum += float(v.outcome_sum[i])
+        c.outcome_squared_sum += float(v.outcome_squared_sum[i])
+
+
 def _quality_row(key: tuple[int, str, str], c: OutcomeCounts, cfg: MonitorConfig) -> dict:
     return {
         "window": key[0], "version": key[1], "role": key[2],
@@ -198,6 +211,8 @@ def analyze(
     if windows.empty:
         return empty_analysis(ref)
     counts = _outcome_counts(outcomes)
+    if scanned.values is not None:
+        _add_values(counts, scanned.values)
     quality = pd.DataFrame([_quality_row(k, c, cfg) for k, c in sorted(counts.items())])
     usable_names = {b.name for b in usable}
     return Analysis(

@@ -84,8 +84,9 @@ def monitor_command(
         echo("nbp: monitor: no traffic yet - start `nbp serve` and send requests, "
              "or replay real months with `nbp replay --months 12`")
     if summary["status"] != "no traffic yet" and _champion_task(project) == "regression":
-        echo("nbp: monitor: a regression model: input drift, traffic and latency are judged; "
-             "output drift, quality on feedback and ROI are not yet (classification only)")
+        echo("nbp: monitor: a regression model: input drift, quality on feedback (RMSE, MAE, "
+             "R²), traffic and latency are judged; output drift and ROI are not (they need "
+             "probabilities and decisions)")
     for alarm in summary["alarms"]:
         where = f" [{alarm['version']} {alarm['role']}]" if alarm.get("version") else ""
         new = "" if alarm["id"] in summary["new_alarms"] else " (already logged)"

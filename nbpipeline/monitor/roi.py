@@ -40,6 +40,6 @@ def roi_figures(
 ) -> dict[str, float]:
     """Value gained, cost and ROI % of the labelled predictions in ``c``."""
     value = sum(getattr(c, k) * float(value_model[k]) for k in OUTCOMES)
-    cost = c.n * cost_per_prediction
+    cost = (c.n - c.values) * cost_per_prediction  # decisions only (not regression values)
     roi = (value - cost) / cost * 100 if cost else float("nan")
     return {"value": float(value), "cost": float(cost), "roi_pct": float(roi)}

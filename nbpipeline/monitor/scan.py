@@ -94,6 +94,22 @@ class OutcomeGroups:
 
 
 @dataclass
+class ValueGroups:
+    """Labelled predictions of regression models: one row per (window, version, role)
+    with additive sums of the errors and outcomes (no probabilities to bin)."""
+
+    window: np.ndarray
+    version: list[str]
+    role: list[str]
+    count: np.ndarray
+    error_sum: np.ndarray
+    squared_error_sum: np.ndarray
+    absolute_error_sum: np.ndarray
+    outcome_sum: np.ndarray
+    outcome_squared_sum: np.ndarray
+
+
+@dataclass
 class TrafficGroups:
     """Traffic grouped: one row per (window, version, role, fallback, latency bin)."""
 
@@ -107,6 +123,7 @@ class TrafficGroups:
     positive: np.ndarray
     ts_min: np.ndarray
     ts_max: np.ndarray
+    decided: np.ndarray  # rows with a probability: decisions (not regression values)
 
 
 def open_log(path: Path | str) -> sqlite3.Connection | None:
@@ -200,10 +217,13 @@ def _query(binnings: list[Binning], window: WindowSpec, versions: list[str],
         " CAST(ROUND(COALESCE(p.probability, -1) * 1000000) AS INTEGER),"
         " CAST(ROUND(COALESCE(p.latency_ms, 0) * 1000) AS INTEGER)"
         + "".join(f", {w}" for w in packed)
+        # regression: predicted value and outcome in millionths, and whether one came back
+        + ", CAST(ROUND(COALESCE(p.prediction, 0) * 1000000) AS INTEGER),"
+        " CAST(ROUND(COALESCE(f.outcome, 0) * 1000000) AS INTEGER), f.outcome IS NOT NULL"
         + " FROM predictions p LEFT JOIN feedback f ON f.request_id = p.request_id"
         f" WHERE p.rowid BETWEEN ? AND ?{where}"
     )
-    return sql, 5 + len(packed)
+    return sql, 5 + len(packed) + 3
 
 
 def _fetch(path: Path, sql: str, width: int, lo: int, hi: int, since: float | None) -> np.ndarray:
@@ -227,6 +247,7 @@ class Scan:
     codes: CodeHistograms
     outcomes: OutcomeGroups
     traffic: TrafficGroups
+    values: ValueGroups | None = None
 
 
 def scan_log(
@@ -291,8 +312,9 @@ def _count(data: np.ndarray, binnings: list[Binning], versions: list[str]) -> Sc
     traffic = TrafficGroups(
         windows[g_win], [names[v] for v in g_ver], [ROLES[r] for r in g_role], g_fb, g_lat, n,
         np.bincount(inv, weights=latency_us / 1000.0, minlength=len(groups)),
-        np.bincount(inv, weights=decision, minlength=len(groups)).astype(np.int64),
+        np.bincount(inv, weights=decision * (prob >= 0), minlength=len(groups)).astype(np.int64),
         ts_min, ts_max,
+        np.bincount(inv, weights=prob >= 0, minlength=len(groups)).astype(np.int64),
     )
 
     # labelled model decisions: (window, version, role, outcome, decision, probability bin)
@@ -311,7 +333,24 @@ def _count(data: np.ndarray, binnings: list[Binning], versions: list[str]) -> Sc
         windows[g_win], [names[v] for v in g_ver], [ROLES[r] for r in g_role], g_y, g_dec,
         g_bin, n, np.bincount(inv, weights=(p - y) ** 2, minlength=len(groups)),
     )
-    return Scan(binnings, CodeHistograms(windows, counts), outcomes, traffic)
+    # labelled regression predictions (no probability): sums per (window, version, role)
+    value, truth, labelled = data[:, -3] / 1e6, data[:, -2] / 1e6, data[:, -1]
+    keep = (labelled == 1) & (fallback == 0) & (prob < 0)
+    key = (win[keep] * 64 + version_code[keep]) * 4 + role_code[keep]
+    groups, inv = np.unique(key, return_inverse=True)
+    g_role, rest = groups % 4, groups // 4
+    g_ver, g_win = rest % 64, rest // 64
+    err, y = value[keep] - truth[keep], truth[keep]
+
+    def total(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=weights, minlength=len(groups))
+
+    values = ValueGroups(
+        windows[g_win], [names[v] for v in g_ver], [ROLES[r] for r in g_role],
+        np.bincount(inv, minlength=len(groups)), total(err), total(err ** 2),
+        total(np.abs(err)), total(y), total(y ** 2),
+    )
+    return Scan(binnings, CodeHistograms(windows, counts), outcomes, traffic, values)
 
 
 def scan_codes(

@@ -313,6 +313,8 @@ def init_project(
     from nbpipeline.monitor.config import MonitorConfig
 
     params["monitor"] = {**MonitorConfig().as_dict(), **MONITOR_PARAMS}
+    if inferred.task == "regression":  # judged on feedback: R² (scale-free), not AUC
+        params["monitor"]["quality_limits"] = {"r2": [0.0, 0.999]}
     if inferred.task == "classification":
         params["serve"] = dict(SERVE_PARAMS)
     directory.mkdir(parents=True, exist_ok=True)

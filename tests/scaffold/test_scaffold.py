@@ -148,8 +148,19 @@ def test_regression_table_from_init_to_monitor(tmp_path: Path) -> None:
         assert health["scorers"]["v1"].startswith("compiled trees")
         replayed = nbp("replay", "--rows", "60", "--url", server.url, cwd=root)
         assert "60 outcomes sent" in replayed.stdout
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["monitor"].update(min_feedback=50)  # windows of 60 rows are too few for drift
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monitored = nbp("monitor", cwd=root)
-    assert "a regression model: input drift, traffic and latency are judged" in monitored.stdout
+    assert "a regression model: input drift, quality on feedback" in monitored.stdout
+    from nbpipeline.monitor.config import MonitorConfig
+    from nbpipeline.monitor.core import run_monitor
+
+    result = run_monitor(MonitorConfig.from_params(params["monitor"]), root,
+                         act_on_alarms=False, write_summary=False, log_alarms=False)
+    quality = result.analysis.trailing.set_index("version").loc["v1"]
+    assert quality["labelled"] == 60 and 20.0 < quality["rmse"] < 120.0
+    assert quality["mae"] <= quality["rmse"] and 0.0 < quality["r2"] < 1.0
 
 
 @pytest.mark.parametrize(("table", "args", "message"), [
