@@ -24,13 +24,10 @@ FOREIGN = FIXTURES / "foreign-notebooks"
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    for key in ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING", "DVC_STAGE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return Project(tmp_path)
+def project(mini_project: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    (mini_project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(mini_project)
+    return Project(mini_project)
 
 
 def put(project: Project, fixture: str, stage: str) -> Path:

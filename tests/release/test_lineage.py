@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from candidates import small_candidate
-from release_project import gate_for, make_release_project
+from release_project import gate_for
 
 from nbpipeline.cli import main
 from nbpipeline.project import Project
@@ -14,13 +14,8 @@ from nbpipeline.release.registry import Registry
 
 
 @pytest.fixture()
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_release_project(tmp_path / "proj")
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("NBP_ACTOR", "ana")
-    monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
-    monkeypatch.delenv("NBPIPELINE_ROOT", raising=False)
-    return root
+def project(release_project: Path) -> Path:
+    return release_project
 
 
 def nbp(*args: str) -> int:

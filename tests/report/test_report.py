@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from candidates import small_candidate
-from release_project import gate_for, make_release_project
+from release_project import gate_for
 
 from nbpipeline.project import Project
 from nbpipeline.release.promote import promote_candidate
@@ -23,9 +23,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 @pytest.fixture()
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
-    monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
-    root = make_release_project(tmp_path / "proj")
+def project(release_project: Path) -> Project:
+    root = release_project
     gate_for(root, 0.7, None)
     promote_candidate(Project(root), reason="first model", actor="ana")
     small_candidate(root / "models" / "candidate", c=0.05)

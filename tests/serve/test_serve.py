@@ -44,12 +44,6 @@ def candidates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NBPIPELINE_PREDLOG", raising=False)
-    monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return make_project(tmp_path / "proj")

@@ -33,8 +33,6 @@ from nbpipeline.serve.logwriter import LogWriter
 def test_kill_9_under_load_loses_no_answered_prediction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("NBPIPELINE_PREDLOG", raising=False)
-    monkeypatch.delenv("NBPIPELINE_REGISTRY", raising=False)
     project = make_project(tmp_path / "proj")
     register(Registry(project.registry), synthetic_candidate(tmp_path / "cand"))
     port = free_port()
