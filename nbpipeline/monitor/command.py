@@ -82,7 +82,7 @@ def monitor_command(
          f"{summary['windows']} windows; report {project.rel(result.html)})")
     if summary["status"] == "no traffic yet":
         echo("nbp: monitor: no traffic yet - start `nbp serve` and send requests, "
-             "or replay real months with `nbp replay --months 12`")
+             "or replay a labelled table with `nbp replay --data FILE`")
     if summary["status"] != "no traffic yet" and _champion_task(project) == "regression":
         echo("nbp: monitor: a regression model: input drift, quality on feedback (RMSE, MAE, "
              "R²), traffic and latency are judged; output drift and ROI are not (they need "

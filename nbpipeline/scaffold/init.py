@@ -19,7 +19,12 @@ from typing import Any
 
 import yaml
 
+from nbpipeline.dataset import read_table
 from nbpipeline.errors import InitError, NbpipelineError
+from nbpipeline.monitor.config import MonitorConfig
+from nbpipeline.notebook import read_notebook, write_notebook
+from nbpipeline.pipeline.check import sync_notebooks
+from nbpipeline.project import Project
 
 TEMPLATES = "nbpipeline.scaffold"
 NOTEBOOKS = ("data", "train", "evaluate", "monitor")
@@ -41,8 +46,6 @@ class Inferred:
 
 
 def _read(path: Path) -> Any:
-    from nbpipeline.dataset import read_table
-
     try:
         frame = read_table(path)
     except NbpipelineError as exc:
@@ -297,10 +300,6 @@ def init_project(
     positive: str | None = None, task: str | None = None,
 ) -> Inferred:
     """Create a project in ``directory`` around the table ``data``; return what was inferred."""
-    from nbpipeline.notebook import read_notebook, write_notebook
-    from nbpipeline.pipeline.check import sync_notebooks
-    from nbpipeline.project import Project
-
     if task is not None and task not in ("classification", "regression"):
         raise InitError(f"--task {task!r}: give classification or regression")
     if directory.exists() and any(directory.iterdir()):
@@ -310,8 +309,6 @@ def init_project(
                      source=str(data))
     source = f"data/raw/{data.name}"
     params = project_params(inferred, target=target, time=time, source=source, frame=frame)
-    from nbpipeline.monitor.config import MonitorConfig
-
     params["monitor"] = {**MonitorConfig().as_dict(), **MONITOR_PARAMS}
     if inferred.task == "regression":  # judged on feedback: R² (scale-free), not AUC
         params["monitor"]["quality_limits"] = {"r2": [0.0, 0.999]}
