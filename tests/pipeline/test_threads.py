@@ -21,6 +21,17 @@ TINY = {
 }
 
 
+def private_slots(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> dict[str, str]:
+    """Count only this test's processes: slots live in the temp dir, made private here
+    (for this process and, through the environment, the ones it starts)."""
+    import tempfile
+
+    tmp.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return {"TMPDIR": str(tmp)}
+
+
 def _ran_with(root: Path) -> dict:
     nb = nbformat.read(root / "reports" / "train.ipynb", as_version=4)
     return dict(nb.metadata["nbpipeline"]["threads"])
@@ -33,11 +44,12 @@ def _pool_threads(record: dict) -> int:
 
 @pytest.mark.slow
 def test_two_stages_at_once_share_the_cores_and_one_alone_takes_them_all(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     roots = [make_example_project(tmp_path / name, TINY) for name in ("a", "b")]
     for root in roots:
         sh("nbp", "run", "data", cwd=root)
+    private_slots(monkeypatch, tmp_path / "tmp")
     env = {k: v for k, v in project_env().items()
            if k not in (*threads.THREAD_VARS, threads.THREADS_ENV)}
     procs = [subprocess.Popen(["nbp", "run", "train"], cwd=root, env=env, text=True,
@@ -117,3 +129,38 @@ def test_cores_respect_the_cgroup_quota(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(threads, "_cgroup_quota", lambda: 0.5)
     assert threads.available_cores() == 1
     assert json.dumps(threads.environment(3))  # all strings
+
+
+@pytest.mark.slow
+def test_a_notebook_explored_in_a_kernel_follows_the_same_share(
+    mini_project: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As in JupyterLab: a plain kernel (not under nbp run) calls nbp.init; while a cell
+    runs it holds a slot, and its thread pools get cores // running."""
+    from nbclient import NotebookClient
+    from nbformat import v4
+
+    (mini_project / "dvc.yaml").write_text("stages: {}\n")
+    (mini_project / "params.yaml").write_text("common: {seed: 1}\n")
+    nb = v4.new_notebook(cells=[
+        v4.new_code_cell('import nbpipeline as nbp\nnbp.init("explore")'),
+        v4.new_code_cell("import json, numpy, threadpoolctl\nfrom nbpipeline import threads\n"
+                         "print(json.dumps({'running': threads.running(), 'pools': max("
+                         "p['num_threads'] for p in threadpoolctl.threadpool_info())}))"),
+    ])
+    for key in (*threads.THREAD_VARS, threads.THREADS_ENV):
+        monkeypatch.delenv(key, raising=False)
+    private_slots(monkeypatch, mini_project.parent / "tmp")
+    cores = threads.available_cores()
+
+    def explore() -> dict:
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(mini_project)}}).execute()
+        return json.loads(nb.cells[1].outputs[0]["text"])
+
+    alone = explore()
+    assert alone == {"running": 1, "pools": cores}  # its own slot, all cores
+    with threads.Slot():  # a stage of `dvc repro` running meanwhile
+        beside = explore()
+    assert beside == {"running": 2, "pools": max(1, cores // 2)}
+    assert threads.running() == 0  # the kernel let its slot go after each cell
