@@ -16,13 +16,19 @@ Metric inputs look like ``{"valid": {"roc_auc": .7}, "golden": {...},
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nbpipeline.errors import GateError
 
-__all__ = ["DEFAULT_CRITERIA", "LOWER_IS_BETTER", "decide"]
+__all__ = ["DEFAULT_CRITERIA", "GATE_FILE", "LOWER_IS_BETTER", "GateCheck", "GateDecision",
+           "decide", "read_gate"]
+
+GATE_FILE = "gate.json"  # in the project's metrics/ (a DVC metric of the evaluate stage)
 
 DEFAULT_CRITERIA: dict[str, Any] = {
     "gate_metric": "roc_auc",
@@ -167,3 +173,65 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
         "champion_metrics": champion_metrics,
         "criteria": crit,
     }
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One check of a gate decision."""
+
+    name: str
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        """``name (value vs threshold): detail``, as `nbp promote` repeats it."""
+        figures = f" ({self.value} vs {self.threshold})" if self.value is not None else ""
+        return f"{self.name}{figures}" + (f": {self.detail}" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """metrics/gate.json, typed: what :func:`decide` returned for the candidate."""
+
+    passed: bool
+    checks: tuple[GateCheck, ...]
+    metric: str | None = None
+    candidate_sha256: str | None = None
+    champion_version: str | None = None
+    champion_sha256: str | None = None
+    raw: Mapping[str, Any] | None = None  # the whole decision, as written and registered
+
+    @property
+    def failed(self) -> list[GateCheck]:
+        return [c for c in self.checks if not c.passed]
+
+    @classmethod
+    def parse(cls, raw: Any, where: str = GATE_FILE) -> GateDecision:
+        """A decision from its JSON form; GateError naming ``where`` and the fix."""
+        fix = "re-run `dvc repro -f -s evaluate`"
+        if not isinstance(raw, Mapping) or "passed" not in raw or "checks" not in raw:
+            raise GateError(f"{where}: no gate decision (passed, checks); {fix}")
+        try:
+            checks = tuple(GateCheck(str(c["name"]), bool(c["passed"]), c.get("value"),
+                                     c.get("threshold"), str(c.get("detail") or ""))
+                           for c in raw["checks"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise GateError(f"{where}: a check lacks its name or verdict ({exc}); {fix}") from exc
+        return cls(bool(raw["passed"]), checks, raw.get("metric"), raw.get("candidate_sha256"),
+                   raw.get("champion_version"), raw.get("champion_sha256"), raw)
+
+
+def read_gate(path: Path, shown: str | None = None) -> GateDecision:
+    """The gate decision in ``path`` (metrics/gate.json): the one reader of that file."""
+    shown = shown or str(path)
+    if not path.is_file():
+        raise GateError(f"{shown} not found: the evaluate stage writes the gate decision; "
+                        "run `dvc repro` first")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise GateError(f"{shown}: not valid JSON ({exc}); re-run `dvc repro -f -s evaluate`"
+                        ) from exc
+    return GateDecision.parse(raw, shown)

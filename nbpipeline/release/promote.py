@@ -8,7 +8,6 @@ champion than the one serving now.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,14 @@ from typing import Any
 from nbpipeline.errors import GateError, RegistryError
 from nbpipeline.project import Project
 from nbpipeline.record import file_sha256
+from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import capture, report_files
 from nbpipeline.release.registry import Event, ModelVersion, Registry, default_actor
 
 __all__ = [
-    "Promotion", "models_table", "promote_candidate", "promote_version", "read_gate", "rollback",
+    "Promotion", "models_table", "promote_candidate", "promote_version", "retire", "rollback",
 ]
 
-GATE_FILE = "gate.json"
 CANDIDATE_DIR = "models/candidate"
 REPRO_EVALUATE = "`dvc repro -f -s evaluate`"
 
@@ -37,45 +36,24 @@ class Promotion:
     role: str
 
 
-def read_gate(project: Project) -> dict[str, Any]:
-    """The evaluate stage's gate decision (metrics/gate.json)."""
-    path = project.metrics / GATE_FILE
-    if not path.is_file():
-        raise GateError(
-            f"{project.rel(path)} not found: the evaluate stage writes the gate decision; "
-            "run `dvc repro` first"
-        )
-    try:
-        gate = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise GateError(
-            f"{project.rel(path)}: not valid JSON ({exc}); run {REPRO_EVALUATE}"
-        ) from exc
-    if not isinstance(gate, dict) or "passed" not in gate or "checks" not in gate:
-        raise GateError(
-            f"{project.rel(path)}: no gate decision (passed, checks); run {REPRO_EVALUATE}"
-        )
-    return gate
-
-
-def _check_gate_is_current(project: Project, reg: Registry, gate: dict[str, Any],
+def _check_gate_is_current(project: Project, reg: Registry, gate: GateDecision,
                            candidate: Path) -> list[str]:
     """Reasons the gate decision does not apply to this candidate and champion (empty: it does)."""
     problems = []
     state = reg.state()
     champion = state.champion.version if state.champion else None
-    if gate.get("champion_version") != champion:
+    if gate.champion_version != champion:
         problems.append(
             "the gate compared the candidate with champion "
-            f"{gate.get('champion_version') or '(none)'} but the champion now is "
+            f"{gate.champion_version or '(none)'} but the champion now is "
             f"{champion or '(none)'}; re-run {REPRO_EVALUATE} to compare with the current champion"
         )
-    elif state.champion and gate.get("champion_sha256") not in (None, state.champion.sha256):
+    elif state.champion and gate.champion_sha256 not in (None, state.champion.sha256):
         problems.append(
             f"the gate's champion {champion} had another model file than the registry's; "
             f"re-run {REPRO_EVALUATE}"
         )
-    expected = gate.get("candidate_sha256")
+    expected = gate.candidate_sha256
     model = candidate / "model.skops"
     if expected and model.is_file() and file_sha256(model) != expected:
         problems.append(
@@ -98,25 +76,21 @@ def promote_candidate(
         raise RegistryError("--force needs --reason TEXT saying why the gate is overridden")
     reg = Registry(project.registry)
     candidate = project.root / CANDIDATE_DIR
-    gate = read_gate(project)
+    gate = read_gate(project.metrics / GATE_FILE, project.rel(project.metrics / GATE_FILE))
     problems = _check_gate_is_current(project, reg, gate, candidate)
     if problems and not force:
         raise GateError("; ".join(problems))
-    if not gate.get("passed") and not force:
-        failed = [f"{c['name']}" + (f" ({c['value']} vs {c.get('threshold')})"
-                                     if c.get("value") is not None else "")
-                  + (f": {c['detail']}" if c.get("detail") else "")
-                  for c in gate.get("checks", []) if not c.get("passed")]
+    if not gate.passed and not force:
         raise GateError(
             f"the candidate failed the gate in {project.rel(project.metrics / GATE_FILE)}: "
-            f"{'; '.join(failed)} (see reports/evaluate.html); or override with --force "
-            "--reason TEXT (recorded)"
+            f"{'; '.join(c.describe() for c in gate.failed)} (see reports/evaluate.html); "
+            "or override with --force --reason TEXT (recorded)"
         )
-    overridden = problems + ([] if gate.get("passed") else ["gate failed"])
+    overridden = problems + ([] if gate.passed else ["gate failed"])
     forced = f"{reason} (overrode: {'; '.join(overridden)})" if force and overridden else None
     why = reason or "gate passed"
     model = reg.register(
-        candidate, gate, force_reason=forced, actor=actor, reason=why,
+        candidate, dict(gate.raw or {}), force_reason=forced, actor=actor, reason=why,
         lineage=capture(project), extra_files=report_files(project),
     )
     event = reg.promote(model.version, canary_fraction=canary, reason=why, actor=actor)

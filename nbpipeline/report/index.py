@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
-from nbpipeline.errors import NbpipelineError
+from nbpipeline.errors import GateError, NbpipelineError
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
 
@@ -128,22 +129,21 @@ def previous_run_diff(project: Project) -> tuple[dict[str, Any] | str, dict[str,
 
 
 # ----------------------------------------------------------------------------- sections
-def _gate_section(gate: dict[str, Any]) -> str:
-    if not gate:
+def _gate_section(gate: GateDecision | None, problem: str = "") -> str:
+    if gate is None:
         return ('<div class="card"><h2>Gate decision ' + _badge("none", "not computed")
-                + '</h2><p class="muted">metrics/gate.json is missing: run '
-                "<code>dvc repro</code>.</p></div>")
-    verdict = _badge("pass", "PASSED") if gate.get("passed") else _badge("fail", "FAILED")
-    champ = gate.get("champion_version") or "none (first model)"
-    rows = [[_badge("pass", "ok") if c.get("passed") else _badge("fail", "fail"),
-             f"<code>{escape(str(c.get('name')))}</code>", _fmt(c.get("value")),
-             _fmt(c.get("threshold")), escape(str(c.get("detail", "")))]
-            for c in gate.get("checks", [])]
+                + f'</h2><p class="muted">{escape(problem)}</p></div>')
+    verdict = _badge("pass", "PASSED") if gate.passed else _badge("fail", "FAILED")
+    champ = gate.champion_version or "none (first model)"
+    rows = [[_badge("pass", "ok") if c.passed else _badge("fail", "fail"),
+             f"<code>{escape(c.name)}</code>", _fmt(c.value), _fmt(c.threshold),
+             escape(c.detail)]
+            for c in gate.checks]
     table = _table(["", "check", "value", "threshold", "detail"], rows, {2, 3})
-    hint = ("<code>nbp promote</code> will register it" if gate.get("passed") else
+    hint = ("<code>nbp promote</code> will register it" if gate.passed else
             "<code>nbp promote</code> will refuse it (override: <code>--force --reason</code>)")
     return (f'<div class="card"><h2>Gate decision {verdict}</h2>'
-            f'<p class="muted">metric <code>{escape(str(gate.get("metric")))}</code>, '
+            f'<p class="muted">metric <code>{escape(str(gate.metric))}</code>, '
             f"compared with champion <b>{escape(str(champ))}</b>; {hint}.</p>{table}</div>")
 
 
@@ -360,7 +360,11 @@ def _stages(project: Project) -> dict[str, dict[str, Any]]:
 
 def build_index(project: Project, *, compare_previous: bool = True) -> Path:
     """Write reports/index.html and return its path."""
-    gate = _read_json(project.metrics / "gate.json")
+    try:
+        gate, gate_problem = read_gate(project.metrics / GATE_FILE, "metrics/gate.json"), ""
+    except GateError as exc:
+        gate, gate_problem = None, str(exc)
+    decision = dict(gate.raw or {}) if gate is not None else {}  # metrics, criteria as written
     reg = Registry(project.registry)
     stages = _stages(project)
     metrics_diff, params_diff = (previous_run_diff(project) if compare_previous
@@ -371,9 +375,10 @@ def build_index(project: Project, *, compare_previous: bool = True) -> Path:
     cards = "".join(_stage_card(project, name, params, metrics_diff, params_diff)
                     for name, params in stages.items())
     body = (
-        f'{_gate_section(gate)}<div class="grid"><div>{_production_section(reg)}'
-        f"{_slices_section(project, gate)}</div><div>{_importance_section(project)}</div></div>"
-        f"{_champion_section(project, gate, reg)}"
+        f'{_gate_section(gate, gate_problem)}<div class="grid"><div>'
+        f"{_production_section(reg)}{_slices_section(project, decision)}</div>"
+        f"<div>{_importance_section(project)}</div></div>"
+        f"{_champion_section(project, decision, reg)}"
         f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}'
         f"{cards}"
     )

@@ -161,6 +161,8 @@ def test_regression_table_from_init_to_monitor(tmp_path: Path) -> None:
     quality = result.analysis.trailing.set_index("version").loc["v1"]
     assert quality["labelled"] == 60 and 20.0 < quality["rmse"] < 120.0
     assert quality["mae"] <= quality["rmse"] and 0.0 < quality["r2"] < 1.0
+    nbp("report", cwd=root)
+    assert "r2" in (root / "reports" / "index.html").read_text()
 
 
 @pytest.mark.parametrize(("table", "args", "message"), [
