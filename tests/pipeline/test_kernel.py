@@ -31,14 +31,20 @@ def _wait_for(predicate, seconds: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _sleeping_stage(root: Path, tmp: Path, seconds: float) -> subprocess.Popen[str]:
+    """`nbp run` of a stage that sleeps, its temp dir ``tmp``; returned once its kernel is up."""
+    tmp.mkdir()
+    add_stage(root, "sleeps", "sleeps.ipynb", {"seconds": seconds})
+    proc = _nbp_run(root, "sleeps", tmp)
+    _wait_for(lambda: any(tmp.glob(f"{RUN_DIR_PREFIX}*/kernel.json")))
+    return proc
+
+
 def test_kernel_files_are_private_and_a_clean_run_leaves_nothing(
     mini_project: Path, tmp_path: Path,
 ) -> None:
     tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    add_stage(mini_project, "sleeps", "sleeps.ipynb", {"seconds": 2.0})
-    proc = _nbp_run(mini_project, "sleeps", tmp)
-    _wait_for(lambda: any(tmp.glob(f"{RUN_DIR_PREFIX}*/kernel.json")))
+    proc = _sleeping_stage(mini_project, tmp, 2.0)
     run_dir = next(tmp.glob(f"{RUN_DIR_PREFIX}*"))
     assert stat.S_IMODE(run_dir.stat().st_mode) & 0o777 == 0o700  # (+ sticky: jupyter)
     assert stat.S_IMODE((run_dir / "kernel.json").stat().st_mode) == 0o600
@@ -52,10 +58,7 @@ def test_files_of_a_killed_run_are_removed_by_the_next_run(
     mini_project: Path, tmp_path: Path,
 ) -> None:
     tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    add_stage(mini_project, "sleeps", "sleeps.ipynb", {"seconds": 30.0})
-    proc = _nbp_run(mini_project, "sleeps", tmp)
-    _wait_for(lambda: any(tmp.glob(f"{RUN_DIR_PREFIX}*/kernel.json")))
+    proc = _sleeping_stage(mini_project, tmp, 30.0)
     time.sleep(2.5)  # the kernel is up and running the cell
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
