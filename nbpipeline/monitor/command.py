@@ -112,17 +112,27 @@ def monitor_command(
     return ALARM_EXIT if summary["alarms"] and not exit_zero else 0
 
 
-def served_features(url: str, timeout: float = 10.0) -> list[str]:
-    """Feature names the running server's champion expects (GET /schema)."""
+def served_features(url: str, timeout: float = 10.0, wait: float = 15.0) -> list[str]:
+    """Feature names the running server's champion expects (GET /schema); a server that
+    is still starting (connection refused) is waited for up to ``wait`` seconds."""
     import httpx
 
-    try:
-        body = httpx.get(f"{url.rstrip('/')}/schema", timeout=timeout).json()
-    except (httpx.HTTPError, ValueError) as exc:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            body = httpx.get(f"{url.rstrip('/')}/schema", timeout=timeout).json()
+            break
+        except httpx.ConnectError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.25)
+                continue
+            error: Exception = exc
+        except (httpx.HTTPError, ValueError) as exc:
+            error = exc
         raise MonitorError(
-            f"cannot read {url}/schema ({exc}); start the server with `nbp serve` "
+            f"cannot read {url}/schema ({error}); start the server with `nbp serve` "
             "or pass its address with --url"
-        ) from exc
+        ) from error
     for role in ("champion", "canary"):
         props = (body.get(role) or {}).get("row", {}).get("properties")
         if props:

@@ -173,3 +173,15 @@ def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
     assert any("retraining: dvc repro" in line for line in lines)
     assert (root / "retrained.txt").read_text() == "ok"
     assert json.loads((root / "retrain" / "requested.json").read_text())["action"] == "dvc"
+
+
+def test_replay_waits_briefly_for_a_starting_server_then_names_the_address() -> None:
+    import time
+
+    from nbpipeline.errors import MonitorError
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(MonitorError, match=rf"cannot read {url}/schema .*start the server"):
+        served_features(url, wait=0.5)
+    assert time.monotonic() - started >= 0.5
