@@ -34,6 +34,8 @@ Scorer = Callable[[Rows], np.ndarray]  # rows -> P(target == 1), shape (n,)
 TOLERANCE = 1e-9
 CHUNK_ROWS = 512
 _UNSEEN = "\x00nbpipeline-unseen-category\x00"
+# Numbers every scorer must take like scikit-learn does (finite, far beyond any bin edge).
+EXTREMES = (-1e308, -1e9, -1000.0, -257.0, -1.0, -0.0, 0.0, 5e-324, 1e9, 1e308)
 
 
 class NotCompilable(Exception):
@@ -247,8 +249,9 @@ class Forest:
             missing = np.isnan(v)
             categorical = self.categorical[at]
             as_missing = missing | (categorical & (v < 0))  # negative codes: missing too
-            code = np.where(as_missing, 0, v)
-            code = np.minimum(code, 255).astype(np.intp)
+            # a number read as a table index: only category nodes use it, but any finite
+            # value must index safely (-1000 once raised IndexError: a 500 on valid input)
+            code = np.clip(np.where(as_missing, 0, v), 0, 255).astype(np.intp)
             in_left_set = self.tables[self.table_row[at], code]
             go_left = np.where(
                 as_missing, self.missing_left[at],
@@ -313,8 +316,10 @@ def check_rows(
     first = rows[0] if rows else {n: (0.0 if kinds[n] == "number" else "") for n in names}
     rows.append({n: None for n in names})
     rows.append({n: (v if kinds[n] == "number" else _UNSEEN) for n, v in first.items()})
-    for name in names:  # each feature missing on its own
+    for name in names:  # each feature missing on its own, and each number at the extremes
         rows.append({**first, name: None})
+        if kinds[name] == "number":
+            rows += [{**first, name: x} for x in EXTREMES]
     return rows
 
 

@@ -98,3 +98,67 @@ def test_check_rows_cover_missing_and_unseen_values_without_a_reference() -> Non
     model = boosting_model(synthetic_rows(300))
     scorer, how = compile_scorer(model, NAMES, KINDS)  # edge rows only: still checked
     assert isinstance(scorer, Compiled), how
+
+
+_MODEL = None
+
+
+def _shared_model() -> Any:
+    global _MODEL
+    if _MODEL is None:
+        train = with_gaps(synthetic_rows(600, seed=1), seed=2)
+        _MODEL = boosting_model(train, max_iter=30), train
+    return _MODEL
+
+
+def test_extreme_numbers_score_as_scikit_learn_does() -> None:
+    """Regression (issue 16, defect 1): -257 and below indexed a 256-entry table: a 500."""
+    from nbpipeline.serve.scorer import EXTREMES
+
+    model, train = _shared_model()
+    scorer, how = compile_scorer(model, NAMES, KINDS, train.head(50))
+    assert isinstance(scorer, Compiled), how  # the start-up check now tries these too
+    base = rows_of(train.head(1))[0]
+    rows = [{**base, name: x} for name in NUMBERS for x in EXTREMES]
+    expected = frame_scorer(model, NAMES, KINDS)(rows)
+    assert np.array_equal(scorer(rows), expected)
+
+
+@pytest.mark.slow
+def test_every_finite_number_and_any_category_scores_as_scikit_learn_does() -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    model, train = _shared_model()
+    scorer, how = compile_scorer(model, NAMES, KINDS, train.head(50))
+    assert isinstance(scorer, Compiled), how
+    plain = frame_scorer(model, NAMES, KINDS)
+    number = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False),
+                       st.sampled_from([-0.0, 5e-324, -5e-324, 1e308, -1e308]))
+    # (a missing category is left out: a model trained on None in a category column learns
+    # None as a category, and scikit-learn then scores it differently alone and in a batch)
+    category = {n: st.one_of(st.sampled_from(v), st.text(max_size=3))
+                for n, v in CATEGORIES.items()}
+    row = st.fixed_dictionaries({**category, **{n: number for n in NUMBERS}})
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(row, min_size=1, max_size=8))
+    def agrees(rows: list[dict[str, Any]]) -> None:
+        assert np.array_equal(scorer(rows), plain(rows))
+
+    agrees()
+
+
+def test_a_regressor_compiles_to_its_predictions() -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
+
+    train = synthetic_rows(400, seed=3).assign(target=lambda f: f["distance"] / 100 + f["hour"])
+    model = boosting_model(train.assign(target=(train["target"] > 30).astype(int)))
+    regressor = Pipeline([model.steps[0], ("model", HistGradientBoostingRegressor(
+        max_iter=30, categorical_features=[0, 1], random_state=0))])
+    regressor.fit(train[NAMES], train["target"])
+    scorer, how = compile_scorer(regressor, NAMES, KINDS, train.head(100), task="regression")
+    assert isinstance(scorer, Compiled) and not scorer.logistic, how
+    rows = rows_of(train.head(20))
+    assert np.allclose(scorer(rows), regressor.predict(train[NAMES].head(20)), rtol=0, atol=1e-9)

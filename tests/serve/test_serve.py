@@ -135,7 +135,8 @@ def test_the_example_model_shape_is_served_by_compiled_trees_with_its_own_answer
     register(registry, candidate)
     model, _ = registry.load("v1")
     rows = [sample_row(), sample_row(carrier="never-seen"), sample_row(temp=None),
-            sample_row(hour=6, origin="LGA", distance=2400.0)]
+            sample_row(hour=6, origin="LGA", distance=2400.0),
+            sample_row(temp=-1000.0), sample_row(hour=-1e9, distance=1e308)]  # once a 500
     expected = model.predict_proba(pd.DataFrame(rows))[:, 1]  # type: ignore[attr-defined]
     with running_server(project) as url:
         assert serving(url)["scorers"]["v1"].startswith("compiled trees (agree with scikit-learn")
