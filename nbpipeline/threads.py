@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nbpipeline.errors import ParamsError
+
 THREADS_ENV = "NBP_THREADS"
 # Set by `nbp run` for its kernel: the parent holds the stage's slot; where to record.
 SLOT_HELD_ENV = "NBP_THREAD_SLOT_HELD"
@@ -189,8 +191,6 @@ def running() -> int:
 
 def override(params: Mapping[str, Any] | None = None) -> tuple[int | None, str]:
     """A fixed thread count from ``NBP_THREADS`` or ``common.threads``; (None, "auto")."""
-    from nbpipeline.errors import ParamsError
-
     for value, source in ((os.environ.get(THREADS_ENV), THREADS_ENV),
                           (((params or {}).get("common") or {}).get("threads"),
                            "params.yaml common.threads")):
