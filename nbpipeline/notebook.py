@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nbpipeline import threads
 from nbpipeline.errors import NotebookError
 from nbpipeline.lean import nbformat as _lean_nbformat
 from nbpipeline.project import write_text_atomic
@@ -291,17 +292,9 @@ SUMMARY_TAG = "nbp-run-summary"
 def add_run_summary(nb: NotebookNode, thread_record: dict[str, Any]) -> NotebookNode:
     """Record how the stage ran in the report: ``metadata.nbpipeline.threads`` and a first
     markdown cell (tagged ``nbp-run-summary``) that says it."""
-    from nbformat.v4 import new_markdown_cell
-
     nb.metadata.setdefault("nbpipeline", {})["threads"] = thread_record
-    pools = ", ".join(f"{p['internal_api']} {p['num_threads']}"
-                      for p in thread_record.get("threadpools") or [])
-    why = (f"{thread_record['cores']} core(s) available, {thread_record['running']} "
-           "model-fitting process(es) running" if thread_record.get("source") == "auto"
-           else f"set by {thread_record.get('source')}")
-    text = (f"**Run settings.** BLAS/OpenMP threads: {thread_record['threads']} ({why})"
-            + (f"; thread pools: {pools}." if pools else "."))
-    cell = new_markdown_cell(text, metadata={"tags": [SUMMARY_TAG]})
+    text = f"**Run settings.** {threads.describe(thread_record)}"
+    cell = _lean_nbformat().v4.new_markdown_cell(text, metadata={"tags": [SUMMARY_TAG]})
     cell["id"] = SUMMARY_TAG
     nb.cells = [c for c in nb.cells if SUMMARY_TAG not in c.get("metadata", {}).get("tags", [])]
     nb.cells.insert(0, cell)

@@ -61,11 +61,18 @@ class ThreadSettings:
     running: int
     source: str  # "auto", "NBP_THREADS" or "params.yaml common.threads"
 
-    def describe(self) -> str:
-        if self.source != "auto":
-            return f"{self.threads} thread(s) ({self.source}; {self.cores} core(s) available)"
-        return (f"{self.threads} thread(s): {self.cores} core(s) available, "
-                f"{self.running} model-fitting process(es) running")
+
+
+def describe(record: Mapping[str, Any]) -> str:
+    """One sentence on a run's thread settings (a :class:`ThreadSettings` as a dict, as
+    :func:`write_record` stores it, with threadpoolctl's ``threadpools`` when known)."""
+    why = (f"{record['cores']} core(s) available, {record['running']} model-fitting "
+           "process(es) running" if record.get("source") == "auto"
+           else f"set by {record.get('source')}")
+    pools = ", ".join(f"{p['internal_api']} {p['num_threads']}"
+                      for p in record.get("threadpools") or [])
+    return (f"BLAS/OpenMP threads: {record['threads']} ({why})"
+            + (f"; thread pools: {pools}." if pools else "."))
 
 
 def available_cores() -> int:

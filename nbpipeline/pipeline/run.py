@@ -83,6 +83,7 @@ class StagePlan:
     parameters: dict[str, Any]
     parameters_cell: int
     notebook: Any  # the source NotebookNode, cell ids made stable
+    params: dict[str, Any]  # params.yaml as read for this plan
 
 
 def plan_stage(project: Project, stage: str) -> StagePlan:
@@ -111,7 +112,7 @@ def plan_stage(project: Project, stage: str) -> StagePlan:
     values = stage_values(params, stage, declared, params_file="params.yaml", notebook=rel)
     return StagePlan(
         stage, path, kernel_name(nb, rel), values, parameters_cell_index(nb, rel),
-        stable_cell_ids(nb),
+        stable_cell_ids(nb), params,
     )
 
 
@@ -297,7 +298,7 @@ def run_stage(
     run_dir = RunDir()
     slot = threads.Slot()
     slot.acquire()  # counted by concurrent stages until this run ends
-    ran_with = threads.settings(load_params(project.params_yaml))
+    ran_with = threads.settings(plan.params)
     env = {**os.environ, STAGE_ENV: stage, ROOT_ENV: str(project.root), RUNNING_ENV: "1",
            **threads.environment(ran_with.threads), threads.SLOT_HELD_ENV: "1",
            threads.RECORD_ENV: str(run_dir.path / "threads.json")}
@@ -344,8 +345,9 @@ def run_stage(
         run_dir.remove()
         slot.release()
 
+    ran = thread_record or {**asdict(ran_with), "threadpools": None}  # kernel's record, if any
     strip_volatile(nb)
-    add_run_summary(nb, thread_record or {**asdict(ran_with), "threadpools": None})
+    add_run_summary(nb, ran)
     nb.metadata.setdefault("papermill", {})["output_path"] = project.rel(report)
     nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
     write_notebook(nb, report)
@@ -361,5 +363,5 @@ def run_stage(
               file=sys.stderr)
     return RunResult(
         stage, plan.notebook_path, report, report_html, plan.parameters,
-        time.perf_counter() - started, int((thread_record or asdict(ran_with))["threads"]),
+        time.perf_counter() - started, int(ran["threads"]),
     )
