@@ -236,16 +236,15 @@ class Tracer:
 def describe(stage: str, reads: list[str], writes: list[str], notebook: str) -> str:
     """The message for undeclared reads/writes of ``stage``: one line per fix."""
     lines = []
-    if reads:
-        lines.append(f"stage '{stage}' read {len(reads)} project file(s) that dvc.yaml does not "
-                     "list as its deps (dvc repro would not re-run it when they change):")
-        lines += [f"  read  {p}" for p in reads]
-        lines.append(f"  fix: `nbp stage add {notebook} " + " ".join(f"--deps {p}" for p in reads)
-                     + "` (or add them under deps: in dvc.yaml)")
-    if writes:
-        lines.append(f"stage '{stage}' wrote {len(writes)} project file(s) that dvc.yaml does not "
-                     "list as its outs (DVC would neither version nor restore them):")
-        lines += [f"  wrote {p}" for p in writes]
-        lines.append(f"  fix: `nbp stage add {notebook} " + " ".join(f"--outs {p}" for p in writes)
-                     + "` (or add them under outs: in dvc.yaml)")
+    for files, verb, flag, why in (
+        (reads, "read ", "deps", "dvc repro would not re-run it when they change"),
+        (writes, "wrote", "outs", "DVC would neither version nor restore them"),
+    ):
+        if not files:
+            continue
+        lines.append(f"stage '{stage}' {verb.strip()} {len(files)} project file(s) that "
+                     f"dvc.yaml does not list as its {flag} ({why}):")
+        lines += [f"  {verb} {p}" for p in files]
+        lines.append(f"  fix: `nbp stage add {notebook} " + " ".join(f"--{flag} {p}" for p in files)
+                     + f"` (or add them under {flag}: in dvc.yaml)")
     return "\n".join(lines)
