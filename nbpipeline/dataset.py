@@ -101,8 +101,7 @@ def split(
             "golden": golden.sort_index()}
 
 
-def sample(splits: Mapping[str, Any], fraction: float, seed: int,
-           time_column: str | None = None) -> dict[str, Any]:
+def sample(splits: Mapping[str, Any], fraction: float, seed: int) -> dict[str, Any]:
     """Each split reduced to ``fraction`` of its rows (order kept)."""
     if fraction >= 1.0:
         return dict(splits)
