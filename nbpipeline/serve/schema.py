@@ -7,7 +7,7 @@ training are valid: the pipeline encodes them as unknown).
 
 ``POST /predict`` takes either one row (a JSON object of features) or a batch
 ``{"rows": [row, ...]}``. Problems become a 422 whose ``detail`` lists each one with
-its location, e.g. ``["body", "rows", 3, "temp"]``, in FastAPI's usual format.
+its location, e.g. ``["body", "rows", 3, "<feature>"]``, in FastAPI's usual format.
 """
 
 from __future__ import annotations
