@@ -20,37 +20,37 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from nbpipeline import yamlio
 from nbpipeline.errors import ParamsError
 
 SHARED_SECTIONS = ("common", "paths")
 
 
 def load_params(path: Path) -> dict[str, Any]:
-    """Read params.yaml; a missing file is empty, a malformed one is a ParamsError."""
-    if not path.exists():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path.name}:{mark.line + 1}:{mark.column + 1}" if mark else path.name
-        raise ParamsError(
-            f"{where}: malformed YAML ({exc.problem}); fix the syntax at that line"
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path.name}: malformed YAML ({exc}); fix the file") from exc
+    """Read params.yaml as DVC does; a missing file is empty, a malformed one a ParamsError.
+
+    Refused: malformed YAML, a key given twice in one mapping (naming both lines), a
+    top level or shared section that is not a mapping, and keys that are not names.
+    """
+    data = yamlio.read(path, ParamsError)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ParamsError(
             f"{path.name}: top level must be a mapping of sections (common:, <stage>:), "
-            f"found {type(data).__name__}"
+            f"found {type_name(data)}"
         )
-    for name in SHARED_SECTIONS:
-        if data.get(name) is not None and not isinstance(data[name], dict):
+    for name, section in data.items():
+        if not isinstance(name, str):
+            raise ParamsError(f"{path.name}: top-level key {name!r} is not a name; sections "
+                              "are named like stages (common:, paths:, train:)")
+        if name in SHARED_SECTIONS and section is not None and not isinstance(section, dict):
             raise ParamsError(f"{path.name}: section '{name}' must be a mapping")
+        bad = [key for key in section if not isinstance(key, str)] if isinstance(
+            section, dict) else []
+        if bad:
+            raise ParamsError(f"{path.name}: [{name}] key {bad[0]!r} is not a parameter "
+                              "name; parameter names are words (max_depth:), quote it if needed")
     return data
 
 
@@ -68,34 +68,92 @@ def _section(params: Mapping[str, Any], name: str, file: str) -> Mapping[str, An
 
 def type_name(value: Any) -> str:
     """A user-facing name for the type of ``value``."""
-    names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}
+    names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping",
+             tuple: "list", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+class _Mismatch(Exception):
+    """``value`` at ``path`` (e.g. ``[1]``) does not fit ``default``."""
+
+    def __init__(self, path: str, default: Any, value: Any) -> None:
+        super().__init__(path)
+        self.path, self.default, self.value = path, default, value
+
+
+def _scalar_fits(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _one_of(defaults: list[Any], value: Any, path: str) -> Any:
+    """``value`` checked against the first of ``defaults`` it fits (any, if none are given)."""
+    kinds = [d for d in defaults if d is not None]
+    if value is None or not kinds:
+        return value
+    for default in kinds:
+        try:
+            return _conform(default, value, path)
+        except _Mismatch as exc:
+            if exc.path != path:  # it has the right shape, an item inside is wrong
+                raise
+    raise _Mismatch(path, kinds[0], value)
+
+
+def _conform(default: Any, value: Any, path: str = "") -> Any:
+    """``value`` made to fit ``default``'s type (int -> float); _Mismatch if it cannot.
+
+    Lists and mappings are checked item by item: each item must fit one of the default's
+    items (a mapping key the default has: its own default).
+    """
+    if default is None or value is None:
+        return value
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return [_one_of(list(default), item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if isinstance(value, (int, float, str)):  # one value where a list is expected
+            return _one_of(list(default), value, path)
+        raise _Mismatch(path, default, value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise _Mismatch(path, default, value)
+        return {
+            key: (_conform(default[key], item, f"{path}.{key}") if key in default
+                  else _one_of(list(default.values()), item, f"{path}.{key}"))
+            for key, item in value.items()
+        }
+    if not _scalar_fits(default, value):
+        raise _Mismatch(path, default, value)
+    return float(value) if isinstance(default, float) else value
 
 
 def check_type(name: str, default: Any, value: Any, *, where: str) -> Any:
     """Return ``value`` if it fits the notebook default's type, else raise ParamsError.
 
-    Rules: a None default accepts anything; an int is accepted where a float is expected;
-    bool and int never mix; a list default also accepts a single item (a one-value search).
+    Rules: a None default accepts anything and None is accepted anywhere; an int is
+    accepted where a float is expected (and becomes a float); bool and int never mix; a
+    list default also accepts a single item (a one-value search); every item of a list
+    (and every value of a mapping) must fit one of the default's items.
     """
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(default, bool) and isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float))
-        value = float(value) if ok else value
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple)) or isinstance(value, (int, float, str))
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
+    try:
+        return _conform(default, value)
+    except _Mismatch as exc:
+        if not exc.path:
+            raise ParamsError(
+                f"{where}: parameter '{name}' is {type_name(value)} {value!r} but the "
+                f"notebook's default is {type_name(default)} {default!r}; set it to a "
+                f"{type_name(default)} in params.yaml (or change the default in the "
+                "parameters cell)"
+            ) from None
         raise ParamsError(
-            f"{where}: parameter '{name}' is {type_name(value)} {value!r} but the notebook's "
-            f"default is {type_name(default)} {default!r}; set it to a {type_name(default)} "
-            "in params.yaml (or change the default in the parameters cell)"
-        )
-    return value
+            f"{where}: parameter '{name}' item {exc.path} is {type_name(exc.value)} "
+            f"{exc.value!r} but the notebook's default {default!r} has {type_name(exc.default)}"
+            f" items there; make it a {type_name(exc.default)} in params.yaml (or change the "
+            "default in the parameters cell)"
+        ) from None
 
 
 def stage_values(

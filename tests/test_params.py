@@ -80,3 +80,63 @@ def test_section_must_be_a_mapping() -> None:
 
 def test_missing_params_file_is_empty(tmp_path: Path) -> None:
     assert load_params(tmp_path / "params.yaml") == {}
+
+
+@pytest.mark.parametrize(("default", "value", "item"), [
+    ([4, 8], ["four", 8], r"\[0\] is str 'four'"),  # issue 16, defect 7: GridSearchCV "won"
+    ([0.05, 0.1], [0.1, "fast"], r"\[1\] is str 'fast'"),
+    ([4, 8], [4, 2.5], r"\[1\] is float 2.5"),
+    (["carrier"], ["origin", 3], r"\[1\] is int 3"),
+    ({"roc_auc": [0.6, 0.9]}, {"roc_auc": [0.6, "high"]}, r"\.roc_auc\[1\] is str 'high'"),
+    ({"tp": 40.0}, {"fp": "minus fifteen"}, r"\.fp is str 'minus fifteen'"),
+    ([[1, 2]], [[1, True]], r"\[0\]\[1\] is bool True"),
+])
+def test_list_and_mapping_items_are_type_checked(default: object, value: object,
+                                                 item: str) -> None:
+    with pytest.raises(ParamsError, match=r"^params.yaml \[s\]: parameter 'p' item " + item):
+        stage_values({"s": {"p": value}}, "s", {"p": default})
+
+
+def test_items_that_fit_are_accepted_and_ints_become_floats() -> None:
+    declared = {"depth": [4, 8], "rate": [0.05], "limits": {"auc": [0.6, 0.9]}, "any": []}
+    given = {"depth": [None, 6], "rate": [1, 0.5], "limits": {"auc": [0, 1], "f1": [0.5, 1]},
+             "any": ["x", 1, {"y": 2}]}
+    assert stage_values({"s": given}, "s", declared) == {
+        "depth": [None, 6], "rate": [1.0, 0.5], "limits": {"auc": [0.0, 1.0], "f1": [0.5, 1.0]},
+        "any": ["x", 1, {"y": 2}]}
+
+
+def test_duplicate_key_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    # issue 16, defect 7: the last value silently won
+    path = tmp_path / "params.yaml"
+    path.write_text("common:\n  seed: 1\ntrain:\n  max_depth: 4\n  cv_folds: 3\n  max_depth: 8\n")
+    with pytest.raises(ParamsError, match=r"^params.yaml:6: duplicate key 'train.max_depth' "
+                       r"\(also at line 4\); .*keep one of the two lines$"):
+        load_params(path)
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
+    # issue 16, defect 7: PyYAML (YAML 1.1) read `No` as False, DVC (YAML 1.2) as 'No'
+    from dvc.utils.serialize import parse_yaml
+
+    text = "s:\n  answer: No\n  flag: off\n  big: 1e3\n  octal: 010\n  when: 2013-09-01\n"
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert load_params(path) == parse_yaml(text, str(path))
+    assert load_params(path)["s"]["answer"] == "No"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[1, 2]\n", r"top level must be a mapping .* found list"),
+    ("1: {a: 1}\n", r"top-level key 1 is not a name"),
+    ("s:\n  ? [a]\n  : 1\n", r"\[s\] key \('a',\) is not a parameter name"),
+    ("s: &x\n  a: *x\n", r"alias \(\*name\) is used inside its own anchor"),
+    ("a: 1\n---\nb: 2\n", r"^params.yaml:2:1: malformed YAML \(.*single document"),
+    ("s: !!python/object:os.system x\n", r"^params.yaml:1:4: malformed YAML \(could not determine"),
+])
+def test_odd_yaml_is_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=message) as err:
+        load_params(path)
+    assert "\n" not in str(err.value)

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from nbpipeline import yamlio
 from nbpipeline.errors import StageError
 from nbpipeline.params import load_params
 from nbpipeline.project import Project
@@ -144,8 +143,8 @@ def _vars_file(root: Path, ref: str) -> dict[str, Any]:
         return {}
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError):
+        data = json.loads(text) if path.suffix == ".json" else yamlio.parse(text, name, StageError)
+    except (OSError, ValueError, StageError):  # an unresolved ${} is reported by nbp check
         return {}
     if not isinstance(data, dict):
         return {}
@@ -163,14 +162,8 @@ def _vars_context(root: Path, entries: Any, base: Mapping[str, Any]) -> dict[str
 
 
 def _read_plain(path: Path) -> dict[str, Any]:
-    """dvc.yaml as plain data (PyYAML: already imported by params.py, no ruamel needed)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path.name}:{mark.line + 1}" if mark else path.name
-        raise StageError(f"{where}: malformed YAML ({getattr(exc, 'problem', exc)}); "
-                         "fix the syntax at that line") from exc
+    """dvc.yaml as plain data."""
+    data = yamlio.read(path, StageError)
     if data is not None and not isinstance(data, dict):
         raise StageError(f"{path.name}: the top level must be a mapping; fix the file")
     return data or {}
@@ -179,8 +172,9 @@ def _read_plain(path: Path) -> dict[str, Any]:
 class DvcYaml:
     """dvc.yaml of a project and its notebook stages.
 
-    ``editable=True`` parses it with ruamel.yaml (``file``) so entries can be rewritten in
-    place; reading alone (every `nbp run`) uses PyYAML and skips ruamel's import.
+    ``editable=True`` parses it with ruamel.yaml's round-trip loader (``file``) so entries
+    can be rewritten in place; reading alone (every `nbp run`) uses the safe loader
+    (nbpipeline.yamlio: both read YAML 1.2, as DVC does).
     """
 
     def __init__(self, project: Project, *, editable: bool = False) -> None:

@@ -14,26 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import YAMLError
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from nbpipeline.errors import NbpipelineError
+from nbpipeline.yamlio import YAMLError, editor, error_line
 
 
 def _trailing(line: str, column: int) -> bool:
     """A blank line, or a comment at the key's indentation (it introduces the next key)."""
     stripped = line.lstrip()
     return not stripped or (stripped.startswith("#") and len(line) - len(stripped) <= column)
-
-
-def _yaml(sequence: int = 2, offset: int = 0) -> YAML:
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    yaml.indent(mapping=2, sequence=max(sequence, offset + 2), offset=offset)
-    return yaml
 
 
 @dataclass
@@ -52,12 +43,9 @@ class YamlDoc:
         text = path.read_text(encoding="utf-8") if path.exists() else ""
         try:
             _, indent, offset = load_yaml_guess_indent(text) if text.strip() else (None, 2, 0)
-            doc = _yaml().load(text) if text.strip() else None
+            doc = editor().load(text) if text.strip() else None
         except YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path.name}:{mark.line + 1}" if mark else path.name
-            raise error(f"{where}: malformed YAML ({getattr(exc, 'problem', exc)}); "
-                        "fix the syntax at that line") from exc
+            raise error(error_line(exc, text, path.name)) from exc
         if doc is None:
             doc = CommentedMap()
         if not isinstance(doc, CommentedMap):
@@ -68,7 +56,7 @@ class YamlDoc:
         buf = io.StringIO()
         block = CommentedMap()
         block[key] = value
-        _yaml(self.sequence_indent, self.offset).dump(block, buf)
+        editor(self.sequence_indent, self.offset).dump(block, buf)
         lines = buf.getvalue().splitlines(keepends=True)
         while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
             lines.pop()  # comments after the block stay where they are in the file
@@ -118,7 +106,7 @@ class YamlDoc:
                 new.insert(0, "\n")
             lines[end:end] = new
         self.text = "".join(lines)
-        self.doc = _yaml().load(self.text)  # fresh line numbers for the next edit
+        self.doc = editor().load(self.text)  # fresh line numbers for the next edit
 
     def _blank_separated(self, parent: Any, parents: Sequence[str]) -> bool:
         """True when the entries of ``parent`` are separated by blank lines."""
@@ -140,7 +128,7 @@ class YamlDoc:
             node = node[name]
         node[path[-1]] = value
         buf = io.StringIO()
-        _yaml(self.sequence_indent, self.offset).dump(self.doc, buf)
+        editor(self.sequence_indent, self.offset).dump(self.doc, buf)
         self.text = buf.getvalue()
 
     def save(self) -> None:

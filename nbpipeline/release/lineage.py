@@ -13,8 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from nbpipeline import yamlio
 from nbpipeline.errors import RegistryError
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project
@@ -36,11 +35,8 @@ def read_lock(project: Project) -> dict[str, Any]:
     path = project.root / "dvc.lock"
     if not path.is_file():
         return {}
-    try:
-        lock = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise RegistryError(f"{path}: not valid YAML ({exc}); re-run `dvc repro`") from exc
-    stages = lock.get("stages", {})
+    lock = yamlio.read(path, RegistryError) or {}
+    stages = lock.get("stages", {}) if isinstance(lock, dict) else None
     return stages if isinstance(stages, dict) else {}
 
 

@@ -22,8 +22,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import yaml
-
+from nbpipeline import yamlio
 from nbpipeline.errors import GateError, NbpipelineError
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project, write_text_atomic
@@ -337,14 +336,11 @@ def _stage_card(project: Project, name: str, params: dict[str, Any],
 
 def _stages(project: Project) -> dict[str, dict[str, Any]]:
     """Stage name -> its params as dvc.lock recorded them (params.yaml sections if never run)."""
-    try:
-        spec = yaml.safe_load(project.dvc_yaml.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise NbpipelineError(f"{project.dvc_yaml}: cannot read it ({exc}); fix the YAML") from exc
+    spec = yamlio.read(project.dvc_yaml, NbpipelineError) or {}
     lock = read_lock(project)
     try:
-        params_yaml = yaml.safe_load(project.params_yaml.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        params_yaml = yamlio.read(project.params_yaml, NbpipelineError) or {}
+    except NbpipelineError:  # reported by `nbp check` and `nbp run`; the index still builds
         params_yaml = {}
     stages = {}
     for name, stage in (spec.get("stages") or {}).items():

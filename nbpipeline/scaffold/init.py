@@ -17,8 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from nbpipeline import yamlio
 from nbpipeline.dataset import read_table
 from nbpipeline.errors import InitError, NbpipelineError
 from nbpipeline.monitor.config import MonitorConfig
@@ -321,10 +320,9 @@ def init_project(
     for name in NOTEBOOKS:
         nb = read_notebook(templates.joinpath(f"{name}.ipynb"))  # type: ignore[arg-type]
         write_notebook(nb, directory / "notebooks" / f"{name}.ipynb")
-    _write(directory / "params.yaml", yaml.safe_dump(params, sort_keys=False))
-    _write(directory / "dvc.yaml", yaml.safe_dump(_dvc_yaml(inferred.task), sort_keys=False))
-    _write(directory / "monitoring" / "dvc.yaml",
-           yaml.safe_dump(MONITORING_DVC_YAML, sort_keys=False))
+    _write(directory / "params.yaml", yamlio.dump(params))
+    _write(directory / "dvc.yaml", yamlio.dump(_dvc_yaml(inferred.task)))
+    _write(directory / "monitoring" / "dvc.yaml", yamlio.dump(MONITORING_DVC_YAML))
     _write(directory / ".gitignore", GITIGNORE)
     _write(directory / ".dvcignore", DVCIGNORE)
     skipped = "".join(f"\n- `{name}`: not a feature ({why})"

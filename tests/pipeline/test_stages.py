@@ -245,7 +245,7 @@ def test_existing_stage_gets_only_its_missing_entries(tmp_path: Path) -> None:
 def test_malformed_dvc_yaml_is_one_clear_error(tmp_path: Path) -> None:
     project = example(tmp_path)
     project.dvc_yaml.write_text("stages:\n  data:\n    cmd: nbp run data\n   deps: [x]\n")
-    with pytest.raises(StageError, match=r"^dvc.yaml:4: malformed YAML \(.*\); fix the syntax"):
+    with pytest.raises(StageError, match=r"^dvc.yaml:4:\d+: malformed YAML \(.*\); fix the syntax"):
         check_project(project)
     project.dvc_yaml.write_text("stages:\n  - data\n")
     with pytest.raises(StageError, match="`stages:` must be a mapping of stage name to stage"):
@@ -264,7 +264,7 @@ def test_params_needs_a_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("params_yaml", "message"), [
-    ("data:\n  seed: 1\n   bad: 2\n", r"^params.yaml:3: malformed YAML \(.*\); fix the syntax"),
+    ("data:\n  seed: 1\n   bad: 2\n", r"^params.yaml:3:\d+: malformed YAML \(.*\); fix the syntax"),
     ("common: {seed: 42}\nexplore: [1, 2]\n",
      r"^params.yaml: section 'explore' must be a mapping of name: value$"),
 ])
@@ -289,3 +289,25 @@ def test_a_broken_parameters_cell_stops_stage_add_before_any_write(tmp_path: Pat
                        r"\d+: syntax error"):
         add_stage(project, path)
     assert snapshot(project, "dvc.yaml", "params.yaml", "notebooks/cx.ipynb") == before
+
+
+def test_stage_add_writes_values_that_read_back_as_written(tmp_path: Path) -> None:
+    # issue 16, defect 7: ruamel (YAML 1.2) wrote `No`, PyYAML (1.1) read it back as False
+    # and `nbp check` reported a type error the tool itself had caused
+    from dvc.utils.serialize import parse_yaml
+
+    from nbpipeline.params import load_params
+
+    project = example(tmp_path)
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(
+        "answer = 'No'\nswitch = 'off'\nexponent = '1e3'\nwhen = '2013-09-01'\nyes = ['y', 'n']")]
+    nbformat.write(nb, project.notebook("answers"))
+    add_stage(project, project.notebook("answers"))
+    expected = {"answer": "No", "switch": "off", "exponent": "1e3", "when": "2013-09-01",
+                "yes": ["y", "n"]}
+    assert load_params(project.params_yaml)["answers"] == expected
+    text = project.params_yaml.read_text()
+    assert parse_yaml(text, "params.yaml")["answers"] == expected
+    assert [p for p in check_project(project) if "answers" in p] == []
