@@ -59,6 +59,20 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_switch(args: argparse.Namespace) -> int:
+    from nbpipeline.release.promote import switch_off, switch_on
+
+    event = (switch_on if args.command == "on" else switch_off)(find_project(),
+                                                                reason=args.reason)
+    champion = event.data.get("champion") or "no champion"
+    if args.command == "on":
+        print(f"nbp: off switch lifted: {champion} serves again")
+    else:
+        print(f"nbp: serving switched OFF ({champion} stays champion): the server answers its "
+              "fallback decision until `nbp on`")
+    return 0
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from nbpipeline.scaffold.init import init_project
 
@@ -179,6 +193,11 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     rollback.add_argument("--canary", action="store_true", help="remove the canary instead")
     rollback.add_argument("--reason", help="why (recorded in the registry)")
     rollback.set_defaults(handler=_cmd_rollback)
+    for name, what in (("off", "switch serving off: the server answers its fallback decision"),
+                       ("on", "lift the off switch: the champion (and canary) serve again")):
+        switch = sub.add_parser(name, help=what + " (recorded in the registry)")
+        switch.add_argument("--reason", required=True, help="why (recorded in the registry)")
+        switch.set_defaults(handler=_cmd_switch)
     retire = sub.add_parser("retire", help="retire the champion (and canary) to start a new "
                             "model line, e.g. after changing features, target or task")
     retire.add_argument("--reason", required=True, help="why (recorded in the registry)")

@@ -1,4 +1,5 @@
-"""Release commands as library functions: promote the candidate, roll back, list models.
+"""Release commands as library functions: promote the candidate, roll back, the off
+switch, list models.
 
 Each `nbp` release command is a thin call into one function here. ``promote_candidate``
 obeys the gate decision that the evaluate stage wrote to ``metrics/gate.json``: it refuses
@@ -21,6 +22,7 @@ from nbpipeline.release.registry import Event, ModelVersion, Registry, default_a
 
 __all__ = [
     "Promotion", "models_table", "promote_candidate", "promote_version", "retire", "rollback",
+    "switch_off", "switch_on",
 ]
 
 CANDIDATE_DIR = "models/candidate"
@@ -101,7 +103,9 @@ def promote_version(project: Project, version: str, *, canary: float | None = No
                     reason: str | None = None, actor: str | None = None) -> Promotion:
     """Make an already registered ``version`` champion (or canary) again; lifts the off switch.
 
-    No gate is consulted: the version passed (or was forced through) its gate when it
+    Refused for the current champion (to lift the off switch over it: :func:`switch_on`)
+    and for a version whose stored model file is damaged. No gate is consulted: the
+    version passed (or was forced through) its gate when it
     was registered, and that record stays with it.
     """
     reg = Registry(project.registry)
@@ -117,6 +121,16 @@ def rollback(project: Project, *, canary: bool = False, reason: str | None = Non
     reg = Registry(project.registry)
     return reg.rollback(role="canary" if canary else "champion",
                         reason=reason or "manual rollback", actor=actor or default_actor())
+
+
+def switch_off(project: Project, *, reason: str, actor: str | None = None) -> Event:
+    """`nbp off`: the server answers its fallback decision until `nbp on` (or a promote)."""
+    return Registry(project.registry).switch_off(reason=reason, actor=actor or default_actor())
+
+
+def switch_on(project: Project, *, reason: str, actor: str | None = None) -> Event:
+    """`nbp on`: lift the off switch; the champion (and canary) serve again."""
+    return Registry(project.registry).switch_on(reason=reason, actor=actor or default_actor())
 
 
 def retire(project: Project, *, reason: str, actor: str | None = None) -> Event:
@@ -160,7 +174,8 @@ def models_rows(reg: Registry) -> list[dict[str, str]]:
                                                    "passed" if mv.gate.get("passed") else "failed")
         rev = str(mv.lineage.get("git", {}).get("rev") or mv.metadata.get("git_rev") or "-")
         rows.append({
-            "version": mv.version, "role": role, "gate": gate,
+            "version": mv.version, "role": role, "file": (reg.damage(mv.version) or "ok").upper(),
+            "gate": gate,
             "metrics": _metric_summary(mv.metrics), "data": _data_version(mv.metadata),
             "params": _params(mv.metadata), "git": rev[:8],
             "who/when/why": f"{mv.actor} {mv.created[:19].replace('T', ' ')} "
@@ -180,5 +195,13 @@ def models_table(reg: Registry) -> str:
     lines += ["  ".join(r[h].ljust(widths[h]) for h in headers).rstrip() for r in rows]
     state = reg.state()
     if state.switched_off:
-        lines.append(f"serving is SWITCHED OFF: {state.off_reason}")
+        lines.append(f"serving is SWITCHED OFF: {state.off_reason} (`nbp on --reason TEXT` "
+                     "lifts it)")
+    damaged = [r["version"] for r in rows if r["file"] != "OK"]
+    if damaged:
+        lines.append(
+            f"model file of {', '.join(damaged)} is missing or damaged (sha256 differs from "
+            f"the registered one) under {reg.objects}: these versions cannot serve; restore "
+            "the files from a backup"
+        )
     return "\n".join(lines)

@@ -10,11 +10,14 @@ Layout of a registry directory (``project.registry``, default ``<root>/registry`
 Nothing is ever rewritten: the production state (champion, canary, off switch) is
 derived by replaying the events, so a state is always explained by its history.
 Event kinds with a meaning for the state: ``register``, ``promote``, ``rollback``,
-``switch_off``. Any other kind (alarms, retrain triggers) is kept and shown but does
-not change the state.
+``switch_off``, ``switch_on``, ``retire``. Any other kind (alarms, retrain triggers) is
+kept and shown but does not change the state. Each line is checked against the fields
+its kind needs (``EVENT_FIELDS``) when the log is read: a hand-edited log is refused
+with the line that is wrong, never half-replayed.
 
 Models are stored in the skops format and loaded only with the trusted types recorded
-in their metadata (never plain pickle), after their sha256 has been checked.
+in their metadata (never plain pickle), after their sha256 has been checked; a version
+whose stored file is missing or damaged is never made champion or canary.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +59,21 @@ ACTOR_ENV = "NBP_ACTOR"
 EVENTS_FILE = "events.jsonl"
 OBJECTS_DIR = "objects"
 ROLES = ("champion", "canary")
+STATE_KINDS = ("register", "promote", "rollback", "retire", "switch_off", "switch_on")
+# The fields each state-changing event needs in ``data`` (name -> accepted types).
+EVENT_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "register": {"version": (str,), "sha256": (str,)},
+    "promote": {"version": (str,), "role": (str,)},
+    "rollback": {"role": (str,)},
+}
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
+    "metadata": (dict,), "metrics": (dict,), "gate": (dict, type(None)), "lineage": (dict,),
+    "files": (dict,), "forced_reason": (str, type(None)), "canary_fraction": (int, float),
+}
+
+
+_INTACT_FIX = ("restore the file from a backup (objects/ is content-addressed: any copy with "
+               "that sha256 will do), or pick a version whose file is intact (see `nbp models`)")
 
 
 def default_actor() -> str:
@@ -93,6 +112,42 @@ class Event:
             "reason": self.reason, "data": self.data,
         }
         return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def _event(rec: Any) -> Event:
+    """An Event from one parsed line; ValueError/KeyError/TypeError saying what is wrong."""
+    if not isinstance(rec, dict):
+        raise TypeError(f"a JSON object was expected, found {type(rec).__name__}")
+    data = rec.get("data") or {}
+    if not isinstance(data, dict):
+        raise TypeError(f"'data' must be an object, found {type(data).__name__}")
+    seq = rec["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ValueError(f"'seq' must be a positive integer, found {seq!r}")
+    text = {name: rec[name] for name in ("ts", "kind", "actor", "reason")}
+    for name, value in text.items():
+        if not isinstance(value, str):
+            raise TypeError(f"'{name}' must be a string, found {type(value).__name__}")
+    kind = text["kind"]
+    for name, types in {**EVENT_FIELDS.get(kind, {})}.items():
+        if not isinstance(data.get(name), types):
+            raise ValueError(f"a {kind} event needs data.{name} "
+                             f"({' or '.join(t.__name__ for t in types)})")
+    if kind in EVENT_FIELDS:
+        for name, types in OPTIONAL_FIELDS.items():
+            if name in data and not isinstance(data[name], types):
+                raise ValueError(f"data.{name} of a {kind} event must be "
+                                 f"{' or '.join(t.__name__ for t in types)}")
+    if kind == "register" and not re.fullmatch(r"v[1-9][0-9]*", data["version"]):
+        raise ValueError(f"version {data['version']!r} is not v<number>")
+    if kind in ("promote", "rollback") and data["role"] not in ROLES:
+        raise ValueError(f"role {data['role']!r} is not one of {', '.join(ROLES)}")
+    if kind == "promote" and data["role"] == "canary":
+        fraction = data.get("canary_fraction")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+                0 < fraction < 1):
+            raise ValueError(f"canary_fraction {fraction!r} is not between 0 and 1")
+    return Event(seq, text["ts"], kind, text["actor"], text["reason"], data)
 
 
 @dataclass(frozen=True)
@@ -167,8 +222,8 @@ class _Replay:
             version = data["version"]
             if data.get("role") == "canary":
                 self.canary, self.canary_fraction = version, float(data["canary_fraction"])
-            else:
-                self.champions.append(version)
+            elif self.champion != version:  # (an older log may re-promote the champion
+                self.champions.append(version)  # to lift the off switch: not a new entry)
                 self.canary, self.canary_fraction = None, 0.0
             self.switched_off, self.off_reason = False, None
         elif event.kind == "rollback":
@@ -181,6 +236,8 @@ class _Replay:
                 self.switched_off, self.off_reason = False, None
         elif event.kind == "switch_off":
             self.switched_off, self.off_reason = True, event.reason
+        elif event.kind == "switch_on":
+            self.switched_off, self.off_reason = False, None
         elif event.kind == "retire":  # a new model line starts: no champion, no rollback
             self.champions.clear()
             self.canary, self.canary_fraction = None, 0.0
@@ -238,22 +295,28 @@ class Registry:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-                events.append(
-                    Event(int(rec["seq"]), str(rec["ts"]), str(rec["kind"]), str(rec["actor"]),
-                          str(rec["reason"]), dict(rec.get("data") or {}))
-                )
-            except (ValueError, KeyError, TypeError) as exc:
+                event = _event(json.loads(line))
+                if events and event.seq <= events[-1].seq:
+                    raise ValueError(f"seq {event.seq} after seq {events[-1].seq}")
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 raise RegistryError(
-                    f"{self.events_path}: line {number} is not a valid event ({exc}); the "
-                    "registry log was edited by hand — restore it from a backup (it is "
-                    "append-only, never edit it)"
+                    f"{self.events_path}: line {number} is not a valid event "
+                    f"({type(exc).__name__}: {exc}); the registry log was edited by hand — "
+                    "restore it from a backup (it is append-only, never edit it)"
                 ) from exc
+            events.append(event)
         return events
 
     def _replay(self, events: list[Event] | None = None) -> _Replay:
         replay = _Replay()
         for event in self.events() if events is None else events:
+            version = event.data.get("version")
+            if event.kind == "promote" and version not in replay.versions:
+                raise RegistryError(
+                    f"{self.events_path}: event seq {event.seq} promotes {version!r}, which no "
+                    "earlier event registered; the log was edited by hand — restore it from a "
+                    "backup (it is append-only, never edit it)"
+                )
             replay.apply(event)
         return replay
 
@@ -293,22 +356,41 @@ class Registry:
             last_event=events[-1] if events else None,
         )
 
+    def model_bytes(self, version: str, *, fix: str | None = None) -> bytes:
+        """The stored model file of ``version``, its sha256 checked; RegistryError naming the
+        file and ``fix`` when it is missing or damaged."""
+        mv = self.get(version)
+        path = self.object_path(mv.sha256)
+        fix = fix or ("restore the file from a backup, or roll back (`nbp rollback`) to a "
+                      "version whose file is intact")
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise RegistryError(
+                f"{path}: model file of {version} is missing; refusing to use it — {fix}"
+            ) from exc
+        check_hash(path, blob, mv.sha256, RegistryError, what=f"model file of {version}",
+                   fix=fix)
+        return blob
+
+    def damage(self, version: str) -> str | None:
+        """None if the stored model file of ``version`` is intact, else what is wrong
+        ('missing' or 'damaged'), for listings."""
+        if not self.object_path(self.get(version).sha256).is_file():
+            return "missing"
+        try:
+            self.model_bytes(version)
+        except RegistryError:
+            return "damaged"
+        return None
+
     def load(self, version: str) -> tuple[object, dict[str, Any]]:
         """The fitted model of ``version`` and its metadata, after checking the file's hash."""
         import skops.io as sio
 
         mv = self.get(version)
         path = self.object_path(mv.sha256)
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise RegistryError(
-                f"{path}: model file of {version} is missing; restore the registry's objects/ "
-                "directory from a backup or register the model again"
-            ) from exc
-        check_hash(path, blob, mv.sha256, RegistryError, what=f"model file of {version}",
-                   fix="restore the file from a backup, or roll back (`nbp rollback`) to a "
-                   "version whose file is intact")
+        blob = self.model_bytes(version)
         trusted = list(mv.metadata.get("trusted_types", []))
         try:
             model = sio.loads(blob, trusted=trusted)
@@ -461,8 +543,12 @@ class Registry:
             if version not in replay.versions:
                 raise RegistryError(self._unknown(version, replay))
             if canary_fraction is None:
-                if replay.champion == version and not replay.switched_off:
-                    raise RegistryError(f"{version} is already the champion; nothing to promote")
+                if replay.champion == version:
+                    raise RegistryError(
+                        f"{version} is already the champion; "
+                        + ("it is switched off: lift the off switch with `nbp on --reason TEXT`"
+                           if replay.switched_off else "nothing to promote")
+                    )
                 data: dict[str, Any] = {"version": version, "role": "champion",
                                         "previous": replay.champion}
             else:
@@ -472,6 +558,7 @@ class Registry:
                     )
                 data = {"version": version, "role": "canary", "canary_fraction": canary_fraction,
                         "champion": replay.champion}
+            self.model_bytes(version, fix=_INTACT_FIX)
             return self._append(fh, events, "promote", actor, reason, data)
 
     def rollback(self, *, role: str = "champion", reason: str, actor: str) -> Event:
@@ -493,14 +580,36 @@ class Registry:
                     )
                 data = {"role": "champion", "from": replay.champion,
                         "to": replay.previous_champion}
+                self.model_bytes(replay.previous_champion, fix=_INTACT_FIX)
             return self._append(fh, events, "rollback", actor, reason, data)
 
     def switch_off(self, *, reason: str, actor: str) -> Event:
-        """Stop serving models: the server answers its fallback decision until a promote."""
+        """Stop serving models: the server answers its fallback decision until
+        :meth:`switch_on`, a promote or a rollback."""
         if not reason.strip():
-            raise RegistryError("switching the model off needs a reason")
+            raise RegistryError("switching the model off needs a reason: pass --reason TEXT")
         with self._locked() as (fh, events):
-            return self._append(fh, events, "switch_off", actor, reason, {})
+            replay = self._replay(events)
+            if replay.switched_off:
+                raise RegistryError(f"serving is already switched off ({replay.off_reason}); "
+                                    "`nbp on --reason TEXT` lifts the off switch")
+            return self._append(fh, events, "switch_off", actor, reason,
+                                {"champion": replay.champion, "canary": replay.canary})
+
+    def switch_on(self, *, reason: str, actor: str) -> Event:
+        """Lift the off switch: the champion (and canary) serve again; the rollback stack is
+        unchanged. Refused when the switch is not on or the champion's file is damaged."""
+        if not reason.strip():
+            raise RegistryError("lifting the off switch needs a reason: pass --reason TEXT")
+        with self._locked() as (fh, events):
+            replay = self._replay(events)
+            if not replay.switched_off:
+                raise RegistryError("serving is not switched off; nothing to switch on")
+            for version in (replay.champion, replay.canary):
+                if version is not None:
+                    self.model_bytes(version, fix=_INTACT_FIX)
+            return self._append(fh, events, "switch_on", actor, reason,
+                                {"champion": replay.champion, "canary": replay.canary})
 
     def retire(self, *, reason: str, actor: str) -> Event:
         """Retire the champion (and canary): the next promoted model starts a new model
@@ -516,7 +625,7 @@ class Registry:
 
     def append_event(self, kind: str, *, reason: str, actor: str, **data: Any) -> Event:
         """Record any other event (alarm, retrain trigger, note); it does not change the state."""
-        if kind in ("register", "promote", "rollback", "retire", "switch_off"):
+        if kind in STATE_KINDS:
             raise RegistryError(
                 f"event kind '{kind}' changes the state; use Registry.{kind}() instead"
             )

@@ -110,18 +110,68 @@ def test_lineage_flags_files_that_changed_since_dvc_lock(project: Path) -> None:
     assert snap["git"]["rev"] and snap["git"]["branch"] == "main"
 
 
-def test_promote_a_registered_version_lifts_the_off_switch(
+def test_off_and_on_commands_lift_the_switch_without_a_duplicate_champion(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # issue 16, defect 5: `promote --version v1` over champion v1 pushed v1 twice, and a
+    # later rollback printed "rolled back champion v1 -> v1"
     gate_for(project, 0.7, None)
     assert nbp("promote") == 0
     reg = Registry(project / "registry")
-    reg.switch_off(reason="ROI below zero", actor="monitor")
+    assert nbp("off", "--reason", "ROI below zero") == 0
+    assert "switched OFF (v1 stays champion)" in capsys.readouterr().out
     assert nbp("models") == 0
     assert "champion (OFF)" in capsys.readouterr().out
-    assert nbp("promote", "--version", "v1", "--reason", "fixed upstream feed") == 0
+    assert nbp("off", "--reason", "again") == 1
+    assert "already switched off (ROI below zero)" in capsys.readouterr().err
+    assert nbp("promote", "--version", "v1", "--reason", "fixed upstream feed") == 1
+    assert "lift the off switch with `nbp on --reason TEXT`" in capsys.readouterr().err
+    assert nbp("on", "--reason", "fixed upstream feed") == 0
+    assert "off switch lifted: v1 serves again" in capsys.readouterr().out
     state = reg.state()
     assert not state.switched_off and state.champion is not None
-    assert reg.events()[-1].reason == "fixed upstream feed"
+    assert state.previous_champion is None
+    assert [(e.kind, e.reason) for e in reg.events()[-2:]] == [
+        ("switch_off", "ROI below zero"), ("switch_on", "fixed upstream feed")]
+    assert nbp("on", "--reason", "x") == 1
+    assert "not switched off" in capsys.readouterr().err
+    assert nbp("rollback") == 1
+    assert "no previous champion to roll back to (v1 is the first)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        nbp("on")  # a reason is required
     assert nbp("promote", "--version", "v9") == 1
     assert "'v9' is not in the registry" in capsys.readouterr().err
+
+
+def test_rollback_onto_a_damaged_model_is_refused_and_models_flags_it(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 16, defect 4: the rollback succeeded and named a champion the server refused
+    gate_for(project, 0.7, None)
+    assert nbp("promote") == 0
+    small_candidate(project / "models" / "candidate", c=0.05)
+    gate_for(project, 0.75, "v1")
+    assert nbp("promote") == 0
+    reg = Registry(project / "registry")
+    v1 = reg.object_path(reg.get("v1").sha256)
+    blob = bytearray(v1.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    v1.write_bytes(bytes(blob))
+    capsys.readouterr()
+    assert nbp("rollback", "--reason", "latency") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(v1) in err and "model file of v1 is damaged" in err
+    assert "restore the file from a backup" in err
+    assert reg.state().champion.version == "v2"  # type: ignore[union-attr]
+    assert nbp("promote", "--version", "v1", "--canary", "0.1") == 1
+    assert "model file of v1 is damaged" in capsys.readouterr().err
+    assert nbp("models") == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:3]}
+    assert " DAMAGED " in rows["v1"] and " OK " in rows["v2"]
+    assert "model file of v1 is missing or damaged" in out
+    v1.unlink()
+    assert nbp("models") == 0
+    assert " MISSING " in capsys.readouterr().out
+    assert nbp("rollback") == 1
+    assert "model file of v1 is missing" in capsys.readouterr().err

@@ -150,8 +150,26 @@ def test_other_events_do_not_change_state(reg: Registry, candidates: list[Path])
     assert state.switched_off and state.off_reason == "quality collapse"
     with pytest.raises(RegistryError, match="use Registry.promote"):
         reg.append_event("promote", reason="x", actor="ana")
-    reg.promote("v1", canary_fraction=None, reason="back on", actor="ana")
+    reg.switch_on(reason="back on", actor="ana")
     assert not reg.state().switched_off
+
+
+def test_an_older_log_that_re_promoted_the_champion_has_no_duplicate(
+    reg: Registry, candidates: list[Path]
+) -> None:
+    # issue 16, defect 5: before `nbp on`, the documented way to lift the off switch was
+    # promoting the champion again; such a log must not roll back "v1 -> v1"
+    reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
+    reg.promote("v1", canary_fraction=None, reason="first", actor="ana")
+    reg.switch_off(reason="ROI", actor="monitor")
+    with open(reg.events_path, "a") as fh:
+        fh.write(json.dumps({"seq": 4, "ts": "2026-01-01T00:00:00", "kind": "promote",
+                             "actor": "ana", "reason": "back", "data": {
+                                 "version": "v1", "role": "champion", "previous": "v1"}}) + "\n")
+    state = reg.state()
+    assert not state.switched_off and state.previous_champion is None
+    with pytest.raises(RegistryError, match=r"no previous champion to roll back to \(v1 is"):
+        reg.rollback(reason="x", actor="ana")
 
 
 def test_torn_last_line_is_ignored_and_repaired(reg: Registry, candidates: list[Path]) -> None:
