@@ -199,6 +199,18 @@ def _source_cell_number(plan: StagePlan, executed_index: int, injected: bool) ->
     return executed_index - shift + 1
 
 
+def describe_cell(number: int, exec_count: int | None, source: str) -> str:
+    """A cell as the user finds it in JupyterLab: 'cell 4 (In [3], first line: x = 1 / 0)'.
+
+    ``number`` counts every cell of the source notebook (markdown too, papermill's
+    injected cell not); ``In [n]`` is the execution count shown in the executed report.
+    """
+    first = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    first = first if len(first) <= 60 else first[:57] + "..."
+    count = exec_count if exec_count is not None else " "
+    return f"cell {number} (In [{count}], first line: {first})"
+
+
 _HINTS = {
     "StdinNotImplementedError": "a stage cannot ask for input(); make the value a parameter",
     "SystemExit": "sys.exit() with an error code fails the stage; let the notebook finish",
@@ -251,11 +263,12 @@ def _keep_failed(
         write_text_atomic(failed.with_suffix(".html"), html.render(read_notebook(failed)))
     except Exception:  # the .ipynb is what matters; HTML of a broken run is a bonus
         pass
-    cell = _source_cell_number(plan, exc.cell_index, bool(plan.parameters))
+    cell = describe_cell(_source_cell_number(plan, exc.cell_index, bool(plan.parameters)),
+                         exc.exec_count, exc.source or "")
     evalue = (exc.evalue or "").strip().splitlines()
     hint = f"\n  hint: {_HINTS[exc.ename]}" if exc.ename in _HINTS else ""
     return StageFailedError(
-        f"stage '{plan.stage}' failed: {project.rel(plan.notebook_path)} cell {cell} raised "
+        f"stage '{plan.stage}' failed: {project.rel(plan.notebook_path)} {cell} raised "
         f"{exc.ename}: {evalue[0] if evalue else ''}\n"
         f"  partially executed notebook (error shown at that cell): {project.rel(failed)}"
         f"{hint}"

@@ -118,9 +118,11 @@ def test_foreign_notebooks_run_after_stage_add(project: Project) -> None:
 
 
 @pytest.mark.parametrize(("fixture", "expected", "hint"), [
-    ("nbclient__Disable_Stdin.ipynb", "notebooks/s.ipynb cell 3 raised "
-     "StdinNotImplementedError", "a stage cannot ask for input(); make the value a parameter"),
-    ("papermill__sysexit1.ipynb", "notebooks/s.ipynb cell 4 raised SystemExit: 1",
+    ("nbclient__Disable_Stdin.ipynb", "notebooks/s.ipynb cell 3 (In [3], first line: try:) "
+     "raised StdinNotImplementedError",
+     "a stage cannot ask for input(); make the value a parameter"),
+    ("papermill__sysexit1.ipynb", "notebooks/s.ipynb cell 4 (In [4], first line: sys.exit(1)) "
+     "raised SystemExit: 1",
      "sys.exit() with an error code fails the stage"),
 ])
 def test_stdin_and_sys_exit_fail_the_stage_with_a_hint(
@@ -166,7 +168,8 @@ def test_a_real_error_after_an_expected_one_fails_the_stage(project: Project) ->
     with pytest.raises(StageFailedError) as info:
         run_stage(project, "mixed")
     assert str(info.value).startswith(
-        "stage 'mixed' failed: notebooks/mixed.ipynb cell 6 raised KeyError: 'missing'")
+        "stage 'mixed' failed: notebooks/mixed.ipynb cell 6 (In [6], first line: {}[\"missing\"]) "
+        "raised KeyError: 'missing'")  # cell 1 is markdown, cell 2 nbp.init(), 3 parameters
     failed = nbformat.read(project.reports / "mixed.failed.ipynb", as_version=4)
     printed = [o.get("text") for c in failed.cells for o in c.get("outputs", [])]
     assert "still running\n" in printed and "never reached\n" not in printed

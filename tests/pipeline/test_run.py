@@ -44,8 +44,10 @@ def test_failing_cell_names_notebook_cell_exception_and_partial_notebook(
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == (
-        "nbp: error: stage 'fails' failed: notebooks/fails.ipynb cell 4 raised "
-        "ZeroDivisionError: division by zero"
+        # issue 16, defect 8: the cell as JupyterLab shows it (papermill's injected cell
+        # not counted), with the In [n] of the report and its first line
+        "nbp: error: stage 'fails' failed: notebooks/fails.ipynb cell 4 (In [5], first line: "
+        "result = 10 / divisor) raised ZeroDivisionError: division by zero"
     )
     assert "reports/fails.failed.ipynb" in lines[1]
     assert "Traceback" not in proc.stderr
@@ -171,3 +173,12 @@ def test_kernel_boots_while_papermill_imports_and_is_gone_after_success_and_fail
     kernels = [p for p in psutil.Process().children(recursive=True)
                if "ipykernel" in " ".join(p.cmdline())]
     assert kernels == []
+
+
+def test_a_cell_is_described_as_jupyterlab_shows_it() -> None:
+    from nbpipeline.pipeline.run import describe_cell
+
+    assert describe_cell(4, 5, "\n# why\nx = 1 / 0\n") == "cell 4 (In [5], first line: # why)"
+    assert describe_cell(2, None, "") == "cell 2 (In [ ], first line: )"
+    long = describe_cell(1, 1, "y = " + "a" * 100)
+    assert long.endswith("...)") and len(long) < 100
