@@ -140,3 +140,100 @@ def test_odd_yaml_is_one_clear_line(tmp_path: Path, text: str, message: str) -> 
     with pytest.raises(ParamsError, match=message) as err:
         load_params(path)
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- fuzz: what users write
+# (issue 16, "look for siblings"): hypothesis-generated values and shapes for every key of
+# every stage of the example, written to params.yaml as text, then read as `nbp run` reads
+# them. Each one is either refused with one ParamsError line naming params.yaml, the
+# section and the parameter, or accepted with the notebook default's type all the way down.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from projects import REPO  # noqa: E402
+
+from nbpipeline import yamlio  # noqa: E402
+from nbpipeline.notebook import notebook_parameters, read_notebook  # noqa: E402
+
+EXAMPLE = load_params(REPO / "params.yaml")
+DECLARED = {nb.stem: notebook_parameters(read_notebook(nb), nb)
+            for nb in sorted((REPO / "notebooks").glob("*.ipynb"))}
+KEYS = [(stage, name) for stage, names in DECLARED.items() for name in names]
+TRICKY = ["No", "yes", "off", "1e3", "0x10", "010", "2013-09-01", "null", "~", "", " ", "#",
+          "a: b", "- x", "'", '"', "\t", "\u00e9", "\u2028", "${paths.x}", "[1, 2]"]
+SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+           | st.text(max_size=20) | st.sampled_from(TRICKY))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(min_size=1, max_size=8) | st.sampled_from(TRICKY),
+                                        inner, max_size=4), max_leaves=12)
+
+
+def _fits(default: object, value: object) -> bool:
+    """The test's own oracle of "has the default's type all the way down"."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, float)  # ints were made floats
+    if isinstance(default, list):
+        items = value if isinstance(value, list) else [value]
+        return all(not default or any(_fits(d, v) for d in default) for v in items)
+    if isinstance(default, dict):
+        return isinstance(value, dict) and all(
+            _fits(default[k], v) if k in default else
+            (not default or any(_fits(d, v) for d in default.values()))
+            for k, v in value.items())
+    return type(value) is type(default)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(KEYS), value=VALUES, where=st.sampled_from(["own", "common"]))
+def test_fuzzed_params_values_are_refused_in_one_line_or_fit_the_default(
+    tmp_path_factory: pytest.TempPathFactory, key: tuple[str, str], value: object, where: str,
+) -> None:
+    stage, name = key
+    params = {section: dict(values) for section, values in EXAMPLE.items()}
+    section = stage if where == "own" or name not in params.get("common", {}) else "common"
+    params.setdefault(section, {})[name] = value
+    path = tmp_path_factory.mktemp("fuzz") / "params.yaml"
+    path.write_text(yamlio.dump(params), encoding="utf-8")
+    try:
+        got = stage_values(load_params(path), stage, DECLARED[stage])
+    except ParamsError as exc:
+        message = str(exc)
+        assert "\n" not in message and message.startswith("params.yaml")
+        assert f"'{name}'" in message or name in message
+        return
+    assert _fits(DECLARED[stage][name], got[name]), (stage, name, value, got[name])
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_fuzzed_params_text_is_read_or_refused_in_one_line(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject,
+) -> None:
+    """Edits of the example's params.yaml text: a character dropped or doubled, a line
+    repeated (a duplicate key), a tab, a stray `:` `-` `&` `*` `!` `{` `[` `%` inserted."""
+    text = (REPO / "params.yaml").read_text()
+    lines = text.splitlines(keepends=True)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(text)))
+        edit = data.draw(st.sampled_from(["drop", "double", "line", "insert"]))
+        if edit == "line":
+            line = data.draw(st.sampled_from(lines))
+            text = text[:at] + line + text[at:]
+        elif edit == "insert":
+            text = text[:at] + data.draw(st.sampled_from(list(":-&*!{[%\t'\"#|>?@`,"))) + text[at:]
+        elif edit == "drop":
+            text = text[:at] + text[at + 1:]
+        else:
+            text = text[:at] + text[at:at + 1] + text[at:]
+    path = tmp_path_factory.mktemp("fuzz") / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        params = load_params(path)
+        for stage, declared in DECLARED.items():
+            stage_values(params, stage, declared)
+    except ParamsError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("params.yaml"), str(exc)
