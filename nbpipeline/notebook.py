@@ -105,13 +105,35 @@ def parameters_cell_index(nb: NotebookNode, path: Path | str = "notebook") -> in
     return found[0]
 
 
+_LITERAL_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
+
+
+def _unusable(value: Any) -> str | None:
+    """The first item of ``value`` params.yaml cannot hold (a set, bytes, complex, ...)."""
+    if not isinstance(value, _LITERAL_TYPES):
+        return type(value).__name__
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else (
+        value if isinstance(value, (list, tuple)) else [])
+    return next((found for found in map(_unusable, items) if found), None)
+
+
 def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, Any]:
-    """The ``name -> default`` literals assigned in a parameters cell's source."""
+    """The ``name -> default`` literals assigned in a parameters cell's source.
+
+    Refused (NotebookError, one line naming ``where`` and the line): anything but
+    ``name = literal`` statements, a name assigned twice, and literals params.yaml cannot
+    hold (sets, bytes, complex numbers, ``...``).
+    """
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise NotebookError(f"{where} line {exc.lineno}: syntax error: {exc.msg}") from exc
+        line = exc.lineno or source.count("\n", 0, max(source.find("\0"), 0)) + 1
+        raise NotebookError(f"{where} line {line}: syntax error: {exc.msg}") from exc
+    except (ValueError, UnicodeError, RecursionError, MemoryError) as exc:
+        raise NotebookError(f"{where}: cannot parse it ({type(exc).__name__}: {exc}); "
+                            "write plain `name = literal` lines") from exc
     values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target, value = node.targets[0], node.value
@@ -127,13 +149,25 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, A
                 f"{where} line {node.lineno}: assign to a plain name (found "
                 f"`{ast.unparse(target)}`)"
             )
+        if target.id in lines:
+            raise NotebookError(
+                f"{where} line {node.lineno}: `{target.id}` is already assigned at line "
+                f"{lines[target.id]}; keep one of the two"
+            )
         try:
             values[target.id] = ast.literal_eval(value)
-        except (ValueError, SyntaxError) as exc:
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
             raise NotebookError(
                 f"{where} line {node.lineno}: `{target.id}` must be a literal "
-                f"(number, string, bool, None, list, dict), found `{ast.unparse(value)}`"
+                f"(number, string, bool, None, list, dict), found `{ast.unparse(value)[:60]}`"
             ) from exc
+        unusable = _unusable(values[target.id])
+        if unusable:
+            raise NotebookError(
+                f"{where} line {node.lineno}: `{target.id}` holds a {unusable}, which "
+                "params.yaml cannot hold; use a number, string, bool, None, list or dict"
+            )
+        lines[target.id] = node.lineno
     return values
 
 

@@ -92,3 +92,54 @@ def test_committed_notebooks_have_no_outputs() -> None:
                 assert not cell.outputs, f"{path.name} has outputs; run strip_outputs"
                 assert cell.execution_count is None, path.name
         assert strip_outputs(read_notebook(path)) == nb
+
+
+@pytest.mark.parametrize(("src", "message"), [
+    ("a = 1\nb = 2\na = 3", r"line 3: `a` is already assigned at line 1; keep one"),
+    ("a = {1, 2}", r"line 1: `a` holds a set, which params.yaml cannot hold"),
+    ("a = [1j]", r"line 1: `a` holds a complex"),
+    ("a = 1\n\nb = 2\x00", r"line 3: syntax error: source code string cannot contain null"),
+    ("a = '\udcff'", r"cannot parse it \(UnicodeEncodeError"),
+])
+def test_parameters_cell_siblings_of_duplicate_keys_are_refused(src: str, message: str) -> None:
+    # issue 16 siblings: a name assigned twice silently kept the last value (like a duplicate
+    # params.yaml key); a set or complex default could not round-trip through params.yaml
+    with pytest.raises(NotebookError, match=r"^nb cell 2 \(parameters\):? " + message):
+        parse_parameters(src, "nb cell 2 (parameters)")
+
+
+def test_fuzzed_parameters_cells_are_refused_in_one_line_or_round_trip_params_yaml() -> None:
+    """Hypothesis-built parameters cells: what parses is written to params.yaml by the one
+    writer and read back unchanged by the one reader; the rest is one NotebookError line."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from nbpipeline import yamlio
+
+    names = st.sampled_from(["a", "b", "max_depth", "No", "_x", "x1", "a.b", "1a", "a b"])
+    literals = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+        | st.text(max_size=10) | st.sampled_from(["No", "off", "1e3", "${x}", "~"]),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                    max_size=3),
+        max_leaves=8).map(repr)
+    odd = st.sampled_from(["{1, 2}", "1j", "b'x'", "...", "-x", "f(1)", "[", "1 +", "'''",
+                           "(" * 120, "lambda: 1", "10**9", "x if y else z", "\x00", "\ufeff1"])
+    line = st.one_of(
+        st.tuples(names, st.sampled_from([" = ", ": int = ", " += ", " = b = "]),
+                  literals | odd).map("".join),
+        st.sampled_from(["# comment", "", "import os", "x, y = 1, 2", "pass", "if 1: a = 1",
+                         "a = 1; b = 2", "  a = 1", "\ta = 1", "print(1)"]))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(line, max_size=6).map("\n".join))
+    def check(src: str) -> None:
+        try:
+            values = parse_parameters(src, "nb cell 2 (parameters)")
+        except NotebookError as exc:
+            assert str(exc).startswith("nb cell 2 (parameters)") and "\n" not in str(exc)
+            return
+        back = yamlio.parse(yamlio.dump({"s": values}), "params.yaml", NotebookError)["s"]
+        assert back == json.loads(json.dumps(values)), src  # (tuples come back as lists)
+
+    check()
