@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbpipeline import yamlio
-from nbpipeline.errors import StageError
+from nbpipeline.errors import NbpipelineError, StageError
 from nbpipeline.params import load_params
 from nbpipeline.project import Project
 
@@ -181,6 +181,7 @@ class DvcYaml:
         self.project = project
         self.file: YamlDoc | None = None
         self._plain: dict[str, Any] = {}
+        self._params: dict[str, Any] | None = None  # params.yaml, read once
         if editable:
             from nbpipeline.pipeline.yamledit import YamlDoc
 
@@ -202,11 +203,12 @@ class DvcYaml:
 
     def context(self, stage: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Names available to ``${}``: params.yaml, then top-level and stage ``vars``."""
-        try:
-            base = load_params(self.project.params_yaml)
-        except Exception:  # a broken params.yaml is reported by its own check
-            base = {}
-        context = _vars_context(self.project.root, self.doc.get("vars"), base)
+        if self._params is None:
+            try:
+                self._params = load_params(self.project.params_yaml)
+            except NbpipelineError:  # a broken params.yaml is reported by its own check
+                self._params = {}
+        context = _vars_context(self.project.root, self.doc.get("vars"), self._params)
         if stage is not None:
             context = _vars_context(self.project.root, stage.get("vars"), context)
         return context
@@ -225,6 +227,13 @@ class DvcYaml:
 
     def _stage(self, name: str, spec: Mapping[str, Any], runs: str,
                flags: tuple[str, ...]) -> NotebookStage:
+        for kind in ("deps", *OUT_KINDS, "params"):
+            if spec.get(kind) is not None and not isinstance(spec[kind], list):
+                raise StageError(
+                    f"dvc.yaml: stage '{name}': `{kind}:` must be a list (one `- entry` per "
+                    f"line), found {type(spec[kind]).__name__} {spec[kind]!r}; DVC refuses "
+                    "it too"
+                )
         context = self.context(spec)
         unresolved: list[str] = []
 
@@ -272,8 +281,10 @@ def param_refs(entries: Any) -> list[ParamRef]:
             for file, keys in entry.items():
                 if not keys:
                     refs.append(ParamRef(str(file), None))
-                else:
+                elif isinstance(keys, list):
                     refs.extend(ParamRef(str(file), str(k)) for k in keys)
+                else:  # DVC wants a list of keys; (re)name the file's keys, never its letters
+                    refs.append(ParamRef(str(file), str(keys)))
     return refs
 
 

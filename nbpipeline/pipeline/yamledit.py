@@ -42,10 +42,12 @@ class YamlDoc:
         """Parse ``path`` (missing = empty); malformed YAML raises ``error`` naming the line."""
         text = path.read_text(encoding="utf-8") if path.exists() else ""
         try:
-            _, indent, offset = load_yaml_guess_indent(text) if text.strip() else (None, 2, 0)
             doc = editor().load(text) if text.strip() else None
+            _, indent, offset = load_yaml_guess_indent(text) if text.strip() else (None, 2, 0)
         except YAMLError as exc:
             raise error(error_line(exc, text, path.name)) from exc
+        except IndexError:  # ruamel's indent guess fails on a "- " line with nothing after it
+            indent, offset = 2, 0
         if doc is None:
             doc = CommentedMap()
         if not isinstance(doc, CommentedMap):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -209,3 +210,46 @@ def test_schema_examples_are_read_without_crashing(tmp_path: Path, example_file:
     shutil.copy(FIXTURES / "dvc-examples" / "dvcyaml-schema" / "valid" / example_file,
                 tmp_path / "dvc.yaml")
     assert check_project(Project(tmp_path)) == []
+
+
+FUZZ_VALUES = [None, True, 1.5, "${nope}", [None], [[1]], [{"a": 1, "b": 2}], [{3: None}],
+               [{"params.yaml": "train"}], [{"params.yaml": 3}], {3: [1]}, ["${item}"]]
+FUZZ_FIELDS = ["cmd", "deps", "outs", "metrics", "plots", "params", "vars", "wdir", "foreach",
+               "matrix", "do"]
+
+
+def test_dvc_yaml_forms_are_problems_or_one_error_line(tmp_path: Path) -> None:
+    """dvc.yaml in shapes DVC's schema allows and shapes it does not: each field of a
+    notebook stage, `stages:`, `vars:` and the top level set to each of FUZZ_VALUES.
+    `nbp run`'s stage lookup and `nbp stage add`'s reader (all of them) and `nbp check`
+    (one value of each shape per field: it reads every notebook) give problem lines or one
+    error line, never a traceback (issue 16, "look for siblings": `plots: true` and
+    `stages: [null]` were tracebacks)."""
+    from nbpipeline import yamlio
+    from nbpipeline.errors import NbpipelineError
+    from nbpipeline.pipeline.stages import DvcYaml, load_stage
+
+    project = example(tmp_path)
+    base = yamlio.parse(project.dvc_yaml.read_text(), "dvc.yaml", NbpipelineError)
+    docs = []
+    for field, value in itertools.product(FUZZ_FIELDS, FUZZ_VALUES):
+        stage = {**base["stages"]["train"], field: value}
+        docs.append({**base, "stages": {**base["stages"], "train": stage}})
+    for value in FUZZ_VALUES:
+        docs += [{**base, "stages": value}, {**base, "vars": value}, value,
+                 {**base, "stages": {**base["stages"], 7: value, "x": value}}]
+    readers = [lambda: load_stage(project, "train"),
+               lambda: DvcYaml(project, editable=True).notebook_stages()]
+    checked = [lambda: [str(p) for p in check_project(project)]]
+    for number, doc in enumerate(docs):
+        project.dvc_yaml.write_text(yamlio.dump(doc), encoding="utf-8")
+        for read in readers + (checked if number % 20 == 0 else []):
+            try:
+                found = read()
+            except NbpipelineError as exc:
+                assert "\n" not in str(exc), str(exc)
+                continue
+            for line in found if isinstance(found, list) else []:
+                assert "\n" not in line and line.split(":")[0] in (
+                    "dvc.yaml", "params.yaml", *(f"notebooks/{n}.ipynb" for n in (
+                        "data", "train", "evaluate", "monitor"))), line
