@@ -92,7 +92,10 @@ async def predict_response(state: ServerState, request: Request) -> Response:
         metrics.requests.labels("/predict", "503").inc()
         return json_response(503, {"detail": _not_ready(state)})
     try:
-        raw = await _read_body(request, state.settings.max_batch_rows * ROW_BYTES)
+        raw = await _read_body(
+            request, state.settings.max_batch_rows * ROW_BYTES,
+            "send fewer rows per request (serve.max_batch_rows)",
+        )
         rows = _validate(snap, raw, request.headers.get(ROUTING_HEADER),
                          state.settings.max_batch_rows)
     except BodyTooLarge as exc:
@@ -123,12 +126,11 @@ class BodyTooLarge(Exception):
     """The body exceeds what a request of the allowed size can need."""
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) beyond ``limit`` bytes without reading it all into memory."""
+async def _read_body(request: Request, limit: int, fix: str) -> bytes:
+    """The body, refused (413, the message ending with ``fix``) beyond ``limit`` bytes
+    without reading it all into memory."""
     declared = request.headers.get("content-length")
-    too_large = BodyTooLarge(
-        f"body larger than {limit} bytes; send fewer rows per request (serve.max_batch_rows)"
-    )
+    too_large = BodyTooLarge(f"body larger than {limit} bytes; {fix}")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
@@ -142,7 +144,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _validate(snap: Snapshot, raw: bytes, key: str | None, max_rows: int) -> list[_Row]:
     """Parse, route and validate each row against the schema of the model that answers it."""
-    raw_rows, is_batch = parse_body(raw, max_rows)
+    features = {name for m in (snap.champion, snap.canary) if m for name in m.schema.names}
+    raw_rows, is_batch = parse_body(raw, max_rows, features)
     rows: list[_Row] = []
     problems: list[dict[str, Any]] = []
     for i, raw_row in enumerate(raw_rows):
@@ -276,7 +279,9 @@ def _not_ready(state: ServerState) -> str:
 async def feedback_response(state: ServerState, request: Request) -> Response:
     metrics = state.metrics
     try:
-        fb = parse_feedback(await _read_body(request, ROW_BYTES))
+        fb = parse_feedback(await _read_body(
+            request, ROW_BYTES, 'a feedback body is one {"request_id": ..., "outcome": ...} object',
+        ))
     except BodyTooLarge as exc:
         metrics.requests.labels("/feedback", "413").inc()
         return json_response(413, {"detail": str(exc)})

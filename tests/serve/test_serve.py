@@ -33,6 +33,7 @@ from nbpipeline.serve import ServeSettings, serve
 from nbpipeline.serve.settings import settings_from_params
 
 NAMES = [f["name"] for f in FEATURES]
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,26 @@ def test_not_json_and_oversized_batches_get_422(served: str) -> None:
     huge = b" " * (1000 * 16384 + 1)  # beyond 16 KB per allowed row
     resp = httpx.post(f"{served}/predict", content=huge, timeout=30)
     assert resp.status_code == 413 and "max_batch_rows" in resp.json()["detail"]
+
+def test_a_batch_of_the_wrong_shape_gets_one_problem_and_feedback_413_names_feedback(
+    fuzz_server: str,
+) -> None:
+    """Regression (issue 16, defect 9): {"rows": {...}} got a "field required" error for
+    every feature, and a 20 MB /feedback body's 413 talked about serve.max_batch_rows."""
+    for body, loc, words in [
+        ({"rows": sample_row()}, ["body", "rows"], "'rows' must be a list of rows"),
+        ({"rows": "x"}, ["body", "rows"], "not a string"),
+        ({"rows": [sample_row()], "model": "v2"}, ["body", "model"], "nothing else"),
+    ]:
+        resp = post(fuzz_server, body)
+        assert resp.status_code == 422, resp.text
+        [problem] = resp.json()["detail"]
+        assert problem["loc"] == loc and words in problem["msg"], problem
+    resp = httpx.post(f"{fuzz_server}/feedback", content=b" " * (20 << 20),
+                      headers=JSON, timeout=30)
+    assert resp.status_code == 413
+    assert "feedback" in resp.json()["detail"] and "max_batch_rows" not in resp.json()["detail"]
+
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
