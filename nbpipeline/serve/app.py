@@ -55,7 +55,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.log and settings.log_path is not None:
-            state.writer = LogWriter(settings.log_path, on_commit=state.metrics.on_commit)
+            state.writer = LogWriter(settings.log_path, on_commit=state.metrics.on_commit,
+                                     on_error=state.metrics.errors.labels("log").inc)
             await asyncio.to_thread(state.writer.start)
         state.predictor = Predictor(
             sink=state.writer.append if state.writer is not None else None,

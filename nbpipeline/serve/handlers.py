@@ -144,8 +144,8 @@ async def _read_body(request: Request, limit: int, fix: str) -> bytes:
 
 def _validate(snap: Snapshot, raw: bytes, key: str | None, max_rows: int) -> list[_Row]:
     """Parse, route and validate each row against the schema of the model that answers it."""
-    features = {name for m in (snap.champion, snap.canary) if m for name in m.schema.names}
-    raw_rows, is_batch = parse_body(raw, max_rows, features)
+    names = {name for m in (snap.champion, snap.canary) if m for name in m.schema.names}
+    raw_rows, is_batch = parse_body(raw, max_rows, names)
     rows: list[_Row] = []
     problems: list[dict[str, Any]] = []
     for i, raw_row in enumerate(raw_rows):
@@ -217,9 +217,8 @@ async def _score_and_log(state: ServerState, rows: list[_Row], start: float) -> 
                 f"model {failed} failed on this input ({result}); this is a bug in the "
                 "model or its feature schema, not in the request"
             )})
-        if isinstance(result, BaseException):
+        if isinstance(result, BaseException):  # the log writer counted the error
             metrics.requests.labels("/predict", "503").inc()
-            metrics.errors.labels("log").inc()
             return json_response(503, {"detail": (
                 f"the prediction could not be logged ({type(result).__name__}: {result}), so "
                 f"it is not answered; check {state.settings.log_path} (disk space, permissions)"
@@ -243,6 +242,7 @@ def _decide(state: ServerState, rows: list[_Row], start: float) -> list[predlog.
     now = time.time()
     records: list[predlog.PredictionRecord] = []
     for row in rows:
+        prediction: float  # a class (0/1), or a regression's value
         if row.served is None:
             prediction, probability, version = (
                 settings.fallback_prediction, settings.fallback_probability, None,
@@ -296,9 +296,8 @@ async def feedback_response(state: ServerState, request: Request) -> Response:
     try:
         pending = state.writer.feedback(fb.request_id, fb.outcome, time.time())
         known = await asyncio.wrap_future(pending)
-    except Exception as exc:
+    except Exception as exc:  # the log writer counted the error
         metrics.requests.labels("/feedback", "503").inc()
-        metrics.errors.labels("log").inc()
         detail = f"feedback not recorded ({type(exc).__name__}: {exc})"
         return json_response(503, {"detail": detail})
     if known is None:  # the outcome does not fit the task of the model that decided

@@ -33,9 +33,9 @@ def serve(
 
     settings = settings or load_settings(project)
     _check_port(host, port)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     if settings.log and settings.log_path is not None:
         LogWriter.check(settings.log_path)  # fail here, as one clear line, not in the lifespan
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = create_app(project, settings=settings)
     uvicorn.run(

@@ -17,12 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from serve_fixtures import (
+    free_port,
     make_project,
     register,
     running_server,
     sample_row,
     spooled_ids,
+    start_server_process,
     wait_for,
+    wait_ready,
 )
 
 from nbpipeline.errors import ServeError
@@ -416,6 +419,58 @@ def test_a_damaged_registry_log_keeps_the_current_models_serving(
     assert post(served, sample_row()).json()["model_version"] == "v1"
     registry.events_path.write_bytes(good)  # restored from a backup
     wait_for(lambda: serving(served)["status"] == "ok")
+
+
+def test_a_transient_lock_degrades_health_and_counts_log_errors_until_it_clears(
+    served: str, project: Project
+) -> None:
+    """Regression (issue 16, defect 3): /health stayed degraded ("database is locked")
+    after the lock cleared and the backlog drained, and nbp_errors_total{kind="log"}
+    never counted these errors."""
+    blocker = sqlite3.connect(predlog.default_log_path(project.root), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the log (~5 s busy timeout)
+    try:
+        answer = post(served, sample_row())
+        assert answer.status_code == 200  # answered (spooled) while SQLite is locked
+        health = wait_for(lambda: (h := serving(served))["errors"] and h, timeout=30)
+        assert health["status"] == "degraded" and "database is locked" in health["errors"][0]
+        assert health["log"]["spooled_bytes"] > 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    wait_for(lambda: (h := serving(served))["status"] == "ok" and not h["errors"], timeout=30)
+    assert serving(served)["log"]["spooled_bytes"] == 0
+    assert log_rows(served, project, "request_id = ?", (answer.json()["request_id"],))
+    text = httpx.get(f"{served}/metrics").text
+    errors = {s.labels["kind"]: s.value for family in text_string_to_metric_families(text)
+              for s in family.samples if s.name == "nbp_errors_total"}
+    assert errors["log"] >= 1
+
+
+def test_a_restarted_server_reports_the_rows_it_recovered_from_the_spool(
+    project: Project, registry: Registry, candidates: dict[str, Path]
+) -> None:
+    """Regression (issue 16, defect 2): `nbp serve` moved a dead server's spool in before
+    its real writer started, so /health said recovered_rows 0 and the log line was lost."""
+    from nbpipeline.predlog import spool
+
+    register(registry, candidates["a"])
+    path = predlog.default_log_path(project.root)
+    records = [predlog.PredictionRecord(
+        request_id=f"dead-{i}", ts=1.0, model_version="v1", role="champion", prediction=1,
+        probability=0.5, latency_ms=1.0, features=sample_row()) for i in range(3)]
+    dead = spool.Spool(spool.spool_dir(path))
+    dead.append(predlog.encode_rows(records, frozenset()))
+    assert dead.close() > 0  # left behind, unlocked, as after kill -9
+    port = free_port()
+    proc = start_server_process(project, port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc=proc)
+        assert serving(f"http://127.0.0.1:{port}")["log"]["recovered_rows"] == 3
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "moved 3 rows left in the spool" in err.decode()
 
 
 # ---------------------------------------------------------------- settings
