@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from nbpipeline.errors import NbpipelineError
+from nbpipeline.predlog.table import LOG_ENV
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
 from nbpipeline.serve.handlers import (
@@ -33,6 +34,7 @@ from nbpipeline.serve.holder import ModelHolder
 from nbpipeline.serve.logwriter import LogWriter
 from nbpipeline.serve.metrics import CONTENT_TYPE, ServerMetrics
 from nbpipeline.serve.predictor import Predictor
+from nbpipeline.serve.security import PathNames
 from nbpipeline.serve.settings import ServeSettings, load_settings
 
 log = logging.getLogger("nbpipeline.serve")
@@ -46,10 +48,13 @@ def create_app(
 ) -> FastAPI:
     """The model server of ``project``: serves the registry's champion (+ canary)."""
     settings = settings or load_settings(project)
+    registry = registry or Registry(project.registry)
     state = ServerState(
         settings=settings,
-        holder=ModelHolder(registry or Registry(project.registry), settings.decision_threshold),
+        holder=ModelHolder(registry, settings.decision_threshold),
         metrics=ServerMetrics(),
+        names=PathNames.of(project.root, {"NBPIPELINE_REGISTRY": registry.path,
+                                          LOG_ENV: settings.log_path}),
     )
 
     @asynccontextmanager

@@ -26,6 +26,7 @@ from nbpipeline.serve.metrics import ServerMetrics
 from nbpipeline.serve.predictor import ModelFailed, Predictor
 from nbpipeline.serve.routing import ROUTING_HEADER
 from nbpipeline.serve.schema import BodyError, parse_body, parse_feedback
+from nbpipeline.serve.security import Access, PathNames
 from nbpipeline.serve.settings import ServeSettings
 
 log = logging.getLogger("nbpipeline.serve")
@@ -73,6 +74,8 @@ class ServerState:
     registry_error: str | None = None
     started: float = field(default_factory=time.time)
     logged_features: set[str] = field(default_factory=set)
+    access: Access = field(default_factory=Access)
+    names: PathNames = field(default_factory=PathNames)  # files as callers may see them
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -213,13 +216,13 @@ async def _score_and_log(state: ServerState, rows: list[_Row], start: float) -> 
             log.error("model %s failed: %s", failed, result)
             metrics.requests.labels("/predict", "500").inc()
             metrics.errors.labels("model").inc()
-            return json_response(500, {"detail": (
+            return json_response(500, {"detail": state.names(
                 f"model {failed} failed on this input ({result}); this is a bug in the "
                 "model or its feature schema, not in the request"
             )})
         if isinstance(result, BaseException):  # the log writer counted the error
             metrics.requests.labels("/predict", "503").inc()
-            return json_response(503, {"detail": (
+            return json_response(503, {"detail": state.names(
                 f"the prediction could not be logged ({type(result).__name__}: {result}), so "
                 f"it is not answered; check {state.settings.log_path} (disk space, permissions)"
             )})
@@ -269,10 +272,17 @@ def _decide(state: ServerState, rows: list[_Row], start: float) -> list[predlog.
 
 
 def _not_ready(state: ServerState) -> str:
+    """Why no model answers yet, naming the file and the fix when one could not load."""
     err = state.holder.error
-    why = f"; last error: {err.message}" if err else ""
+    if err is not None and err.role == "champion":
+        return state.names(
+            f"no model is serving: the champion {err.version} cannot be loaded: {err.message} "
+            f"(the server tries again every {state.settings.retry_seconds:g} s)"
+        )
+    if state.registry_error is not None:
+        return state.names(f"no model is serving: {state.registry_error}")
     return ("no model is serving yet: the registry has no champion — promote one with "
-            f"`nbp promote`{why}")
+            "`nbp promote`")
 
 
 # ---------------------------------------------------------------------- feedback, health
@@ -299,7 +309,7 @@ async def feedback_response(state: ServerState, request: Request) -> Response:
     except Exception as exc:  # the log writer counted the error
         metrics.requests.labels("/feedback", "503").inc()
         detail = f"feedback not recorded ({type(exc).__name__}: {exc})"
-        return json_response(503, {"detail": detail})
+        return json_response(503, {"detail": state.names(detail)})
     if known is None:  # the outcome does not fit the task of the model that decided
         metrics.requests.labels("/feedback", "422").inc()
         metrics.errors.labels("validation").inc()
@@ -322,11 +332,13 @@ def health_body(state: ServerState) -> dict[str, Any]:
     snap, holder, writer = state.holder.snapshot, state.holder, state.writer
     errors: list[str] = []
     if holder.error is not None:
-        errors.append(f"model {holder.error.version} not loaded: {holder.error.message}")
+        errors.append(f"{holder.error.role} {holder.error.version} not loaded: "
+                      f"{holder.error.message}")
     if state.registry_error is not None:
         errors.append(state.registry_error)
     if writer is not None and writer.stats.last_error is not None:
         errors.append(f"prediction log: {writer.stats.last_error}")
+    errors = [state.names(error) for error in errors]
     return {
         "status": "degraded" if errors else "ok",
         "ready": snap.ready,
@@ -336,7 +348,8 @@ def health_body(state: ServerState) -> dict[str, Any]:
         },
         "errors": errors,
         "log": None if writer is None else {
-            "path": str(writer.path), "rows": writer.stats.rows, "commits": writer.stats.commits,
+            "path": state.names(str(writer.path)), "rows": writer.stats.rows,
+            "commits": writer.stats.commits,
             "errors": writer.stats.errors, "spooled_bytes": writer.backlog_bytes(),
             "recovered_rows": writer.stats.recovered,
         },

@@ -384,13 +384,47 @@ def test_damaged_model_file_is_kept_out_and_the_last_good_one_serves(
     registry.promote(mv.version, canary_fraction=None, reason="try", actor="test")
     health = wait_for(lambda: (h := serving(served))["errors"] and h)
     assert health["status"] == "degraded" and health["champion"] == "v1"
-    assert "v2" in health["errors"][0] and "damaged" in health["errors"][0]
+    assert "champion v2 not loaded" in health["errors"][0] and "damaged" in health["errors"][0]
     for _ in range(5):
         assert post(served, sample_row()).json()["model_version"] == "v1"
 
     stored.write_bytes(good)  # repaired: picked up by the periodic retry
     wait_for(lambda: serving(served)["champion"] == "v2")
     assert serving(served)["status"] == "ok"
+
+
+def test_a_fresh_server_with_a_damaged_champion_names_the_file_and_the_fix(
+    project: Project, registry: Registry, candidates: dict[str, Path]
+) -> None:
+    """Regression (issue 16, defect 6): the 503 said "the registry has no champion —
+    promote one". A damaged canary kept the champion out too (sibling)."""
+    register(registry, candidates["a"])
+    stored = registry.object_path(registry.get("v1").sha256)
+    good = stored.read_bytes()
+    stored.write_bytes(good[:100])
+    with running_server(project) as url:
+        resp = post(url, sample_row())
+        assert resp.status_code == 503
+        detail = resp.json()["detail"]
+        relative = str(stored.relative_to(project.root))
+        assert "champion v1 cannot be loaded" in detail and "no champion" not in detail
+        assert f"{relative}: model file of v1 is damaged" in detail
+        assert "nbp rollback" in detail and "backup" in detail
+        assert str(project.root) not in json.dumps(serving(url))  # no absolute paths
+        assert serving(url)["log"]["path"] == "logs/predictions.db"
+        stored.write_bytes(good)
+        wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200)
+
+    v2 = register(registry, candidates["b"], champion=False)
+    registry.promote(v2, canary_fraction=0.5, reason="try", actor="test")
+    canary_file = registry.object_path(registry.get(v2).sha256)
+    canary_file.write_bytes(canary_file.read_bytes()[:100])
+    with running_server(project) as url:
+        answers = post(url, {"rows": [sample_row()] * 20}).json()["predictions"]
+        assert {a["model_version"] for a in answers} == {"v1"}
+        health = serving(url)
+        assert health["champion"] == "v1" and health["canary"] is None
+        assert health["status"] == "degraded" and "canary v2 not loaded" in health["errors"][0]
 
 
 def test_a_model_that_fails_on_valid_input_answers_500_naming_it(
