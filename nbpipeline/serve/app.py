@@ -34,7 +34,7 @@ from nbpipeline.serve.holder import ModelHolder
 from nbpipeline.serve.logwriter import LogWriter
 from nbpipeline.serve.metrics import CONTENT_TYPE, ServerMetrics
 from nbpipeline.serve.predictor import Predictor
-from nbpipeline.serve.security import PathNames
+from nbpipeline.serve.security import Access, PathNames
 from nbpipeline.serve.settings import ServeSettings, load_settings
 
 log = logging.getLogger("nbpipeline.serve")
@@ -45,14 +45,23 @@ def create_app(
     *,
     settings: ServeSettings | None = None,
     registry: Registry | None = None,
+    access: Access | None = None,
+    docs: bool | None = None,
 ) -> FastAPI:
-    """The model server of ``project``: serves the registry's champion (+ canary)."""
+    """The model server of ``project``: serves the registry's champion (+ canary).
+
+    ``access`` says who may change state (default: no token, loopback); ``docs`` serves
+    /docs and /openapi.json (default: only when ``access`` says loopback)."""
+    access = access or Access()
+    if docs is None:
+        docs = access.loopback
     settings = settings or load_settings(project)
     registry = registry or Registry(project.registry)
     state = ServerState(
         settings=settings,
         holder=ModelHolder(registry, settings.decision_threshold),
         metrics=ServerMetrics(),
+        access=access,
         names=PathNames.of(project.root, {"NBPIPELINE_REGISTRY": registry.path,
                                           LOG_ENV: settings.log_path}),
     )
@@ -80,7 +89,8 @@ def create_app(
                 await asyncio.to_thread(state.writer.close)
 
     app = FastAPI(
-        title="nbpipeline model server", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+        title="nbpipeline model server", lifespan=lifespan, redoc_url=None,
+        docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None,
     )
     app.state.server = state
 

@@ -26,7 +26,7 @@ from nbpipeline.serve.metrics import ServerMetrics
 from nbpipeline.serve.predictor import ModelFailed, Predictor
 from nbpipeline.serve.routing import ROUTING_HEADER
 from nbpipeline.serve.schema import BodyError, parse_body, parse_feedback
-from nbpipeline.serve.security import Access, PathNames
+from nbpipeline.serve.security import JSON_TYPE, Access, PathNames, is_json
 from nbpipeline.serve.settings import ServeSettings
 
 log = logging.getLogger("nbpipeline.serve")
@@ -78,11 +78,34 @@ class ServerState:
     names: PathNames = field(default_factory=PathNames)  # files as callers may see them
 
 
-def json_response(status: int, body: Any) -> Response:
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(
         json.dumps(body, separators=(",", ":")), status_code=status,
-        media_type="application/json",
+        media_type="application/json", headers=headers,
     )
+
+
+def refused(state: ServerState, request: Request, *, guarded: bool) -> Response | None:
+    """The answer refusing a POST before its body is read, or None to go on: 401/403
+    without the token on a ``guarded`` (state-changing) route, 415 unless the body is JSON."""
+    endpoint = request.url.path
+    if guarded:
+        refusal = state.access.refusal(request.headers.get("authorization"))
+        if refusal is not None:
+            status, message = refusal
+            state.metrics.requests.labels(endpoint, str(status)).inc()
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return json_response(status, {"detail": message}, headers)
+    content_type = request.headers.get("content-type")
+    if not is_json(content_type):
+        state.metrics.requests.labels(endpoint, "415").inc()
+        state.metrics.errors.labels("validation").inc()
+        given = f"'{content_type}'" if content_type else "none"
+        return json_response(415, {"detail": (
+            f"the body must be JSON sent with `Content-Type: {JSON_TYPE}` (content type "
+            f"given: {given})"
+        )})
+    return None
 
 
 # ---------------------------------------------------------------------- predict
@@ -90,6 +113,9 @@ async def predict_response(state: ServerState, request: Request) -> Response:
     """POST /predict: validate, route, score, log, answer (see docs/serve.md)."""
     start = time.perf_counter()
     metrics = state.metrics
+    refusal = refused(state, request, guarded=False)
+    if refusal is not None:
+        return refusal
     snap = state.holder.snapshot
     if not snap.ready:
         metrics.requests.labels("/predict", "503").inc()
@@ -287,7 +313,11 @@ def _not_ready(state: ServerState) -> str:
 
 # ---------------------------------------------------------------------- feedback, health
 async def feedback_response(state: ServerState, request: Request) -> Response:
+    """POST /feedback: record a real outcome (state-changing: the token guards it)."""
     metrics = state.metrics
+    refusal = refused(state, request, guarded=True)
+    if refusal is not None:
+        return refusal
     try:
         fb = parse_feedback(await _read_body(
             request, ROW_BYTES, 'a feedback body is one {"request_id": ..., "outcome": ...} object',

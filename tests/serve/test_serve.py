@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from candidates import FEATURES, synthetic_candidate
+from candidates import FEATURES, synthetic_candidate, synthetic_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,6 +33,7 @@ from nbpipeline.predlog import table as predlog
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
 from nbpipeline.serve import ServeSettings, serve
+from nbpipeline.serve.security import TOKEN_ENV, Access
 from nbpipeline.serve.settings import settings_from_params
 
 NAMES = [f["name"] for f in FEATURES]
@@ -170,12 +171,12 @@ def test_bad_rows_get_422_naming_the_field(served: str, body: Any, loc: list[Any
 
 
 def test_not_json_and_oversized_batches_get_422(served: str) -> None:
-    resp = httpx.post(f"{served}/predict", content=b"{not json", timeout=5)
+    resp = httpx.post(f"{served}/predict", content=b"{not json", headers=JSON, timeout=5)
     assert resp.status_code == 422 and "not valid JSON" in resp.json()["detail"][0]["msg"]
     resp = post(served, {"rows": [sample_row()] * 1001})
     assert resp.status_code == 422 and "max_batch_rows" in resp.json()["detail"][0]["msg"]
     huge = b" " * (1000 * 16384 + 1)  # beyond 16 KB per allowed row
-    resp = httpx.post(f"{served}/predict", content=huge, timeout=30)
+    resp = httpx.post(f"{served}/predict", content=huge, headers=JSON, timeout=30)
     assert resp.status_code == 413 and "max_batch_rows" in resp.json()["detail"]
 
 def test_a_batch_of_the_wrong_shape_gets_one_problem_and_feedback_413_names_feedback(
@@ -196,6 +197,48 @@ def test_a_batch_of_the_wrong_shape_gets_one_problem_and_feedback_413_names_feed
                       headers=JSON, timeout=30)
     assert resp.status_code == 413
     assert "feedback" in resp.json()["detail"] and "max_batch_rows" not in resp.json()["detail"]
+
+
+def test_post_bodies_must_be_json_so_no_web_page_can_post_cross_site(fuzz_server: str) -> None:
+    """Regression (issue 16, defect 10): text/plain bodies (a "simple" cross-site request
+    any web page may send) were accepted by /predict and /feedback."""
+    body = json.dumps(sample_row()).encode()
+    for route in ("/predict", "/feedback"):
+        for headers in ({"content-type": "text/plain"}, {},
+                        {"content-type": "application/x-www-form-urlencoded"}):
+            resp = httpx.post(f"{fuzz_server}{route}", content=body, headers=headers)
+            assert resp.status_code == 415, (route, headers, resp.text)
+            assert "Content-Type: application/json" in resp.json()["detail"]
+    charset = {"content-type": "application/json; charset=utf-8"}
+    assert httpx.post(f"{fuzz_server}/predict", content=body, headers=charset).status_code == 200
+    assert httpx.get(f"{fuzz_server}/docs").status_code == 200  # loopback: docs on
+
+
+def test_a_token_guards_feedback_and_a_server_beyond_loopback_needs_one(
+    project: Project, registry: Registry, candidates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nbpipeline.monitor.replay import replay
+
+    register(registry, candidates["a"])
+    with running_server(project, access=Access(token="s3cret")) as url:
+        request_id = post(url, sample_row()).json()["request_id"]  # /predict: no token
+        feedback = {"request_id": request_id, "outcome": 1}
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+            resp = httpx.post(f"{url}/feedback", json=feedback, headers=headers)
+            assert resp.status_code == 401 and "Bearer" in resp.headers["www-authenticate"]
+            assert "Authorization: Bearer <token>" in resp.json()["detail"]
+        resp = httpx.post(f"{url}/feedback", json=feedback,
+                          headers={"authorization": "Bearer s3cret"})
+        assert resp.status_code == 200 and resp.json()["recorded"] is True
+        monkeypatch.setenv(TOKEN_ENV, "s3cret")  # `nbp replay` sends it with feedback
+        sent = replay(url, synthetic_rows(5), NAMES, target="target", rate=1000)
+        assert (sent.predicted, sent.feedback, sent.errors) == (5, 5, 0)
+    with running_server(project, access=Access(loopback=False)) as url:
+        resp = httpx.post(f"{url}/feedback", json=feedback)
+        assert resp.status_code == 403 and "--token-file" in resp.json()["detail"]
+        assert httpx.get(f"{url}/docs").status_code == 404  # not on loopback: docs off
+        assert httpx.get(f"{url}/openapi.json").status_code == 404
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -251,7 +294,7 @@ def test_fuzzed_bodies_never_get_a_5xx(fuzz_server: str, body: Any) -> None:
     b"[" * 100000, b'{"rows": ' + b"[" * 5000 + b"]" * 5000 + b"}", b"",
 ]))
 def test_fuzzed_bytes_never_get_a_5xx(fuzz_server: str, raw: bytes) -> None:
-    resp = httpx.post(f"{fuzz_server}/predict", content=raw, timeout=10)
+    resp = httpx.post(f"{fuzz_server}/predict", content=raw, headers=JSON, timeout=10)
     assert 400 <= resp.status_code < 500, resp.text
 
 
@@ -481,11 +524,14 @@ def test_a_transient_lock_degrades_health_and_counts_log_errors_until_it_clears(
     assert errors["log"] >= 1
 
 
-def test_a_restarted_server_reports_the_rows_it_recovered_from_the_spool(
-    project: Project, registry: Registry, candidates: dict[str, Path]
+def test_a_restarted_server_on_all_interfaces_reports_recovered_rows_and_guards_itself(
+    project: Project, registry: Registry, candidates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Regression (issue 16, defect 2): `nbp serve` moved a dead server's spool in before
-    its real writer started, so /health said recovered_rows 0 and the log line was lost."""
+    """Regressions (issue 16): `nbp serve` moved a dead server's spool in before its real
+    writer started, so /health said recovered_rows 0 and the log line was lost (defect 2);
+    `--host 0.0.0.0` without a token took feedback from anyone and served /docs (defect 10).
+    One real `nbp serve` process checks both (a process start is the costly part)."""
     from nbpipeline.predlog import spool
 
     register(registry, candidates["a"])
@@ -497,14 +543,22 @@ def test_a_restarted_server_reports_the_rows_it_recovered_from_the_spool(
     dead.append(predlog.encode_rows(records, frozenset()))
     assert dead.close() > 0  # left behind, unlocked, as after kill -9
     port = free_port()
-    proc = start_server_process(project, port)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    proc = start_server_process(project, port, "--host", "0.0.0.0")
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc=proc)
-        assert serving(f"http://127.0.0.1:{port}")["log"]["recovered_rows"] == 3
+        wait_ready(url, proc=proc)
+        assert serving(url)["log"]["recovered_rows"] == 3
+        resp = httpx.post(f"{url}/feedback", json={"request_id": "dead-1", "outcome": 1})
+        assert resp.status_code == 403 and TOKEN_ENV in resp.json()["detail"]
+        assert httpx.get(f"{url}/docs").status_code == 404
+        assert post(url, sample_row()).status_code == 200  # predictions stay open
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "moved 3 rows left in the spool" in err.decode()
+    [warning] = [line for line in err.decode().splitlines() if line.startswith("WARNING")]
+    assert "0.0.0.0 (beyond loopback) without a token" in warning
 
 
 # ---------------------------------------------------------------- settings
