@@ -129,7 +129,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from nbpipeline.serve import serve
 
-    serve(find_project(), args.host, args.port)
+    serve(find_project(), args.host, args.port, token_file=args.token_file, docs=args.docs)
     return 0
 
 
@@ -137,6 +137,11 @@ def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     serve = sub.add_parser("serve", help="serve the champion (+ canary) over HTTP; log decisions")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--token-file", help="file holding the token that POST /feedback needs "
+                       "(default: $NBP_SERVE_TOKEN; without one, a server beyond loopback "
+                       "refuses feedback)")
+    serve.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
+                       help="serve /docs (default: only when bound to loopback)")
     serve.set_defaults(handler=_cmd_serve)
 
 

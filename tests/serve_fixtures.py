@@ -49,13 +49,16 @@ def register(registry: Registry, candidate: Path, *, champion: bool = True) -> s
 
 
 @contextmanager
-def running_server(project: Project, settings: ServeSettings | None = None) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
+def running_server(
+    project: Project, settings: ServeSettings | None = None, **options: Any
+) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread; yields its base URL.
+    ``options`` go to ``create_app`` (e.g. ``access``, ``docs``)."""
     import uvicorn
 
     from nbpipeline.serve import create_app, load_settings
 
-    app = create_app(project, settings=settings or load_settings(project))
+    app = create_app(project, settings=settings or load_settings(project), **options)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -81,11 +84,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server_process(project: Project, port: int) -> subprocess.Popen[bytes]:
-    """`nbp serve` as a real child process (python -m nbpipeline serve)."""
-    env = {**os.environ, "NBPIPELINE_ROOT": str(project.root)}
+def start_server_process(
+    project: Project, port: int, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`nbp serve` as a real child process (python -m nbpipeline serve [args])."""
+    env = {**os.environ, "NBPIPELINE_ROOT": str(project.root), **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "nbpipeline", "serve", "--port", str(port)],
+        [sys.executable, "-m", "nbpipeline", "serve", "--port", str(port), *args],
         cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 

@@ -12,6 +12,7 @@ URLs are expected.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -178,7 +179,11 @@ def replay(
             result.feedback += 1
 
     limits = httpx.Limits(max_connections=concurrency)
-    with httpx.Client(timeout=timeout, limits=limits) as client, \
+    # the token a server started with $NBP_SERVE_TOKEN wants for /feedback
+    # (nbpipeline/serve/security.py; monitor does not import serve)
+    token = os.environ.get("NBP_SERVE_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with httpx.Client(timeout=timeout, limits=limits, headers=headers) as client, \
             ThreadPoolExecutor(max_workers=concurrency) as pool:
         result.sent = len(records)
         list(pool.map(lambda i: predict(client, i), range(len(records))))

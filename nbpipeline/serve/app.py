@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from nbpipeline.errors import NbpipelineError
+from nbpipeline.predlog.table import LOG_ENV
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
 from nbpipeline.serve.handlers import (
@@ -33,6 +34,7 @@ from nbpipeline.serve.holder import ModelHolder
 from nbpipeline.serve.logwriter import LogWriter
 from nbpipeline.serve.metrics import CONTENT_TYPE, ServerMetrics
 from nbpipeline.serve.predictor import Predictor
+from nbpipeline.serve.security import Access, PathNames
 from nbpipeline.serve.settings import ServeSettings, load_settings
 
 log = logging.getLogger("nbpipeline.serve")
@@ -43,19 +45,32 @@ def create_app(
     *,
     settings: ServeSettings | None = None,
     registry: Registry | None = None,
+    access: Access | None = None,
+    docs: bool | None = None,
 ) -> FastAPI:
-    """The model server of ``project``: serves the registry's champion (+ canary)."""
+    """The model server of ``project``: serves the registry's champion (+ canary).
+
+    ``access`` says who may change state (default: no token, loopback); ``docs`` serves
+    /docs and /openapi.json (default: only when ``access`` says loopback)."""
+    access = access or Access()
+    if docs is None:
+        docs = access.loopback
     settings = settings or load_settings(project)
+    registry = registry or Registry(project.registry)
     state = ServerState(
         settings=settings,
-        holder=ModelHolder(registry or Registry(project.registry), settings.decision_threshold),
+        holder=ModelHolder(registry, settings.decision_threshold),
         metrics=ServerMetrics(),
+        access=access,
+        names=PathNames.of(project.root, {"NBPIPELINE_REGISTRY": registry.path,
+                                          LOG_ENV: settings.log_path}),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.log and settings.log_path is not None:
-            state.writer = LogWriter(settings.log_path, on_commit=state.metrics.on_commit)
+            state.writer = LogWriter(settings.log_path, on_commit=state.metrics.on_commit,
+                                     on_error=state.metrics.errors.labels("log").inc)
             await asyncio.to_thread(state.writer.start)
         state.predictor = Predictor(
             sink=state.writer.append if state.writer is not None else None,
@@ -74,7 +89,8 @@ def create_app(
                 await asyncio.to_thread(state.writer.close)
 
     app = FastAPI(
-        title="nbpipeline model server", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+        title="nbpipeline model server", lifespan=lifespan, redoc_url=None,
+        docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None,
     )
     app.state.server = state
 

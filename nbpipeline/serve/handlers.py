@@ -26,6 +26,7 @@ from nbpipeline.serve.metrics import ServerMetrics
 from nbpipeline.serve.predictor import ModelFailed, Predictor
 from nbpipeline.serve.routing import ROUTING_HEADER
 from nbpipeline.serve.schema import BodyError, parse_body, parse_feedback
+from nbpipeline.serve.security import JSON_TYPE, Access, PathNames, is_json
 from nbpipeline.serve.settings import ServeSettings
 
 log = logging.getLogger("nbpipeline.serve")
@@ -73,13 +74,38 @@ class ServerState:
     registry_error: str | None = None
     started: float = field(default_factory=time.time)
     logged_features: set[str] = field(default_factory=set)
+    access: Access = field(default_factory=Access)
+    names: PathNames = field(default_factory=PathNames)  # files as callers may see them
 
 
-def json_response(status: int, body: Any) -> Response:
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(
         json.dumps(body, separators=(",", ":")), status_code=status,
-        media_type="application/json",
+        media_type="application/json", headers=headers,
     )
+
+
+def refused(state: ServerState, request: Request, *, guarded: bool) -> Response | None:
+    """The answer refusing a POST before its body is read, or None to go on: 401/403
+    without the token on a ``guarded`` (state-changing) route, 415 unless the body is JSON."""
+    endpoint = request.url.path
+    if guarded:
+        refusal = state.access.refusal(request.headers.get("authorization"))
+        if refusal is not None:
+            status, message = refusal
+            state.metrics.requests.labels(endpoint, str(status)).inc()
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return json_response(status, {"detail": message}, headers)
+    content_type = request.headers.get("content-type")
+    if not is_json(content_type):
+        state.metrics.requests.labels(endpoint, "415").inc()
+        state.metrics.errors.labels("validation").inc()
+        given = f"'{content_type}'" if content_type else "none"
+        return json_response(415, {"detail": (
+            f"the body must be JSON sent with `Content-Type: {JSON_TYPE}` (content type "
+            f"given: {given})"
+        )})
+    return None
 
 
 # ---------------------------------------------------------------------- predict
@@ -87,12 +113,18 @@ async def predict_response(state: ServerState, request: Request) -> Response:
     """POST /predict: validate, route, score, log, answer (see docs/serve.md)."""
     start = time.perf_counter()
     metrics = state.metrics
+    refusal = refused(state, request, guarded=False)
+    if refusal is not None:
+        return refusal
     snap = state.holder.snapshot
     if not snap.ready:
         metrics.requests.labels("/predict", "503").inc()
         return json_response(503, {"detail": _not_ready(state)})
     try:
-        raw = await _read_body(request, state.settings.max_batch_rows * ROW_BYTES)
+        raw = await _read_body(
+            request, state.settings.max_batch_rows * ROW_BYTES,
+            "send fewer rows per request (serve.max_batch_rows)",
+        )
         rows = _validate(snap, raw, request.headers.get(ROUTING_HEADER),
                          state.settings.max_batch_rows)
     except BodyTooLarge as exc:
@@ -123,12 +155,11 @@ class BodyTooLarge(Exception):
     """The body exceeds what a request of the allowed size can need."""
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) beyond ``limit`` bytes without reading it all into memory."""
+async def _read_body(request: Request, limit: int, fix: str) -> bytes:
+    """The body, refused (413, the message ending with ``fix``) beyond ``limit`` bytes
+    without reading it all into memory."""
     declared = request.headers.get("content-length")
-    too_large = BodyTooLarge(
-        f"body larger than {limit} bytes; send fewer rows per request (serve.max_batch_rows)"
-    )
+    too_large = BodyTooLarge(f"body larger than {limit} bytes; {fix}")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
@@ -142,7 +173,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _validate(snap: Snapshot, raw: bytes, key: str | None, max_rows: int) -> list[_Row]:
     """Parse, route and validate each row against the schema of the model that answers it."""
-    raw_rows, is_batch = parse_body(raw, max_rows)
+    names = {name for m in (snap.champion, snap.canary) if m for name in m.schema.names}
+    raw_rows, is_batch = parse_body(raw, max_rows, names)
     rows: list[_Row] = []
     problems: list[dict[str, Any]] = []
     for i, raw_row in enumerate(raw_rows):
@@ -210,14 +242,13 @@ async def _score_and_log(state: ServerState, rows: list[_Row], start: float) -> 
             log.error("model %s failed: %s", failed, result)
             metrics.requests.labels("/predict", "500").inc()
             metrics.errors.labels("model").inc()
-            return json_response(500, {"detail": (
+            return json_response(500, {"detail": state.names(
                 f"model {failed} failed on this input ({result}); this is a bug in the "
                 "model or its feature schema, not in the request"
             )})
-        if isinstance(result, BaseException):
+        if isinstance(result, BaseException):  # the log writer counted the error
             metrics.requests.labels("/predict", "503").inc()
-            metrics.errors.labels("log").inc()
-            return json_response(503, {"detail": (
+            return json_response(503, {"detail": state.names(
                 f"the prediction could not be logged ({type(result).__name__}: {result}), so "
                 f"it is not answered; check {state.settings.log_path} (disk space, permissions)"
             )})
@@ -240,6 +271,7 @@ def _decide(state: ServerState, rows: list[_Row], start: float) -> list[predlog.
     now = time.time()
     records: list[predlog.PredictionRecord] = []
     for row in rows:
+        prediction: float  # a class (0/1), or a regression's value
         if row.served is None:
             prediction, probability, version = (
                 settings.fallback_prediction, settings.fallback_probability, None,
@@ -266,17 +298,30 @@ def _decide(state: ServerState, rows: list[_Row], start: float) -> list[predlog.
 
 
 def _not_ready(state: ServerState) -> str:
+    """Why no model answers yet, naming the file and the fix when one could not load."""
     err = state.holder.error
-    why = f"; last error: {err.message}" if err else ""
+    if err is not None and err.role == "champion":
+        return state.names(
+            f"no model is serving: the champion {err.version} cannot be loaded: {err.message} "
+            f"(the server tries again every {state.settings.retry_seconds:g} s)"
+        )
+    if state.registry_error is not None:
+        return state.names(f"no model is serving: {state.registry_error}")
     return ("no model is serving yet: the registry has no champion — promote one with "
-            f"`nbp promote`{why}")
+            "`nbp promote`")
 
 
 # ---------------------------------------------------------------------- feedback, health
 async def feedback_response(state: ServerState, request: Request) -> Response:
+    """POST /feedback: record a real outcome (state-changing: the token guards it)."""
     metrics = state.metrics
+    refusal = refused(state, request, guarded=True)
+    if refusal is not None:
+        return refusal
     try:
-        fb = parse_feedback(await _read_body(request, ROW_BYTES))
+        fb = parse_feedback(await _read_body(
+            request, ROW_BYTES, 'a feedback body is one {"request_id": ..., "outcome": ...} object',
+        ))
     except BodyTooLarge as exc:
         metrics.requests.labels("/feedback", "413").inc()
         return json_response(413, {"detail": str(exc)})
@@ -291,11 +336,10 @@ async def feedback_response(state: ServerState, request: Request) -> Response:
     try:
         pending = state.writer.feedback(fb.request_id, fb.outcome, time.time())
         known = await asyncio.wrap_future(pending)
-    except Exception as exc:
+    except Exception as exc:  # the log writer counted the error
         metrics.requests.labels("/feedback", "503").inc()
-        metrics.errors.labels("log").inc()
         detail = f"feedback not recorded ({type(exc).__name__}: {exc})"
-        return json_response(503, {"detail": detail})
+        return json_response(503, {"detail": state.names(detail)})
     if known is None:  # the outcome does not fit the task of the model that decided
         metrics.requests.labels("/feedback", "422").inc()
         metrics.errors.labels("validation").inc()
@@ -318,11 +362,13 @@ def health_body(state: ServerState) -> dict[str, Any]:
     snap, holder, writer = state.holder.snapshot, state.holder, state.writer
     errors: list[str] = []
     if holder.error is not None:
-        errors.append(f"model {holder.error.version} not loaded: {holder.error.message}")
+        errors.append(f"{holder.error.role} {holder.error.version} not loaded: "
+                      f"{holder.error.message}")
     if state.registry_error is not None:
         errors.append(state.registry_error)
     if writer is not None and writer.stats.last_error is not None:
         errors.append(f"prediction log: {writer.stats.last_error}")
+    errors = [state.names(error) for error in errors]
     return {
         "status": "degraded" if errors else "ok",
         "ready": snap.ready,
@@ -332,7 +378,8 @@ def health_body(state: ServerState) -> dict[str, Any]:
         },
         "errors": errors,
         "log": None if writer is None else {
-            "path": str(writer.path), "rows": writer.stats.rows, "commits": writer.stats.commits,
+            "path": state.names(str(writer.path)), "rows": writer.stats.rows,
+            "commits": writer.stats.commits,
             "errors": writer.stats.errors, "spooled_bytes": writer.backlog_bytes(),
             "recovered_rows": writer.stats.recovered,
         },

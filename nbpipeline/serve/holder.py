@@ -81,6 +81,7 @@ class LoadError:
 
     version: str
     message: str
+    role: str = "champion"  # the role the registry gives the version
     at: float = field(default_factory=time.time)
 
 
@@ -110,23 +111,33 @@ class ModelHolder:
             off_reason=state.off_reason, token=state.token,
         )
         try:
-            champion = self._model(state.champion, current)
-            canary = self._model(state.canary, current)
+            champion = self._model(state.champion, current, "champion")
         except _Failed as failed:
-            self.error = failed.error
-            self.load_failures += 1
-            log.error("cannot serve %s: %s; still serving %s", failed.error.version,
-                      failed.error.message, current.describe())
+            self._failed(failed.error, f"still serving {current.describe()}")
             # Keep the models that were serving; the off switch needs no model, so apply it.
             return replace(current, switched_off=state.switched_off, off_reason=state.off_reason,
                            token=state.token)
-        self.error = None
+        try:
+            canary = self._model(state.canary, current, "canary")
+        except _Failed as failed:  # the champion takes the canary's traffic meanwhile
+            canary = None
+            self._failed(failed.error, f"the champion {champion and champion.version} takes "
+                         "all traffic")
+            wanted = replace(wanted, canary_fraction=0.0)
+        else:
+            self.error = None
         snap = replace(wanted, champion=champion, canary=canary)
         if snap.describe() != current.describe():
             log.info("serving %s", snap.describe())
         return snap
 
-    def _model(self, mv: ModelVersion | None, current: Snapshot) -> ServedModel | None:
+    def _failed(self, error: LoadError, meanwhile: str) -> None:
+        self.error = error
+        self.load_failures += 1
+        log.error("cannot serve %s %s: %s; %s", error.role, error.version, error.message,
+                  meanwhile)
+
+    def _model(self, mv: ModelVersion | None, current: Snapshot, role: str) -> ServedModel | None:
         if mv is None:
             return None
         for served in (current.champion, current.canary):
@@ -137,9 +148,9 @@ class ModelHolder:
             schema = FeatureSchema.from_metadata(metadata, version=mv.version)
             task = ModelContract.from_metadata(metadata, f"model {mv.version}").task
         except NbpipelineError as exc:
-            raise _Failed(LoadError(mv.version, str(exc))) from exc
+            raise _Failed(LoadError(mv.version, str(exc), role)) from exc
         except Exception as exc:  # an unexpected failure must not take the server down either
-            raise _Failed(LoadError(mv.version, f"{type(exc).__name__}: {exc}")) from exc
+            raise _Failed(LoadError(mv.version, f"{type(exc).__name__}: {exc}", role)) from exc
         scorer, how = compile_scorer(model, schema.names, schema.kinds,
                                      self._reference(mv.version), task)
         log.info("model %s scores with %s", mv.version, how)

@@ -51,39 +51,47 @@ class WriterStats:
 
     rows: int = 0  # rows moved into SQLite
     commits: int = 0
-    errors: int = 0
-    last_error: str | None = None
+    errors: int = 0  # failed attempts (a retry every turn counts each time)
     recovered: int = 0  # rows a crashed server had left in the spool, moved in at start
+    # what fails now: the last error of each part (spool, ingest, feedback, schema), dropped
+    # when that part next succeeds, so /health recovers once a transient lock has cleared
+    failing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def last_error(self) -> str | None:
+        """The most recent error of a part still failing, None when all work again."""
+        current = list(self.failing.values())  # a copy: other threads update it
+        return current[-1] if current else None
 
 
 class LogWriter:
     """Owns this server's spool and the one write connection to the prediction log."""
 
-    def __init__(self, path: Path, on_commit: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self, path: Path, on_commit: Callable[[int, float], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.stats = WriterStats()
         self._on_commit = on_commit
+        self._on_error = on_error  # after each failure (nbp_errors_total{kind="log"})
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._spool: spool.Spool | None = None
         self._columns: frozenset[str] = frozenset()  # feature columns (only we add them)
-        self._failing: str | None = None  # the last ingest error, logged once
 
     def start(self) -> None:
         """Open the log and the spool (in the caller, so start-up errors surface), move in
         what a crashed server left, and start the thread."""
+        self._conn = self._open(self.path)
         try:
-            self._conn = predlog.connect(self.path)
-            predlog.ensure_schema(self._conn)
             self._columns = frozenset(predlog.feature_columns(self._conn))
             recovered = spool.recover(self.path, self._conn)
             self._spool = spool.Spool(spool.spool_dir(self.path))
         except (sqlite3.Error, OSError) as exc:
-            raise ServeError(
-                f"{self.path}: cannot open the prediction log ({exc}); check the directory is "
-                "writable and the file is an nbpipeline prediction log, or set $NBPIPELINE_PREDLOG"
-            ) from exc
+            self._conn.close()
+            raise _cannot_open(self.path, exc) from exc
         self.stats.recovered = recovered.rows
         if recovered.segments:
             log.info("prediction log %s: moved %d rows left in the spool by a server that "
@@ -91,12 +99,27 @@ class LogWriter:
         self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        """The log, its tables created; ServeError naming the file if impossible."""
+        try:
+            conn = predlog.connect(path)
+        except (sqlite3.Error, OSError) as exc:
+            raise _cannot_open(path, exc) from exc
+        try:
+            predlog.ensure_schema(conn)
+            spool.spool_dir(path).mkdir(parents=True, exist_ok=True)
+        except (sqlite3.Error, OSError) as exc:
+            conn.close()
+            raise _cannot_open(path, exc) from exc
+        return conn
+
     @classmethod
     def check(cls, path: Path) -> None:
-        """Open the log and create its tables once (ServeError naming the file if impossible)."""
-        writer = cls(path)
-        writer.start()
-        writer.close()
+        """Open the log and create its tables and spool directory (ServeError naming the
+        file if impossible). Moves nothing in: a dead server's spool is moved in (and
+        counted for /health) when the server's own writer starts."""
+        cls._open(path).close()
 
     def close(self, timeout: float = 10.0) -> None:
         """Move what is spooled into SQLite, then stop the thread and close the log."""
@@ -118,8 +141,10 @@ class LogWriter:
         try:
             self._spool.append(predlog.encode_rows(records, self._columns))
         except Exception as exc:
-            self._error(f"cannot spool {len(records)} rows", exc)
+            self._error("spool", f"cannot spool {len(records)} rows", exc)
             raise
+        if self.stats.failing:
+            self._recovered("spool")
 
     def _submit(self, kind: str, payload: Any) -> Future[Any]:
         if self._thread is None:
@@ -169,15 +194,16 @@ class LogWriter:
             try:
                 unread = self._spool.read(MAX_INGEST_BYTES)
                 if unread is None:
+                    self._recovered("ingest")
                     return True
                 start = time.perf_counter()
                 count = predlog.insert_encoded(self._conn, unread.rows, or_ignore=True)
             except Exception as exc:
-                self._error("cannot move spooled rows into the log (they stay spooled and are "
-                            "tried again)", exc, once=True)
+                self._error("ingest", "cannot move spooled rows into the log (they stay "
+                            "spooled and are tried again)", exc)
                 return False
             self._spool.mark_done(unread)
-            self._failing = None
+            self._recovered("ingest")
             if count < unread.count:
                 log.warning("prediction log %s: %d rows with a request_id already logged were "
                             "skipped", self.path, unread.count - count)
@@ -188,14 +214,20 @@ class LogWriter:
             if not until_empty:
                 return True
 
-    def _error(self, what: str, exc: Exception, *, once: bool = False) -> None:
+    def _error(self, part: str, what: str, exc: Exception) -> None:
+        """Count a failure of ``part`` and keep it for /health until ``part`` works again."""
         message = f"{type(exc).__name__}: {exc}"
         self.stats.errors += 1
-        self.stats.last_error = message
-        if not (once and self._failing == message):  # a retry every turn: log it once
+        if self.stats.failing.get(part) != message:  # a retry every turn: log it once
             log.error("prediction log %s: %s: %s", self.path, what, message)
-        if once:
-            self._failing = message
+        self.stats.failing[part] = message
+        if self._on_error is not None:
+            self._on_error()
+
+    def _recovered(self, part: str) -> None:
+        """``part`` works again: its error no longer degrades /health."""
+        if self.stats.failing.pop(part, None) is not None:
+            log.info("prediction log %s: %s works again", self.path, part)
 
     def _ensure_schema(self, kinds: Mapping[str, str]) -> None:
         assert self._conn is not None
@@ -210,7 +242,15 @@ class LogWriter:
         try:
             result = action(op.payload)
         except Exception as exc:  # reported to the waiting request, which answers 503
-            self._error(f"{op.kind} failed", exc)
+            self._error(op.kind, f"{op.kind} failed", exc)
             op.future.set_exception(exc)
             return
+        self._recovered(op.kind)
         op.future.set_result(result)
+
+
+def _cannot_open(path: Path, exc: Exception) -> ServeError:
+    return ServeError(
+        f"{path}: cannot open the prediction log ({exc}); check the directory is writable "
+        "and the file is an nbpipeline prediction log, or set $NBPIPELINE_PREDLOG"
+    )

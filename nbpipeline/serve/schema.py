@@ -13,7 +13,7 @@ its location, e.g. ``["body", "rows", 3, "<feature>"]``, in FastAPI's usual form
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -116,29 +116,66 @@ def _message(err: Mapping[str, Any]) -> str:
     return f"field '{field}': {err['msg']}"
 
 
-def parse_body(raw: bytes, max_rows: int) -> tuple[list[Any], bool]:
-    """Split a /predict body into raw rows; returns (rows, is_batch)."""
+def parse_body(
+    raw: bytes, max_rows: int, features: Collection[str] = ()
+) -> tuple[list[Any], bool]:
+    """Split a /predict body into raw rows; returns (rows, is_batch).
+
+    A body with the key ``rows`` is a batch unless ``rows`` is one of the model's
+    ``features``: it must then be ``{"rows": [row, ...]}`` and nothing else (an object or a
+    row with ``rows`` beside its features is one clear problem, not one per feature).
+    """
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         problem = _problem(("body",), f"body is not valid JSON ({exc})", "json_invalid")
         raise BodyError([problem]) from None
-    if isinstance(body, dict) and set(body) == {BATCH_KEY} and isinstance(body[BATCH_KEY], list):
-        rows = body[BATCH_KEY]
-        if not rows:
-            raise BodyError([_problem(("body", BATCH_KEY), "'rows' is empty", "too_short")])
-        if len(rows) > max_rows:
-            raise BodyError([_problem(
-                ("body", BATCH_KEY),
-                f"{len(rows)} rows in one request; send at most {max_rows} (serve.max_batch_rows)",
-                "too_long",
-            )])
-        return rows, True
+    if isinstance(body, dict) and BATCH_KEY in body and BATCH_KEY not in features:
+        return _batch(body, max_rows), True
     if isinstance(body, dict):
         return [body], False
     raise BodyError([_problem(
         ("body",), 'body must be one row (a JSON object) or {"rows": [row, ...]}', "dict_type"
     )])
+
+
+def _batch(body: dict[str, Any], max_rows: int) -> list[Any]:
+    """The rows of a batch body ``{"rows": [row, ...]}``."""
+    others = sorted(set(body) - {BATCH_KEY})
+    if others:
+        raise BodyError([_problem(
+            ("body", others[0]),
+            f'a batch is {{"rows": [row, ...]}} and nothing else; move {others[0]!r} into '
+            "each row or remove it", "extra_forbidden",
+        )])
+    rows = body[BATCH_KEY]
+    if not isinstance(rows, list):
+        raise BodyError([_problem(
+            ("body", BATCH_KEY),
+            f"'rows' must be a list of rows (JSON objects), not {_json_type(rows)}", "list_type",
+        )])
+    if not rows:
+        raise BodyError([_problem(("body", BATCH_KEY), "'rows' is empty", "too_short")])
+    if len(rows) > max_rows:
+        raise BodyError([_problem(
+            ("body", BATCH_KEY),
+            f"{len(rows)} rows in one request; send at most {max_rows} (serve.max_batch_rows)",
+            "too_long",
+        )])
+    return rows
+
+
+def _json_type(value: Any) -> str:
+    """How JSON calls the type of a parsed value (for messages)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else "an array"
 
 
 class Feedback(BaseModel):

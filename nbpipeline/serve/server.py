@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from pathlib import Path
 
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
 from nbpipeline.serve.app import create_app
 from nbpipeline.serve.logwriter import LogWriter
+from nbpipeline.serve.security import Access, is_loopback, read_token
 from nbpipeline.serve.settings import ServeSettings, load_settings
+
+log = logging.getLogger("nbpipeline.serve")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -27,17 +31,27 @@ def serve(
     *,
     settings: ServeSettings | None = None,
     access_log: bool = False,
+    token_file: Path | str | None = None,
+    docs: bool | None = None,
 ) -> None:
-    """Serve ``project``'s production model(s) until interrupted (blocking)."""
+    """Serve ``project``'s production model(s) until interrupted (blocking).
+
+    The token guarding state-changing routes is read from ``token_file``, else from
+    $NBP_SERVE_TOKEN (nbpipeline/serve/security.py); ``docs`` (default: on only on
+    loopback) serves /docs."""
     import uvicorn
 
     settings = settings or load_settings(project)
+    access = Access(token=read_token(token_file), loopback=is_loopback(host))
     _check_port(host, port)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    warning = access.warning(host)
+    if warning is not None:
+        log.warning(warning)
     if settings.log and settings.log_path is not None:
         LogWriter.check(settings.log_path)  # fail here, as one clear line, not in the lifespan
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    app = create_app(project, settings=settings)
+    app = create_app(project, settings=settings, access=access, docs=docs)
     uvicorn.run(
         app, host=host, port=port, access_log=access_log, log_level="info",
         timeout_graceful_shutdown=10,

@@ -12,17 +12,20 @@ from typing import Any
 
 import httpx
 import pytest
-from candidates import FEATURES, synthetic_candidate
+from candidates import FEATURES, synthetic_candidate, synthetic_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from serve_fixtures import (
+    free_port,
     make_project,
     register,
     running_server,
     sample_row,
     spooled_ids,
+    start_server_process,
     wait_for,
+    wait_ready,
 )
 
 from nbpipeline.errors import ServeError
@@ -30,9 +33,11 @@ from nbpipeline.predlog import table as predlog
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
 from nbpipeline.serve import ServeSettings, serve
+from nbpipeline.serve.security import TOKEN_ENV, Access
 from nbpipeline.serve.settings import settings_from_params
 
 NAMES = [f["name"] for f in FEATURES]
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +171,75 @@ def test_bad_rows_get_422_naming_the_field(served: str, body: Any, loc: list[Any
 
 
 def test_not_json_and_oversized_batches_get_422(served: str) -> None:
-    resp = httpx.post(f"{served}/predict", content=b"{not json", timeout=5)
+    resp = httpx.post(f"{served}/predict", content=b"{not json", headers=JSON, timeout=5)
     assert resp.status_code == 422 and "not valid JSON" in resp.json()["detail"][0]["msg"]
     resp = post(served, {"rows": [sample_row()] * 1001})
     assert resp.status_code == 422 and "max_batch_rows" in resp.json()["detail"][0]["msg"]
     huge = b" " * (1000 * 16384 + 1)  # beyond 16 KB per allowed row
-    resp = httpx.post(f"{served}/predict", content=huge, timeout=30)
+    resp = httpx.post(f"{served}/predict", content=huge, headers=JSON, timeout=30)
     assert resp.status_code == 413 and "max_batch_rows" in resp.json()["detail"]
+
+def test_a_batch_of_the_wrong_shape_gets_one_problem_and_feedback_413_names_feedback(
+    fuzz_server: str,
+) -> None:
+    """Regression (issue 16, defect 9): {"rows": {...}} got a "field required" error for
+    every feature, and a 20 MB /feedback body's 413 talked about serve.max_batch_rows."""
+    for body, loc, words in [
+        ({"rows": sample_row()}, ["body", "rows"], "'rows' must be a list of rows"),
+        ({"rows": "x"}, ["body", "rows"], "not a string"),
+        ({"rows": [sample_row()], "model": "v2"}, ["body", "model"], "nothing else"),
+    ]:
+        resp = post(fuzz_server, body)
+        assert resp.status_code == 422, resp.text
+        [problem] = resp.json()["detail"]
+        assert problem["loc"] == loc and words in problem["msg"], problem
+    resp = httpx.post(f"{fuzz_server}/feedback", content=b" " * (20 << 20),
+                      headers=JSON, timeout=30)
+    assert resp.status_code == 413
+    assert "feedback" in resp.json()["detail"] and "max_batch_rows" not in resp.json()["detail"]
+
+
+def test_post_bodies_must_be_json_so_no_web_page_can_post_cross_site(fuzz_server: str) -> None:
+    """Regression (issue 16, defect 10): text/plain bodies (a "simple" cross-site request
+    any web page may send) were accepted by /predict and /feedback."""
+    body = json.dumps(sample_row()).encode()
+    for route in ("/predict", "/feedback"):
+        for headers in ({"content-type": "text/plain"}, {},
+                        {"content-type": "application/x-www-form-urlencoded"}):
+            resp = httpx.post(f"{fuzz_server}{route}", content=body, headers=headers)
+            assert resp.status_code == 415, (route, headers, resp.text)
+            assert "Content-Type: application/json" in resp.json()["detail"]
+    charset = {"content-type": "application/json; charset=utf-8"}
+    assert httpx.post(f"{fuzz_server}/predict", content=body, headers=charset).status_code == 200
+    assert httpx.get(f"{fuzz_server}/docs").status_code == 200  # loopback: docs on
+
+
+def test_a_token_guards_feedback_and_a_server_beyond_loopback_needs_one(
+    project: Project, registry: Registry, candidates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nbpipeline.monitor.replay import replay
+
+    register(registry, candidates["a"])
+    with running_server(project, access=Access(token="s3cret")) as url:
+        request_id = post(url, sample_row()).json()["request_id"]  # /predict: no token
+        feedback = {"request_id": request_id, "outcome": 1}
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+            resp = httpx.post(f"{url}/feedback", json=feedback, headers=headers)
+            assert resp.status_code == 401 and "Bearer" in resp.headers["www-authenticate"]
+            assert "Authorization: Bearer <token>" in resp.json()["detail"]
+        resp = httpx.post(f"{url}/feedback", json=feedback,
+                          headers={"authorization": "Bearer s3cret"})
+        assert resp.status_code == 200 and resp.json()["recorded"] is True
+        monkeypatch.setenv(TOKEN_ENV, "s3cret")  # `nbp replay` sends it with feedback
+        sent = replay(url, synthetic_rows(5), NAMES, target="target", rate=1000)
+        assert (sent.predicted, sent.feedback, sent.errors) == (5, 5, 0)
+    with running_server(project, access=Access(loopback=False)) as url:
+        resp = httpx.post(f"{url}/feedback", json=feedback)
+        assert resp.status_code == 403 and "--token-file" in resp.json()["detail"]
+        assert httpx.get(f"{url}/docs").status_code == 404  # not on loopback: docs off
+        assert httpx.get(f"{url}/openapi.json").status_code == 404
+
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
@@ -227,7 +294,7 @@ def test_fuzzed_bodies_never_get_a_5xx(fuzz_server: str, body: Any) -> None:
     b"[" * 100000, b'{"rows": ' + b"[" * 5000 + b"]" * 5000 + b"}", b"",
 ]))
 def test_fuzzed_bytes_never_get_a_5xx(fuzz_server: str, raw: bytes) -> None:
-    resp = httpx.post(f"{fuzz_server}/predict", content=raw, timeout=10)
+    resp = httpx.post(f"{fuzz_server}/predict", content=raw, headers=JSON, timeout=10)
     assert 400 <= resp.status_code < 500, resp.text
 
 
@@ -360,13 +427,47 @@ def test_damaged_model_file_is_kept_out_and_the_last_good_one_serves(
     registry.promote(mv.version, canary_fraction=None, reason="try", actor="test")
     health = wait_for(lambda: (h := serving(served))["errors"] and h)
     assert health["status"] == "degraded" and health["champion"] == "v1"
-    assert "v2" in health["errors"][0] and "damaged" in health["errors"][0]
+    assert "champion v2 not loaded" in health["errors"][0] and "damaged" in health["errors"][0]
     for _ in range(5):
         assert post(served, sample_row()).json()["model_version"] == "v1"
 
     stored.write_bytes(good)  # repaired: picked up by the periodic retry
     wait_for(lambda: serving(served)["champion"] == "v2")
     assert serving(served)["status"] == "ok"
+
+
+def test_a_fresh_server_with_a_damaged_champion_names_the_file_and_the_fix(
+    project: Project, registry: Registry, candidates: dict[str, Path]
+) -> None:
+    """Regression (issue 16, defect 6): the 503 said "the registry has no champion —
+    promote one". A damaged canary kept the champion out too (sibling)."""
+    register(registry, candidates["a"])
+    stored = registry.object_path(registry.get("v1").sha256)
+    good = stored.read_bytes()
+    stored.write_bytes(good[:100])
+    with running_server(project) as url:
+        resp = post(url, sample_row())
+        assert resp.status_code == 503
+        detail = resp.json()["detail"]
+        relative = str(stored.relative_to(project.root))
+        assert "champion v1 cannot be loaded" in detail and "no champion" not in detail
+        assert f"{relative}: model file of v1 is damaged" in detail
+        assert "nbp rollback" in detail and "backup" in detail
+        assert str(project.root) not in json.dumps(serving(url))  # no absolute paths
+        assert serving(url)["log"]["path"] == "logs/predictions.db"
+        stored.write_bytes(good)
+        wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200)
+
+    v2 = register(registry, candidates["b"], champion=False)
+    registry.promote(v2, canary_fraction=0.5, reason="try", actor="test")
+    canary_file = registry.object_path(registry.get(v2).sha256)
+    canary_file.write_bytes(canary_file.read_bytes()[:100])
+    with running_server(project) as url:
+        answers = post(url, {"rows": [sample_row()] * 20}).json()["predictions"]
+        assert {a["model_version"] for a in answers} == {"v1"}
+        health = serving(url)
+        assert health["champion"] == "v1" and health["canary"] is None
+        assert health["status"] == "degraded" and "canary v2 not loaded" in health["errors"][0]
 
 
 def test_a_model_that_fails_on_valid_input_answers_500_naming_it(
@@ -395,6 +496,69 @@ def test_a_damaged_registry_log_keeps_the_current_models_serving(
     assert post(served, sample_row()).json()["model_version"] == "v1"
     registry.events_path.write_bytes(good)  # restored from a backup
     wait_for(lambda: serving(served)["status"] == "ok")
+
+
+def test_a_transient_lock_degrades_health_and_counts_log_errors_until_it_clears(
+    served: str, project: Project
+) -> None:
+    """Regression (issue 16, defect 3): /health stayed degraded ("database is locked")
+    after the lock cleared and the backlog drained, and nbp_errors_total{kind="log"}
+    never counted these errors."""
+    blocker = sqlite3.connect(predlog.default_log_path(project.root), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the log (~5 s busy timeout)
+    try:
+        answer = post(served, sample_row())
+        assert answer.status_code == 200  # answered (spooled) while SQLite is locked
+        health = wait_for(lambda: (h := serving(served))["errors"] and h, timeout=30)
+        assert health["status"] == "degraded" and "database is locked" in health["errors"][0]
+        assert health["log"]["spooled_bytes"] > 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    wait_for(lambda: (h := serving(served))["status"] == "ok" and not h["errors"], timeout=30)
+    assert serving(served)["log"]["spooled_bytes"] == 0
+    assert log_rows(served, project, "request_id = ?", (answer.json()["request_id"],))
+    text = httpx.get(f"{served}/metrics").text
+    errors = {s.labels["kind"]: s.value for family in text_string_to_metric_families(text)
+              for s in family.samples if s.name == "nbp_errors_total"}
+    assert errors["log"] >= 1
+
+
+def test_a_restarted_server_on_all_interfaces_reports_recovered_rows_and_guards_itself(
+    project: Project, registry: Registry, candidates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regressions (issue 16): `nbp serve` moved a dead server's spool in before its real
+    writer started, so /health said recovered_rows 0 and the log line was lost (defect 2);
+    `--host 0.0.0.0` without a token took feedback from anyone and served /docs (defect 10).
+    One real `nbp serve` process checks both (a process start is the costly part)."""
+    from nbpipeline.predlog import spool
+
+    register(registry, candidates["a"])
+    path = predlog.default_log_path(project.root)
+    records = [predlog.PredictionRecord(
+        request_id=f"dead-{i}", ts=1.0, model_version="v1", role="champion", prediction=1,
+        probability=0.5, latency_ms=1.0, features=sample_row()) for i in range(3)]
+    dead = spool.Spool(spool.spool_dir(path))
+    dead.append(predlog.encode_rows(records, frozenset()))
+    assert dead.close() > 0  # left behind, unlocked, as after kill -9
+    port = free_port()
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    proc = start_server_process(project, port, "--host", "0.0.0.0")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc=proc)
+        assert serving(url)["log"]["recovered_rows"] == 3
+        resp = httpx.post(f"{url}/feedback", json={"request_id": "dead-1", "outcome": 1})
+        assert resp.status_code == 403 and TOKEN_ENV in resp.json()["detail"]
+        assert httpx.get(f"{url}/docs").status_code == 404
+        assert post(url, sample_row()).status_code == 200  # predictions stay open
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "moved 3 rows left in the spool" in err.decode()
+    [warning] = [line for line in err.decode().splitlines() if line.startswith("WARNING")]
+    assert "0.0.0.0 (beyond loopback) without a token" in warning
 
 
 # ---------------------------------------------------------------- settings

@@ -68,7 +68,10 @@ def test_kill_9_under_load_loses_no_answered_prediction(
     missing = answered - in_sqlite - spooled
     assert not missing, f"{len(missing)} answered predictions are neither in the log nor spooled"
 
-    LogWriter.check(path)  # what the next `nbp serve` does first: moves the spool in
+    writer = LogWriter(path)  # what the next `nbp serve` does first: moves the spool in
+    writer.start()
+    writer.close()
+    assert writer.stats.recovered == len(spooled - in_sqlite)  # shown in /health
     assert spool.orphans(path) == []
     logged = logged_ids(path)
     assert answered <= logged, f"{len(answered - logged)} answered predictions missing from the log"
