@@ -40,6 +40,9 @@ def test_repro_noop_param_change_run_cache_and_interactive_parity(example_projec
     assert data["rows"]["quarantined"] > 0 and data["rows"]["golden"] > 0
     evaluate = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0.55 < evaluate["golden"]["roc_auc"] < 0.9
+    # the search's progress line ends without times (reports stay byte-stable)
+    train_report = (root / "reports" / "train.ipynb").read_text()
+    assert "search: 4 fits (2 candidates x 2 folds)" in train_report
     metadata = json.loads((root / "models" / "candidate" / "metadata.json").read_text())
     assert metadata["git_rev"] and metadata["data"]["train"]["sha256"]
     assert metadata["versions"]["scikit-learn"] and metadata["params"]["max_iter"] == 30
