@@ -123,7 +123,8 @@ class Kernel:
             connection_file=str(run_dir.path / "kernel.json"),
         )
         spec = self.manager.kernel_spec  # NoSuchKernel if not installed
-        spec.argv = lean_argv(spec.argv)
+        if spec is not None:
+            spec.argv = lean_argv(spec.argv)
         run_sync(self.manager.start_kernel)(cwd=str(cwd), env=env)
 
     def stop(self) -> None:
