@@ -16,7 +16,8 @@ def test_run_injects_params_and_writes_clean_reports(mini_project: Path) -> None
     assert "stage 'adds' done" in proc.stdout
     assert "sum 2.5\n" in proc.stdout  # --log-output: the cell's print, as it ran
     assert "without encryption" not in proc.stderr + proc.stdout
-    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith("nbp run adds: cell ")]
+    progress = [ln for ln in proc.stderr.splitlines()
+                if ln.startswith("nbp run adds: cell ") and " done in " in ln]
     assert [ln.split(" done in ")[0] for ln in progress] == [
         f"nbp run adds: cell {n}/4" for n in range(1, 5)]
     assert progress[2].endswith(" s: parameters injected by nbp run")
