@@ -155,12 +155,13 @@ NBP_RUN_TIMED = (
     "imported = time.perf_counter()\n"
     "result = run_stage(find_project(), 'one', progress=sys.stderr)\n"
     "print(json.dumps({'entered': entered, 'imports': imported - started, **result.timings}))\n"
+    "import os; sys.stdout.flush(); sys.stderr.flush(); os._exit(0)  # as nbp run exits\n"
 )
 BREAKDOWN = (
     ("python start", "start"), ("imports of nbp run", "imports"),
     ("params + notebook", "plan"), ("kernel start (+ papermill)", "kernel"),
     ("the cell", "cells"), ("kernel shutdown", "shutdown"), ("reports (ipynb, html)", "report"),
-    ("rest (trace check, exit)", "rest"),
+    ("rest (trace check, cleanup, exit)", "rest"),
 )
 
 
@@ -226,7 +227,7 @@ def stage_overhead(rounds: int, base: Path) -> None:
     print("where a timed `nbp run` spent its time (median per part; the script spends "
           f"{s:.2f}s in all):")
     for label, key in BREAKDOWN:
-        print(f"  {label:28s}{statistics.median(parts[key]):6.2f}s")
+        print(f"  {label:34s}{statistics.median(parts[key]):6.2f}s")
     print(json.dumps({"notebook_s": round(n, 3), "script_s": round(s, 3),
                       "overhead_s": round(n - s, 3),
                       **{key: round(statistics.median(v), 3) for key, v in parts.items()}}))
