@@ -10,9 +10,19 @@ side by side in one run:
 
 An untimed full run of each warms the machine first; then rounds alternate
 notebook/script so machine noise hits both, and the median drops one bad round.
-Prints each time and the ratio notebooks/scripts (target <= 1.3). Usage:
+Prints each time and the ratio notebooks/scripts (target <= 1.10). Both sides get the same
+BLAS/OpenMP thread count (``--threads``, default: all cores, what ``nbp run`` gives a stage
+running alone), so stages of other users counted by nbpipeline's thread share on a shared
+machine do not tilt the comparison.
 
-    python bench/pipeline.py [--rounds 3] [--sample 1.0] [--keep DIR]
+``--stage-overhead`` times instead a one-cell stage (a parameters cell and one code cell)
+under ``nbp run`` against the same cell as a script, in alternating rounds, and prints
+where the notebook's extra time goes: interpreter start and imports of ``nbp run``, reading
+params and notebook, kernel start (papermill's own work included), the cell itself, kernel
+shutdown, the reports, and the rest (tracer check, exit). Target: <= 0.5 s more. Usage:
+
+    python bench/pipeline.py [--rounds 5] [--sample 1.0] [--keep DIR] [--threads N]
+    python bench/pipeline.py --stage-overhead [--rounds 5]
 """
 
 from __future__ import annotations
@@ -34,7 +44,14 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from nbpipeline.notebook import notebook_parameters, parameters_cell_index, read_notebook  # noqa: E402
+from nbpipeline import threads  # noqa: E402
+from nbpipeline.notebook import (  # noqa: E402
+    PARAMETERS_TAG,
+    notebook_parameters,
+    parameters_cell_index,
+    read_notebook,
+    write_notebook,
+)
 
 STAGES = ("data", "train", "evaluate")
 PARAM_LOADER = (
@@ -44,10 +61,15 @@ PARAM_LOADER = (
 )
 
 
+THREADS: int | None = None  # --threads: the same BLAS/OpenMP thread count on both sides
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
     for key in ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING"):
         e.pop(key, None)
+    if THREADS:
+        e.update(threads.environment(THREADS), **{threads.THREADS_ENV: str(THREADS)})
     return e
 
 
@@ -123,13 +145,112 @@ def clean(root: Path) -> None:
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
 
 
+ONE_CELL = "total = sum(i * i for i in range(n))\nprint(total)"
+# `nbp run one` as nbp's CLI runs it, reporting when it started and where its time went
+NBP_RUN_TIMED = (
+    "import time; entered = time.time(); started = time.perf_counter()\n"
+    "import json, sys\n"
+    "from nbpipeline.pipeline.run import run_stage\n"
+    "from nbpipeline.project import find_project\n"
+    "imported = time.perf_counter()\n"
+    "result = run_stage(find_project(), 'one', progress=sys.stderr)\n"
+    "print(json.dumps({'entered': entered, 'imports': imported - started, **result.timings}))\n"
+    "import os; sys.stdout.flush(); sys.stderr.flush(); os._exit(0)  # as nbp run exits\n"
+)
+BREAKDOWN = (
+    ("python start", "start"), ("imports of nbp run", "imports"),
+    ("params + notebook", "plan"), ("kernel start (+ papermill)", "kernel"),
+    ("the cell", "cells"), ("kernel shutdown", "shutdown"), ("reports (ipynb, html)", "report"),
+    ("rest (trace check, cleanup, exit)", "rest"),
+)
+
+
+def make_one_cell_project(base: Path) -> Path:
+    """A project whose one stage is a parameters cell and one code cell, also as a script."""
+    from nbformat import v4
+
+    root = base / "one-cell"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "scripts").mkdir()
+    params = v4.new_code_cell("n = 1", metadata={"tags": [PARAMETERS_TAG]})
+    nb = v4.new_notebook(cells=[params, v4.new_code_cell(ONE_CELL)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    write_notebook(nb, root / "notebooks" / "one.ipynb")
+    (root / "scripts" / "one.py").write_text(notebook_to_script(root / "notebooks" / "one.ipynb",
+                                                                "one"))
+    (root / "params.yaml").write_text("one:\n  n: 200000\n")
+    (root / "dvc.yaml").write_text(
+        "stages:\n  one:\n    cmd: nbp run one\n    deps: [notebooks/one.ipynb]\n"
+        "    params: [one]\n    outs: [reports/one.ipynb, reports/one.html]\n")
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    return root
+
+
+def timed(args: list[str], root: Path) -> tuple[float, float, str]:
+    """(wall seconds, time.time() at start, stdout) of one command."""
+    at = time.time()
+    started = time.perf_counter()
+    out = sh(*args, cwd=root)
+    return time.perf_counter() - started, at, out
+
+
+def stage_overhead(rounds: int, base: Path) -> None:
+    root = make_one_cell_project(base)
+    nbp_run = [str(BIN / "nbp"), "run", "one"]
+    timed_run = [sys.executable, "-c", NBP_RUN_TIMED]
+    script = [sys.executable, "scripts/one.py"]
+    for args in (nbp_run, script):  # untimed warm-up
+        timed(args, root)
+    times: dict[str, list[float]] = {"notebook": [], "script": []}
+    parts: dict[str, list[float]] = {key: [] for _, key in BREAKDOWN}
+    for round_no in range(rounds):
+        order = [("notebook", nbp_run), ("script", script), ("timed", timed_run)]
+        if round_no % 2:
+            order.reverse()
+        for kind, args in order:
+            wall, at, out = timed(args, root)
+            if kind != "timed":
+                times[kind].append(wall)
+                continue
+            record = json.loads(out.strip().splitlines()[-1])
+            record["start"] = record.pop("entered") - at
+            record["rest"] = wall - sum(record[key] for _, key in BREAKDOWN if key != "rest")
+            for _, key in BREAKDOWN:
+                parts[key].append(record[key])
+        print(f"round {round_no + 1}: nbp run {times['notebook'][-1]:5.2f}s  "
+              f"script {times['script'][-1]:5.2f}s", flush=True)
+    n, s = statistics.median(times["notebook"]), statistics.median(times["script"])
+    print(f"\none-cell stage (median of {rounds}): nbp run {n:.2f}s, script {s:.2f}s, "
+          f"overhead {n - s:+.2f}s (target <= 0.5 s)")
+    print("where a timed `nbp run` spent its time (median per part; the script spends "
+          f"{s:.2f}s in all):")
+    for label, key in BREAKDOWN:
+        print(f"  {label:34s}{statistics.median(parts[key]):6.2f}s")
+    print(json.dumps({"notebook_s": round(n, 3), "script_s": round(s, 3),
+                      "overhead_s": round(n - s, 3),
+                      **{key: round(statistics.median(v), 3) for key, v in parts.items()}}))
+
+
 def main() -> None:
+    global THREADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sample", type=float, default=1.0, help="data.sample_fraction")
     parser.add_argument("--keep", type=Path, help="build the projects here and keep them")
+    parser.add_argument("--threads", type=int, default=threads.available_cores(),
+                        help="BLAS/OpenMP threads on both sides (default: all cores)")
+    parser.add_argument("--stage-overhead", action="store_true",
+                        help="time a one-cell stage under nbp run vs as a script")
     args = parser.parse_args()
+    THREADS = args.threads
     base = args.keep or Path(tempfile.mkdtemp(prefix="nbp-bench-"))
+    if args.stage_overhead:
+        stage_overhead(args.rounds, base)
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        return
     nbs, scripts = make_projects(base, args.sample)
     times: dict[str, dict[str, list[float]]] = {
         kind: {"full": [], "change": []} for kind in ("notebooks", "scripts")

@@ -1,7 +1,5 @@
 """`python -m nbpipeline` is `nbp`."""
 
-import sys
+from nbpipeline.cli import entry
 
-from nbpipeline.cli import main
-
-sys.exit(main())
+entry()

@@ -7,7 +7,10 @@ import that nbpipeline never uses:
 * jsonschema (via nbformat) imports the format-checker extras (rfc3987_syntax builds a
   grammar: ~1 s; isoduration, webcolors, ...: ~0.5 s). nbformat's schema uses no formats.
 * papermill imports its storage back-ends (pyarrow for HDFS: ~0.8 s, GCS, S3, Azure,
-  GitHub). Stages read and write local files.
+  GitHub), and requests (with urllib3, ssl, idna, charset_normalizer: about half of
+  ``import papermill`` measured with cProfile) for http:// notebook paths. Stages read and
+  write local files. requests is a placeholder module while papermill imports (its HTTP
+  handler would fail if ever used); the real one imports normally afterwards.
 
 Each is blocked only while that one import runs (``sys.modules[name] = None`` makes the
 import fail fast, and the library skips the extra); afterwards the modules import normally.
@@ -24,20 +27,25 @@ JSONSCHEMA_FORMAT_EXTRAS = (
     "webcolors", "jsonpointer", "uri_template", "fqdn",
 )
 PAPERMILL_BACKENDS = ("pyarrow", "gcsfs", "boto3", "azure", "github")
+PAPERMILL_PLACEHOLDERS = ("requests",)  # imported unconditionally, used for http:// only
 
 
-def import_without(module: str, unused: tuple[str, ...]) -> ModuleType:
-    """Import ``module`` while the top-level modules ``unused`` are made unimportable."""
+def import_without(
+    module: str, unused: tuple[str, ...], placeholders: tuple[str, ...] = (),
+) -> ModuleType:
+    """Import ``module`` while the top-level modules ``unused`` are made unimportable and
+    those in ``placeholders`` are empty modules."""
     if module in sys.modules:
         return sys.modules[module]
-    blocked = [name for name in unused if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]
+    stand_ins: dict[str, ModuleType | None] = {name: None for name in unused}
+    stand_ins.update((name, ModuleType(name)) for name in placeholders)
+    stand_ins = {name: value for name, value in stand_ins.items() if name not in sys.modules}
+    sys.modules.update(stand_ins)  # type: ignore[arg-type]
     try:
         return importlib.import_module(module)
     finally:
-        for name in blocked:
-            if name in sys.modules and sys.modules[name] is None:
+        for name, value in stand_ins.items():
+            if name in sys.modules and sys.modules[name] is value:
                 del sys.modules[name]
 
 
@@ -50,4 +58,5 @@ def nbformat() -> ModuleType:
 def papermill() -> ModuleType:
     """papermill, without its remote storage back-ends."""
     nbformat()
-    return import_without("papermill", PAPERMILL_BACKENDS + JSONSCHEMA_FORMAT_EXTRAS)
+    return import_without("papermill", PAPERMILL_BACKENDS + JSONSCHEMA_FORMAT_EXTRAS,
+                          PAPERMILL_PLACEHOLDERS)

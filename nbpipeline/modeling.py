@@ -63,6 +63,84 @@ def search_folds(contract: ModelContract, folds: int, seed: int) -> Any:
     return KFold(n_splits=folds, shuffle=True, random_state=seed)
 
 
+def fit_search(search: Any, X: Any, y: Any) -> Any:
+    """``search.fit(X, y)`` for a scikit-learn search (``GridSearchCV``, ...), showing in a
+    notebook which fit of how many has finished.
+
+    In JupyterLab one output line is updated in place after each fit ("search: 5/12 fits,
+    31 s"); it ends as a line without times ("search: 12 fits (4 candidates x 3 folds)") so
+    executed notebooks stay byte-stable. Fits are counted as the search scores them in this
+    process; with workers elsewhere (joblib/Dask back-ends) only the final line appears.
+    Outside IPython (a script) this is ``search.fit(X, y)``. Under ``nbp run`` the stage's
+    own progress lines also report the cell every ~10 s.
+    """
+    import time
+
+    from sklearn.base import is_classifier
+    from sklearn.metrics import check_scoring
+    from sklearn.model_selection import check_cv
+
+    handle = _display_handle()
+    scoring = search.scoring
+    if handle is None or not (scoring is None or isinstance(scoring, str) or callable(scoring)):
+        return search.fit(X, y)  # not in a notebook, or several metrics: nothing to wrap
+    candidates = _candidate_count(search)
+    folds = check_cv(search.cv, y, classifier=is_classifier(search.estimator)).get_n_splits(X, y)
+    total = candidates * folds if candidates else None
+    scorer = check_scoring(search.estimator, scoring=scoring)
+    started, done = time.perf_counter(), 0
+
+    def counted(estimator: Any, X_test: Any, y_test: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        value = scorer(estimator, X_test, y_test, **kwargs)
+        done += 1
+        of = f"/{total}" if total else ""
+        handle.update(_Plain(f"search: {done}{of} fits, {time.perf_counter() - started:.0f} s"))
+        return value
+
+    search.scoring = counted
+    try:
+        search.fit(X, y)
+    finally:
+        search.scoring = scoring
+        if hasattr(search, "scorer_"):
+            search.scorer_ = scorer
+    shape = f" ({candidates} candidates x {folds} folds)" if candidates else ""
+    handle.update(_Plain(f"search: {total or done} fits{shape}"))
+    return search
+
+
+def _candidate_count(search: Any) -> int | None:
+    from sklearn.model_selection import ParameterGrid
+
+    if hasattr(search, "param_grid"):
+        return len(ParameterGrid(search.param_grid))
+    n_iter = getattr(search, "n_iter", None)
+    return int(n_iter) if isinstance(n_iter, int) else None
+
+
+class _Plain:
+    """Text shown as is (text/plain, no quotes)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _display_handle() -> Any:
+    """A display handle in an IPython kernel (updated in place), else None."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return None
+    if get_ipython() is None:
+        return None
+    return display(_Plain("search: starting"), display_id=True)
+
+
 def output_column(contract: ModelContract) -> str:
     """Name of the model's output: ``probability`` (of the positive label) or ``prediction``."""
     return "prediction" if contract.task == "regression" else "probability"

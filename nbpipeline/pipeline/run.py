@@ -9,6 +9,8 @@ calls. Order of work:
    directory, immediate shutdown, environment ``NBPIPELINE_STAGE``/``NBPIPELINE_ROOT`` so
    notebooks know they run under the pipeline); the HTML exporter is imported on a thread
    meanwhile; run directories left by dead runs are removed first (nbpipeline.pipeline.kernel);
+   each finished cell (and every ~10 s of a long one) is reported to ``progress``
+   (nbpipeline.pipeline.progress: ``nbp run`` passes stderr);
 3. on success write ``reports/<stage>.ipynb`` (volatile metadata removed) and
    ``reports/<stage>.html``, each atomically;
    on failure keep the partially executed notebook as ``reports/<stage>.failed.ipynb``
@@ -29,9 +31,9 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from nbpipeline import lean, threads
 from nbpipeline.errors import NotebookError, StageError, StageFailedError
@@ -50,6 +52,7 @@ from nbpipeline.notebook import (
 )
 from nbpipeline.params import load_params, stage_values
 from nbpipeline.pipeline.kernel import Kernel, RunDir, remove_stale
+from nbpipeline.pipeline.progress import ENGINE, Progress, register_engine
 from nbpipeline.pipeline.stages import NotebookStage, load_stage
 from nbpipeline.pipeline.trace import Trace, Tracer, describe
 from nbpipeline.project import Project, write_text_atomic
@@ -71,6 +74,9 @@ class RunResult:
     parameters: dict[str, Any]
     seconds: float
     threads: int  # BLAS/OpenMP threads the kernel ended with (nbpipeline.threads)
+    # where the seconds went, in order: "plan" (params, notebook), "kernel" (kernel start
+    # and papermill's own work, beyond the cells), "cells", "shutdown", "report"
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -284,19 +290,22 @@ def _traced_problems(
 
 def run_stage(
     project: Project, stage: str, *, log_output: bool = False, lenient: bool | None = None,
-    trace: bool = True,
+    trace: bool = True, progress: TextIO | None = None,
 ) -> RunResult:
     """Execute ``stage``'s notebook with its parameters; write its reports atomically.
 
     With ``trace`` (and a dvc.yaml stage running ``nbp run <stage>``), undeclared reads and
     writes fail the stage after its reports are written (``lenient=None``: only under DVC;
-    True: never, a warning; False: always).
+    True: never, a warning; False: always). ``progress``: where to report each finished
+    cell and every ~10 s of a long one (nbpipeline.pipeline.progress); ``log_output``:
+    stream the cells' stdout and stderr to ours as they run.
     """
     if lenient is None:
         lenient = not os.environ.get("DVC_STAGE")
     trace = trace and os.environ.get(NO_TRACE_ENV, "") in ("", "0")
     started = time.perf_counter()
     plan = plan_stage(project, stage)
+    timings = {"plan": time.perf_counter() - started}
     declared = load_stage(project, stage) if trace else None
     reports = project.reports
     reports.mkdir(parents=True, exist_ok=True)
@@ -318,10 +327,13 @@ def run_stage(
     tracer = Tracer(project.root, stage, run_dir.path / "trace.log") if declared else None
     env.update((tracer.start() if tracer else None) or {})
     trace_result = None
+    cells = Progress(stage, progress)
     try:
+        launched = time.perf_counter()
         kernel = _start_kernel(project, plan, run_dir, env)  # boots while papermill imports
         try:
             papermill = lean.papermill()
+            register_engine()
             for name in ("papermill", "papermill.translators"):
                 logging.getLogger(name).addFilter(_OwnParameterChecks())
             from papermill.exceptions import PapermillExecutionError
@@ -341,7 +353,10 @@ def run_stage(
                         kernel_name=plan.kernel,
                         cwd=str(project.root),
                         progress_bar=False,
-                        log_output=log_output,
+                        engine_name=ENGINE,
+                        progress=cells,
+                        stdout_file=sys.stdout if log_output else None,
+                        stderr_file=sys.stderr if log_output else None,
                         request_save_on_cell_execute=False,
                         km=kernel.manager,
                     )
@@ -350,7 +365,12 @@ def run_stage(
             except PapermillExecutionError as exc:
                 raise _keep_failed(project, plan, exc, running, failed, html) from exc
         finally:
+            cells.close()
+            executed = time.perf_counter()
             kernel.stop()
+        timings["cells"] = sum(cells.cell_seconds.values())
+        timings["kernel"] = executed - launched - timings["cells"]
+        timings["shutdown"] = time.perf_counter() - executed
         trace_result = tracer.stop() if tracer and not tracer.unavailable else None
         thread_record = threads.read_record(run_dir.path / "threads.json")
     finally:
@@ -358,6 +378,7 @@ def run_stage(
         run_dir.remove()
         slot.release()
 
+    reporting = time.perf_counter()
     ran = thread_record or {**asdict(ran_with), "threadpools": None}  # kernel's record, if any
     strip_volatile(nb)
     add_run_summary(nb, ran)
@@ -365,6 +386,7 @@ def run_stage(
     nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
     write_notebook(nb, report)
     write_text_atomic(report_html, html.render(nb))
+    timings["report"] = time.perf_counter() - reporting
     if trace_result is not None and declared is not None:
         problems = _traced_problems(trace_result, declared, plan, project)
         if problems and not lenient:
@@ -376,5 +398,5 @@ def run_stage(
               file=sys.stderr)
     return RunResult(
         stage, plan.notebook_path, report, report_html, plan.parameters,
-        time.perf_counter() - started, int(ran["threads"]),
+        time.perf_counter() - started, int(ran["threads"]), timings,
     )

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from projects import add_stage, project_env
 
-from nbpipeline.pipeline.kernel import RUN_DIR_PREFIX, RunDir, remove_stale
+from nbpipeline.pipeline.kernel import (
+    LEAN_LAUNCHER,
+    RUN_DIR_PREFIX,
+    Kernel,
+    RunDir,
+    lean_argv,
+    remove_stale,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +29,29 @@ def _nbp_run(root: Path, stage: str, tmp: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(["nbp", "run", stage], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
+
+
+def test_stage_kernels_start_without_the_debugger_yet_can_import_it(tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    assert lean_argv(["/venv/bin/python", "-m", "ipykernel_launcher", "-f", "{c}"]) == [
+        "/venv/bin/python", "-c", LEAN_LAUNCHER, "-f", "{c}"]
+    other = ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]
+    assert lean_argv(other) == other
+    run_dir = RunDir()
+    kernel = Kernel("python3", tmp_path, run_dir, dict(os.environ))
+    try:
+        source = ("import os, sys\nprint('debugpy' in sys.modules, os.getcwd())\n"
+                  "print(os.path.basename(sys.argv[0]), '' in sys.path)  # as ipykernel_launcher\n"
+                  "import debugpy\nprint(debugpy.__name__)")
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        NotebookClient(nb, km=kernel.manager).execute()
+        assert nb.cells[0].outputs[0].text == (
+            f"False {tmp_path}\nipykernel_launcher.py True\ndebugpy\n")
+    finally:
+        kernel.stop()
+        run_dir.remove()
 
 
 def _wait_for(predicate, seconds: float = 60.0) -> None:

@@ -40,6 +40,9 @@ def test_repro_noop_param_change_run_cache_and_interactive_parity(example_projec
     assert data["rows"]["quarantined"] > 0 and data["rows"]["golden"] > 0
     evaluate = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0.55 < evaluate["golden"]["roc_auc"] < 0.9
+    # the search's progress line ends without times (reports stay byte-stable)
+    train_report = (root / "reports" / "train.ipynb").read_text()
+    assert "search: 4 fits (2 candidates x 2 folds)" in train_report
     metadata = json.loads((root / "models" / "candidate" / "metadata.json").read_text())
     assert metadata["git_rev"] and metadata["data"]["train"]["sha256"]
     assert metadata["versions"]["scikit-learn"] and metadata["params"]["max_iter"] == 30
@@ -54,6 +57,10 @@ def test_repro_noop_param_change_run_cache_and_interactive_parity(example_projec
     sh("git", "commit", "-qm", "first run", cwd=root)
     changed = sh("dvc", "exp", "run", "-S", "train.max_iter=12", cwd=root)
     assert _ran(changed.stdout) == ["train", "evaluate"]
+    progress = [ln for ln in changed.stderr.splitlines()
+                if ln.startswith("nbp run train: ") and " done in " in ln]
+    assert progress[4].startswith("nbp run train: cell 5/7 done in ")  # through dvc exp run
+    assert progress[4].endswith(" s: Hyperparameter search")
     assert json.loads((root / "metrics" / "train.json").read_text())["rows"]["train"] > 0
     shown = sh("dvc", "exp", "show", "--json", cwd=root).stdout
     assert "max_iter" in shown and "roc_auc" in shown

@@ -12,9 +12,15 @@ from projects import add_stage, sh
 
 def test_run_injects_params_and_writes_clean_reports(mini_project: Path) -> None:
     add_stage(mini_project, "adds", "records_metric.ipynb", {"a": 2, "b": 0.5, "label": "sum"})
-    proc = sh("nbp", "run", "adds", cwd=mini_project)
+    proc = sh("nbp", "run", "adds", "--log-output", cwd=mini_project)
     assert "stage 'adds' done" in proc.stdout
+    assert "sum 2.5\n" in proc.stdout  # --log-output: the cell's print, as it ran
     assert "without encryption" not in proc.stderr + proc.stdout
+    progress = [ln for ln in proc.stderr.splitlines()
+                if ln.startswith("nbp run adds: cell ") and " done in " in ln]
+    assert [ln.split(" done in ")[0] for ln in progress] == [
+        f"nbp run adds: cell {n}/4" for n in range(1, 5)]
+    assert progress[2].endswith(" s: parameters injected by nbp run")
     assert json.loads((mini_project / "metrics" / "adds.json").read_text()) == {"sum": 2.5}
     nb = nbformat.read(mini_project / "reports" / "adds.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -42,7 +48,9 @@ def test_failing_cell_names_notebook_cell_exception_and_partial_notebook(
     add_stage(mini_project, "fails", "failing_cell.ipynb", {"divisor": 0})
     proc = sh("nbp", "run", "fails", cwd=mini_project, check=False)
     assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
+    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith("nbp run fails: ")]
+    assert " failed after " in progress[-1]
+    lines = proc.stderr.strip().splitlines()[len(progress):]
     assert lines[0] == (
         # issue 16, defect 8: the cell as JupyterLab shows it (papermill's injected cell
         # not counted), with the In [n] of the report and its first line

@@ -188,3 +188,9 @@ def test_example_data_stage_passes_tracing_under_dvc(tmp_path: Path) -> None:
     proc = sh("dvc", "repro", "data", cwd=root)
     assert "stage 'data' done" in proc.stdout
     assert "warning" not in proc.stderr
+    # live progress passes through DVC: a line per code cell, on stderr
+    progress = [ln for ln in proc.stderr.splitlines()
+                if ln.startswith("nbp run data: cell ") and " done in " in ln]
+    assert progress[0].startswith("nbp run data: cell 1/9 done in ")
+    assert progress[-1].startswith("nbp run data: cell 9/9 done in ")
+    assert any(ln.endswith(" s: Quarantine invalid rows") for ln in progress)
