@@ -287,13 +287,24 @@ def strip_outputs(nb: NotebookNode) -> NotebookNode:
 
 
 SUMMARY_TAG = "nbp-run-summary"
+# A cell's verdict (e.g. the evaluate stage's gate), displayed with this MIME type next to
+# its text/markdown form: {"title", "passed", "headline", "failing": [one line per check]}.
+# The stage report lifts it into the summary (nbpipeline.pipeline.stage_report).
+VERDICT_MIME = "application/vnd.nbpipeline.verdict+json"
 
 
-def add_run_summary(nb: NotebookNode, thread_record: dict[str, Any]) -> NotebookNode:
-    """Record how the stage ran in the report: ``metadata.nbpipeline.threads`` and a first
-    markdown cell (tagged ``nbp-run-summary``) that says it."""
-    nb.metadata.setdefault("nbpipeline", {})["threads"] = thread_record
-    text = f"**Run settings.** {threads.describe(thread_record)}"
+def add_run_summary(nb: NotebookNode, thread_record: dict[str, Any], summary: str = "",
+                    stage: str | None = None) -> NotebookNode:
+    """Put the report's summary first: a markdown cell (tagged ``nbp-run-summary``) holding
+    ``summary`` (see nbpipeline.pipeline.stage_report) and how the stage ran; the thread
+    record goes to ``metadata.nbpipeline.threads`` and ``stage`` to ``metadata.nbpipeline.stage``.
+    Nothing in it may change between identical runs (the .ipynb is byte-stable)."""
+    meta = nb.metadata.setdefault("nbpipeline", {})
+    meta["threads"] = thread_record
+    if stage:
+        meta["stage"] = stage
+    settings = f"**Run settings.** {threads.describe(thread_record)}"
+    text = f"{summary.rstrip()}\n\n{settings}" if summary.strip() else settings
     cell = _lean_nbformat().v4.new_markdown_cell(text, metadata={"tags": [SUMMARY_TAG]})
     cell["id"] = SUMMARY_TAG
     nb.cells = [c for c in nb.cells if SUMMARY_TAG not in c.get("metadata", {}).get("tags", [])]

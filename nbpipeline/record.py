@@ -150,3 +150,29 @@ def artifact(path: str | os.PathLike[str], *, stage: str | None = None, **meta: 
 def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Plain-JSON copies of ``records`` (helper for plot data built from numpy values)."""
     return [json_value(dict(r)) for r in records]
+
+
+RUN_RECORD_FIELDS = ("stage", "started", "seconds", "git", "params", "hashes")
+
+
+def run_record(stage: str, *, started: str, seconds: float, git: str | None,
+               params: Mapping[str, Any], hashes: Mapping[str, str]) -> dict[str, Any]:
+    """A stage run's record, as ``nbp run`` writes it into the stage's HTML report.
+
+    ``started`` is the UTC start as ISO 8601, ``seconds`` the wall time of the run, ``git``
+    the short revision (None outside git), ``params`` the values the notebook got,
+    ``hashes`` path -> sha256 of the data and model files the stage read and wrote. The
+    review page reads run times from here, never from file mtimes (which ``dvc checkout``
+    resets).
+    """
+    return {"stage": stage, "started": started, "seconds": round(float(seconds), 1),
+            "git": git, "params": json_value(dict(params)), "hashes": dict(hashes)}
+
+
+def parse_run_record(raw: Any) -> dict[str, Any] | None:
+    """``raw`` if it is a run record (see :func:`run_record`), else None."""
+    if not isinstance(raw, dict) or any(key not in raw for key in RUN_RECORD_FIELDS):
+        return None
+    if not isinstance(raw["started"], str) or not isinstance(raw["seconds"], int | float):
+        return None
+    return raw
