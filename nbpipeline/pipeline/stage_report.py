@@ -31,7 +31,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from nbpipeline import lean
+from nbpipeline import lean, threads
 from nbpipeline.errors import NbpipelineError, StageError
 from nbpipeline.notebook import (
     INJECTED_TAG,
@@ -183,9 +183,10 @@ def summarise_run(project: Project, stage: str, nb: Any, thread_record: dict[str
     git = git_output(project.root, "rev-parse", "--short", "HEAD")
     text = _summary_markdown(stage, {**defaults, **parameters}, defaults, hashes, git,
                              metrics if isinstance(metrics, dict) else {}, verdicts(nb))
-    add_run_summary(nb, thread_record, text, stage)
+    add_run_summary(nb, text, stage)
     return run_record(stage, started=began.isoformat(timespec="seconds"), seconds=seconds,
-                      git=git, params={**defaults, **parameters}, hashes=hashes)
+                      git=git, params={**defaults, **parameters}, hashes=hashes,
+                      threads=thread_record)
 
 
 def read_run_record(html: Path) -> dict[str, Any] | None:
@@ -220,6 +221,8 @@ def _for_reading(nb: Any, record: Mapping[str, Any] | None) -> Any:
                 when = record["started"].replace("T", " ").replace("+00:00", " UTC")
                 parts = cell.source.split("\n\n")  # heading, facts line, the rest
                 parts[1] += f" · ran {when} · took {record['seconds']:,.1f} s"
+                if record.get("threads"):
+                    parts.append(f"**Run settings.** {threads.describe(record['threads'])}")
                 cell.source = "\n\n".join(parts)
             continue
         if numbered:  # a successful run: every code cell ran, in order
