@@ -46,7 +46,8 @@ from nbpipeline.pipeline.stages import load_stage
 from nbpipeline.project import Project
 from nbpipeline.record import file_sha256, parse_run_record, run_record
 
-__all__ = ["HtmlExporterLoader", "file_hashes", "read_run_record", "summarise_run"]
+__all__ = ["HtmlExporterLoader", "file_hashes", "read_run_record", "run_record_block",
+           "summarise_run"]
 
 RUN_RECORD_ID = "nbpipeline-run-record"
 MAX_METRICS = 16  # the summary's "key metrics"; the full set is in metrics/<stage>.json
@@ -189,6 +190,12 @@ def summarise_run(project: Project, stage: str, nb: Any, thread_record: dict[str
                       threads=thread_record)
 
 
+def run_record_block(record: Mapping[str, Any]) -> str:
+    """The run record as the inert JSON data block that a stage's page carries."""
+    data = json.dumps(dict(record), sort_keys=True).replace("</", "<\\/")
+    return f'<script type="application/json" id="{RUN_RECORD_ID}">{data}</script>\n'
+
+
 def read_run_record(html: Path) -> dict[str, Any] | None:
     """The run record in a stage's HTML report; None for a page without one."""
     try:
@@ -246,10 +253,7 @@ def _decorate(body: str, record: Mapping[str, Any] | None, fold: bool) -> str:
     toggle = (f'<input type="checkbox" id="nbp-show-code"{"" if fold else " checked"}>'
               '<label class="nbp-toggle" for="nbp-show-code"><span class="nbp-show">&#9656; show '
               'code</span><span class="nbp-hide">&#9662; hide code</span></label>\n')
-    block = ""
-    if record is not None:
-        data = json.dumps(record, sort_keys=True).replace("</", "<\\/")
-        block = f'<script type="application/json" id="{RUN_RECORD_ID}">{data}</script>\n'
+    block = run_record_block(record) if record is not None else ""
     body = body.replace("</head>", _TOGGLE_CSS + "</head>", 1)
     return body.replace("<main>", "<main>\n" + block + toggle, 1)
 
