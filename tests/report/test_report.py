@@ -6,14 +6,15 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 from candidates import small_candidate
 from release_project import gate_for
 
+from nbpipeline.pipeline.stage_report import run_record_block
 from nbpipeline.project import Project
+from nbpipeline.record import run_record
 from nbpipeline.release.promote import promote_candidate
 from nbpipeline.report.index import build_index
 
@@ -51,8 +52,57 @@ def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
     assert "max_depth" in page and "cv.roc_auc" in page
     assert "registered v1: first model" in page and "ana" in page
     assert "EWR" in page and "too small" in page  # JFK slice under gate_min_slice_rows
-    assert "not a DVC repository" in page  # previous-run diff needs dvc
+    assert "previous run: not available" not in page  # HEAD's dvc.lock, read in-process
     assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+@pytest.fixture()
+def rerun(project: Project) -> Project:
+    """The project after a new train run (max_depth 4 -> 8) that nobody committed yet."""
+    import yaml
+
+    lock_path = project.root / "dvc.lock"
+    lock = yaml.safe_load(lock_path.read_text())
+    lock["stages"]["train"]["params"]["params.yaml"]["train"] = {"max_depth": 8, "max_iter": 300}
+    lock_path.write_text(yaml.safe_dump(lock))
+    (project.metrics / "train.json").write_text(json.dumps(
+        {"a_count": 12345, "cv": {"roc_auc": 0.74}, "golden": {"log_loss": 0.5, "roc_auc": 0.7}}))
+    html = project.reports / "train.html"
+    record = run_record("train", started="2026-01-02T03:04:05+00:00", seconds=12.46, git="abc1234",
+                        params={"max_depth": 8}, hashes={}, threads=None)
+    html.write_text(f"<html><body><main>{run_record_block(record)}</main></body></html>")
+    os.utime(html, (0, 0))  # 1970: a `dvc checkout` sets mtimes; the record says when it ran
+    return project
+
+
+def test_index_diffs_every_param_against_champion_and_previous_run(rerun: Project) -> None:
+    page = build_index(rerun).read_text()
+    assert "ran 2026-01-02 03:04 UTC in 12.5 s" in page and "1970" not in page
+    # the previous run (git HEAD): params and metrics as committed
+    assert "<code>train.max_depth</code></td><td>8 <span class=\"badge warn\">was 4</span>" in page
+    assert "<code>train.max_iter</code></td><td>300 <span class=\"badge warn\">was not set" in page
+    assert '<td class="num">0.74</td><td class="num">0.71</td>' in page
+    assert '<span class="up">+0.0300</span>' in page and "12,345" in page
+    # the gate metric first: golden before cv, then the rest in the file's order
+    card = page[page.index("<h2>train "):]
+    assert card.index("golden.roc_auc") < card.index("cv.roc_auc") < card.index("a_count") \
+        < card.index("golden.log_loss")
+    # the champion: every param from dvc.lock and the model metadata, not only the search's
+    champion = page[page.index("Candidate vs champion v1"):]
+    assert ("<tr><td><code>train.max_depth</code></td><td>8</td><td>4</td></tr>" in champion)
+    assert "<tr><td><code>model.C</code></td><td>0.05</td><td>1</td></tr>" in champion
+    assert "differ, " in champion and "same parameters" not in champion
+
+
+def test_gate_card_follows_the_registry_after_promotion(project: Project) -> None:
+    before = build_index(project, compare_previous=False).read_text()
+    assert "will refuse it" in before
+    gate_for(project.root, 0.75, "v1", champion_golden=0.7)
+    assert "will register it" in build_index(project, compare_previous=False).read_text()
+    promote_candidate(project, reason="better", actor="ana")
+    after = build_index(project, compare_previous=False).read_text()
+    assert "will register it" not in after
+    assert "registered as v2, champion" in after
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -63,17 +113,24 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-def test_index_renders_in_headless_chromium(project: Project, tmp_path: Path) -> None:
-    index = build_index(project)
+def test_index_reads_verdict_and_param_diff_in_chromium(rerun: Project, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    index = build_index(rerun)
     shot = tmp_path / "index.png"
-    proc = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1280,1400", index.as_uri()],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _png_size(shot) == (1280, 1400)
-    assert shot.stat().st_size > 40_000  # a rendered page, not a blank canvas
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(index.as_uri(), wait_until="load")
+        page.screenshot(path=str(shot), full_page=True)
+        gate = page.locator(".card", has_text="Gate decision").first.inner_text()
+        champion = page.locator(".card", has_text="Candidate vs champion").first.inner_text()
+        train = page.locator(".card", has_text="ran 2026-01-02").first.inner_text()
+        browser.close()
+    assert gate.startswith("Gate decision\nFAILED") and "improvement_over_champion" in gate
+    assert "train.max_depth\t8\t4" in champion and "model.C\t0.05\t1" in champion
+    assert "train.max_depth\t8 was 4" in train and "12,345" in train
+    assert _png_size(shot)[0] == 1280 and shot.stat().st_size > 40_000
     if os.environ.get("NBP_SCREENSHOT"):  # keep it for a human look: NBP_SCREENSHOT=out.png
         shutil.copy(shot, os.environ["NBP_SCREENSHOT"])
 
