@@ -319,13 +319,10 @@ def _stored_reports(project: Project, reg: Registry, champion: ModelVersion) -> 
 
 
 def _importance_section(project: Project) -> str:
-    path = project.plots / "evaluate" / "importance.csv"
-    if not path.is_file():
+    rows = [r for r in _read_csv(project.plots / "evaluate" / "importance.csv")
+            if r.get("feature")]
+    if not rows:
         return ""
-    import csv
-
-    with open(path, encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("feature")]
     try:
         values = [(r["feature"], float(r["importance"])) for r in rows]
     except (KeyError, ValueError):
@@ -341,16 +338,87 @@ def _importance_section(project: Project) -> str:
             + _table(headers, bars, {1}) + "</div>")
 
 
-def _slices_section(project: Project, gate: dict[str, Any]) -> str:
-    """Per-slice gate metric of candidate and champion (plots/evaluate/slices.csv)."""
-    path = project.plots / "evaluate" / "slices.csv"
-    metric = str(gate.get("metric") or "roc_auc")
-    if not path.is_file():
-        return ""
+def _read_csv(path: Path) -> list[dict[str, str]]:
     import csv
 
-    with open(path, encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, csv.Error):
+        return []
+
+
+def _roc_svg(rows: list[dict[str, str]], series: list[tuple[str, str, str]]) -> str:
+    """ROC curves as inline SVG: ``series`` of (column, label, style)."""
+    size, pad = 240, 30
+    paths = []
+    for column, label, style in series:
+        points = []
+        for row in rows:
+            try:
+                x, y = float(row["fpr"]), float(row[column])
+            except (KeyError, TypeError, ValueError):
+                continue
+            points.append(f"{pad + x * size:.1f},{pad + (1 - y) * size:.1f}")
+        if points:
+            paths.append(f'<polyline fill="none" {style} points="{" ".join(points)}">'
+                         f"<title>{escape(label)}</title></polyline>")
+    legend = "".join(
+        f'<text x="{pad + size - 4}" y="{pad + size - 10 - 16 * i}" text-anchor="end" '
+        f'font-size="11" {style.replace("stroke=", "fill=", 1)}>{escape(label)}</text>'
+        for i, (_, label, style) in enumerate(reversed(series)))
+    axes = (f'<rect x="{pad}" y="{pad}" width="{size}" height="{size}" fill="none" '
+            f'stroke="#c8d0db"/><line x1="{pad}" y1="{pad + size}" x2="{pad + size}" y2="{pad}" '
+            f'stroke="#c8d0db" stroke-dasharray="4 4"/>'
+            f'<text x="{pad + size / 2}" y="{pad + size + 22}" text-anchor="middle" '
+            f'font-size="11" fill="#5f6b7a">false positive rate</text>'
+            f'<text x="12" y="{pad + size / 2}" text-anchor="middle" font-size="11" '
+            f'fill="#5f6b7a" transform="rotate(-90 12 {pad + size / 2})">true positive rate</text>')
+    return (f'<svg class="roc" width="{size + 2 * pad}" height="{size + 2 * pad}" role="img" '
+            f'aria-label="ROC curves">{axes}{"".join(paths)}{legend}</svg>')
+
+
+def _confusion(rows: list[dict[str, str]], column: str) -> str:
+    counts = {(a, p): 0 for a in ("0", "1") for p in ("0", "1")}
+    for row in rows:
+        key = (row.get("actual", ""), row.get(column, ""))
+        if key in counts:
+            counts[key] += 1
+    cells = [[f"actual {a}", *(_fmt(counts[(a, p)]) for p in ("0", "1"))] for a in ("0", "1")]
+    return _table(["", "predicted 0", "predicted 1"], cells, {1, 2})
+
+
+def _curves_section(project: Project, champion: str | None) -> str:
+    """The golden ROC and confusion of the candidate beside the champion's, drawn here
+    (inline SVG and tables) from plots/evaluate/roc.csv and confusion.csv."""
+    folder = project.plots / "evaluate"
+    roc, confusion = _read_csv(folder / "roc.csv"), _read_csv(folder / "confusion.csv")
+    if not roc and not confusion:
+        return ""
+    both = bool(roc) and "champion_tpr" in roc[0]
+    series = [("tpr", "candidate", 'stroke="#2f6fde" stroke-width="2"')]
+    if both:
+        series.append(("champion_tpr", f"champion {champion or ''}".strip(),
+                       'stroke="#a86400" stroke-width="2" stroke-dasharray="6 3"'))
+    parts = [_roc_svg(roc, series)] if roc else []
+    if confusion:
+        tables = [f"<div><h3>Confusion: candidate</h3>{_confusion(confusion, 'predicted')}</div>"]
+        if "champion_predicted" in confusion[0]:
+            tables.append(f"<div><h3>Confusion: champion {escape(champion or '')}</h3>"
+                          f"{_confusion(confusion, 'champion_predicted')}</div>")
+        parts.append(f'<div class="pair">{"".join(tables)}</div>')
+    note = "" if both else ('<p class="muted">the champion\'s curves appear once the evaluate '
+                            "stage has scored a champion on these golden rows</p>")
+    return (f'<div class="card"><h2>ROC and confusion (golden)</h2>{note}'
+            f'{"".join(parts)}</div>')
+
+
+def _slices_section(project: Project, gate: dict[str, Any]) -> str:
+    """Per-slice gate metric of candidate and champion (plots/evaluate/slices.csv)."""
+    rows = _read_csv(project.plots / "evaluate" / "slices.csv")
+    metric = str(gate.get("metric") or "roc_auc")
+    if not rows:
+        return ""
     min_rows = float((gate.get("criteria") or {}).get("gate_min_slice_rows", 0))
 
     def num(text: str | None) -> float | None:
@@ -468,7 +536,8 @@ def build_index(project: Project, *, compare_previous: bool = True) -> Path:
     body = (
         f'{_gate_section(gate, gate_problem, reg)}<div class="grid"><div>'
         f"{_production_section(reg)}{_slices_section(project, decision)}</div>"
-        f"<div>{_importance_section(project)}</div></div>"
+        f"<div>{_curves_section(project, gate.champion_version if gate else None)}"
+        f"{_importance_section(project)}</div></div>"
         f"{_champion_section(project, decision, reg)}"
         f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}'
         f"{cards}"

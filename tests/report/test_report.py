@@ -38,7 +38,21 @@ def project(release_project: Path) -> Project:
         "slice,value,rows,positive_rate,roc_auc,champion_roc_auc\n"
         "origin,EWR,900,0.2,0.66,0.71\norigin,JFK,50,0.2,0.7,0.69\n"
     )
+    (plots / "roc.csv").write_text("fpr,tpr,champion_tpr\n0,0,0\n0.1,0.5,0.4\n1,1,1\n")
+    (plots / "confusion.csv").write_text("actual,predicted,champion_predicted\n"
+                                         + "1,1,0\n" * 1500 + "0,0,0\n" * 20 + "0,1,1\n" * 3)
     return Project(root)
+
+
+def test_index_draws_roc_and_confusion_of_candidate_and_champion(project: Project) -> None:
+    page = build_index(project).read_text()
+    card = page[page.index("ROC and confusion (golden)"):]
+    assert '<svg class="roc"' in card and "<title>candidate</title>" in card
+    assert "<title>champion v1</title>" in card
+    candidate = card[card.index("Confusion: candidate"):card.index("Confusion: champion v1")]
+    champion = card[card.index("Confusion: champion v1"):]
+    assert '<td>actual 1</td><td class="num">0</td><td class="num">1,500</td>' in candidate
+    assert '<td>actual 1</td><td class="num">1,500</td><td class="num">0</td>' in champion
 
 
 def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
@@ -126,10 +140,12 @@ def test_index_reads_verdict_and_param_diff_in_chromium(rerun: Project, tmp_path
         gate = page.locator(".card", has_text="Gate decision").first.inner_text()
         champion = page.locator(".card", has_text="Candidate vs champion").first.inner_text()
         train = page.locator(".card", has_text="ran 2026-01-02").first.inner_text()
+        curves = page.locator(".card", has_text="ROC and confusion").first.inner_text()
         browser.close()
     assert gate.startswith("Gate decision\nFAILED") and "improvement_over_champion" in gate
     assert "train.max_depth\t8\t4" in champion and "model.C\t0.05\t1" in champion
     assert "train.max_depth\t8 was 4" in train and "12,345" in train
+    assert "actual 1\t0\t1,500" in curves and "CONFUSION: CHAMPION V1" in curves  # h3: upper case
     assert _png_size(shot)[0] == 1280 and shot.stat().st_size > 40_000
     if os.environ.get("NBP_SCREENSHOT"):  # keep it for a human look: NBP_SCREENSHOT=out.png
         shutil.copy(shot, os.environ["NBP_SCREENSHOT"])
