@@ -67,7 +67,7 @@ def model_params(stage_params: dict[str, Any], metadata: dict[str, Any]) -> dict
 
     ``stage_params`` is stage -> its params.yaml values as dvc.lock records them (a
     lineage's ``stages.<name>.params``): keys ``section.key`` (``train.max_iter``,
-    ``common.features.carrier``). The model metadata adds ``model.<name>`` (what train
+    ``common.seed``). The model metadata adds ``model.<name>`` (what train
     passed to the model) and ``search.best.<name>`` (what the search chose).
     """
     flat: dict[str, Any] = {}
