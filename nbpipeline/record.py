@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["artifact", "metric", "metrics", "plot", "read_metrics", "json_value"]
+__all__ = ["artifact", "flatten", "metric", "metrics", "plot", "read_metrics", "json_value"]
 
 
 def _stage(stage: str | None) -> str:
@@ -66,6 +66,18 @@ def json_value(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys (``{"valid": {"auc": 1}}`` ->
+    ``{"valid.auc": 1}``): how metrics and params are compared and shown. A value that is
+    not a mapping, at the top and without ``prefix``, gives {}."""
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree} if prefix else {}
 
 
 def _metrics_path(stage: str | None) -> Path:

@@ -44,7 +44,7 @@ from nbpipeline.notebook import (
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.pipeline.stages import load_stage
 from nbpipeline.project import Project
-from nbpipeline.record import file_sha256, parse_run_record, run_record
+from nbpipeline.record import file_sha256, flatten, parse_run_record, run_record
 
 __all__ = ["HtmlExporterLoader", "file_hashes", "read_run_record", "run_record_block",
            "summarise_run"]
@@ -98,15 +98,6 @@ def file_hashes(project: Project, stage: str) -> dict[str, str]:
     return hashes
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _cell_text(value: Any) -> str:
     """A value for a markdown table cell: numbers with separators (plain text), anything else
     as code, without pipes or newlines."""
@@ -150,7 +141,7 @@ def _summary_markdown(stage: str, params: Mapping[str, Any], defaults: Mapping[s
             lines.append(f"| `{name}` | {_cell_text(value)} | {'same' if same else default} |")
         lines.append("")
     if metrics:
-        flat = list(_flat(dict(metrics)).items())
+        flat = list(flatten(dict(metrics)).items())
         lines += ["| key metric | value |", "|---|---:|"]
         lines += [f"| `{k}` | {_cell_text(v)} |" for k, v in flat[:MAX_METRICS]]
         if len(flat) > MAX_METRICS:

@@ -18,6 +18,7 @@ import yaml
 from nbpipeline.errors import RegistryError
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project
+from nbpipeline.record import flatten
 from nbpipeline.release.registry import ModelVersion, Registry
 
 __all__ = ["capture", "model_params", "read_lock", "render", "report_files", "trace"]
@@ -53,15 +54,6 @@ def _entry(project: Project, entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _flat_params(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat_params(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree} if prefix else {}
-
-
 def model_params(stage_params: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
     """Every parameter behind a model, flat and comparable between models.
 
@@ -72,9 +64,9 @@ def model_params(stage_params: dict[str, Any], metadata: dict[str, Any]) -> dict
     """
     flat: dict[str, Any] = {}
     for params in stage_params.values():
-        flat.update(_flat_params(params if isinstance(params, dict) else {}))
-    flat.update(_flat_params(metadata.get("params") or {}, "model."))
-    flat.update(_flat_params((metadata.get("search") or {}).get("best_params") or {},
+        flat.update(flatten(params if isinstance(params, dict) else {}))
+    flat.update(flatten(metadata.get("params") or {}, "model."))
+    flat.update(flatten((metadata.get("search") or {}).get("best_params") or {},
                              "search.best."))
     return dict(sorted(flat.items()))
 

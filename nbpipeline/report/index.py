@@ -29,6 +29,7 @@ from nbpipeline.errors import GateError, NbpipelineError
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.pipeline.stage_report import read_run_record
 from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.record import flatten
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import model_params, read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
@@ -39,15 +40,6 @@ INDEX = "index.html"
 LOWER_IS_BETTER = ("log_loss", "brier", "latency")
 HIGHER_IS_BETTER = ("roc_auc", "average_precision", "accuracy", "precision", "recall", "f1",
                     "roi")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -112,7 +104,7 @@ class PreviousRun:
         entry = self.lock.get(stage)
         if not isinstance(entry, dict):
             return None
-        return _flat((entry.get("params") or {}).get("params.yaml") or {})
+        return flatten((entry.get("params") or {}).get("params.yaml") or {})
 
 
 def _cache_dir(project: Project) -> Path:
@@ -131,7 +123,7 @@ def _metrics_at_head(project: Project, rel: str, md5: str | None) -> dict[str, A
         cache = _cache_dir(project)
         for blob in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
             if blob.is_file():
-                return _flat(_read_json(blob))
+                return flatten(_read_json(blob))
     text = git_output(project.root, "show", f"HEAD:{rel}")
     if text is None:
         return None
@@ -139,7 +131,7 @@ def _metrics_at_head(project: Project, rel: str, md5: str | None) -> dict[str, A
         data = json.loads(text)
     except ValueError:
         return None
-    return _flat(data) if isinstance(data, dict) else None
+    return flatten(data) if isinstance(data, dict) else None
 
 
 def previous_run(project: Project) -> PreviousRun | str:
@@ -252,10 +244,10 @@ def _champion_section(project: Project, gate: dict[str, Any], reg: Registry) -> 
     if champion is None:
         return ('<div class="card"><h2>Candidate vs champion</h2><p class="muted">No champion yet: '
                 "the gate applied the first-model criteria.</p></div>")
-    cand = _flat(gate.get("metrics") or {})
-    same_golden = _flat(gate.get("champion_metrics") or {}) if (
+    cand = flatten(gate.get("metrics") or {})
+    same_golden = flatten(gate.get("champion_metrics") or {}) if (
         gate.get("champion_version") == champion.version) else {}
-    champ = {**_flat(champion.metrics), **same_golden}
+    champ = {**flatten(champion.metrics), **same_golden}
     keys = _gate_first(sorted(set(cand) | set(champ)), gate.get("metric"))
     rows = [[f"<code>{escape(k)}</code>", _fmt(cand.get(k)), _fmt(champ.get(k)),
              _delta(k, cand.get(k), champ.get(k))]
@@ -471,7 +463,7 @@ def _stage_card(project: Project, name: str, params: dict[str, Any],
         status = _ran(html_path)
     else:
         link, status = "", _badge("none", "not run")
-    values = _flat(_read_json(project.metrics / f"{name}.json"))
+    values = flatten(_read_json(project.metrics / f"{name}.json"))
     old = (previous.metrics.get(f"metrics/{name}.json") or {}) if isinstance(
         previous, PreviousRun) else {}
     rows = [[f"<code>{escape(k)}</code>", _fmt(values[k]), _fmt(old.get(k)),
@@ -480,7 +472,7 @@ def _stage_card(project: Project, name: str, params: dict[str, Any],
     metrics = _table(["metric", "this run", "previous (HEAD)", "change"], rows, {1, 2, 3}) if rows \
         else '<p class="muted">no metrics recorded</p>'
     was = previous.params(name) if isinstance(previous, PreviousRun) else None
-    current = _flat(params)
+    current = flatten(params)
     prow = []
     for key in sorted(set(current) | set(was or {})):
         value = current.get(key)
@@ -512,7 +504,7 @@ def _stages(project: Project) -> dict[str, dict[str, Any]]:
             locked = {}
             for key in stage.get("params", []) if isinstance(stage, dict) else []:
                 if isinstance(key, str) and key.split(".")[0] in params_yaml:
-                    locked[key] = _flat(params_yaml).get(key, params_yaml.get(key))
+                    locked[key] = flatten(params_yaml).get(key, params_yaml.get(key))
         stages[name] = locked
     return stages
 
