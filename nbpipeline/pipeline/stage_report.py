@@ -125,7 +125,7 @@ def _summary_markdown(stage: str, params: Mapping[str, Any], defaults: Mapping[s
                       hashes: Mapping[str, str], git: str | None, metrics: Mapping[str, Any],
                       found: list[dict[str, Any]]) -> str:
     lines = [f"## Stage `{stage}`", ""]
-    facts = [f"git `{git}`" if git else "not in a git repository"]
+    facts = [f"git `{git}`" if git else "no git revision (not a git repository, or no commit)"]
     lines += [" · ".join(facts), ""]
     for verdict in found:
         word = "PASSED" if verdict["passed"] else "FAILED"
