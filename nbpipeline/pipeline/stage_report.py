@@ -141,7 +141,9 @@ def _summary_markdown(stage: str, params: Mapping[str, Any], defaults: Mapping[s
             lines.append(f"| `{name}` | {_cell_text(value)} | {'same' if same else default} |")
         lines.append("")
     if metrics:
-        flat = list(flatten(dict(metrics)).items())
+        judged = {v["metric"] for v in found if v.get("metric")}
+        flat = sorted(flatten(dict(metrics)).items(),
+                      key=lambda kv: kv[0].rsplit(".", 1)[-1] not in judged)  # stable
         lines += ["| key metric | value |", "|---|---:|"]
         lines += [f"| `{k}` | {_cell_text(v)} |" for k, v in flat[:MAX_METRICS]]
         if len(flat) > MAX_METRICS:

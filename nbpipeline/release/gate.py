@@ -243,7 +243,7 @@ def verdict_of(decision: Mapping[str, Any]) -> dict[str, Any]:
     report's summary shows first."""
     parsed = GateDecision.parse(decision)
     champion = parsed.champion_version or "none (first model)"
-    return {"title": "Gate", "passed": parsed.passed,
+    return {"title": "Gate", "passed": parsed.passed, "metric": parsed.metric,
             "headline": f"metric {parsed.metric}, against champion {champion}",
             "failing": [check.describe() for check in parsed.failed]}
 

@@ -52,6 +52,7 @@ def test_summary_cell_comes_first_and_the_ipynb_is_byte_stable(ran: dict) -> Non
     assert "**Gate: FAILED**" in text and "- failing: min_roc_auc.golden (0.55 vs 0.6)" in text
     assert "| `rows` | 20 | 10 |" in text and "| `factor` | 1.5 | same |" in text
     assert "| `rows.total` | 24,685 |" in text
+    assert text.index("| `valid.roc_auc` | 0.7 |") < text.index("`rows.total`")  # gate metric first
     sha = __import__("hashlib").sha256(b"a,b\n1,2\n").hexdigest()
     assert f"| `data/input.csv` | `{sha[:12]}` |" in text
     assert text.index("Gate") < text.index("| parameter") < text.index("key metric")
