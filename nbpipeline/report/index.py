@@ -6,14 +6,11 @@ not file mtimes), its params and metrics against the previous run, the gate deci
 candidate against the production champion (every parameter, the gate metric first) and the
 registry's recent events.
 
-The previous run is the one committed at git HEAD, as ``dvc params diff`` / ``dvc metrics
-diff`` take it, but read in-process (HEAD's dvc.lock, its metrics from git or the DVC
-cache): two ``dvc`` processes cost ~8 s, this a few milliseconds.
+The previous run is the one committed at git HEAD (nbpipeline.report.previous).
 """
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 from datetime import UTC, datetime
@@ -33,21 +30,14 @@ from nbpipeline.record import flatten
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import model_params, read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
+from nbpipeline.report.previous import PreviousRun, previous_run, read_json
 
-__all__ = ["PreviousRun", "build_index", "previous_run"]
+__all__ = ["build_index"]
 
 INDEX = "index.html"
 LOWER_IS_BETTER = ("log_loss", "brier", "latency")
 HIGHER_IS_BETTER = ("roc_auc", "average_precision", "accuracy", "precision", "recall", "f1",
                     "roi")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _fmt(value: Any) -> str:
@@ -91,70 +81,6 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None =
 
 def _badge(kind: str, text: str) -> str:
     return f'<span class="badge {kind}">{escape(text)}</span>'
-
-
-class PreviousRun:
-    """The run committed at git HEAD: each stage's params and metrics as they were then."""
-
-    def __init__(self, lock: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
-        self.lock = lock  # HEAD's dvc.lock stages
-        self.metrics = metrics  # metrics file (relative path) -> its flat values at HEAD
-
-    def params(self, stage: str) -> dict[str, Any] | None:
-        entry = self.lock.get(stage)
-        if not isinstance(entry, dict):
-            return None
-        return flatten((entry.get("params") or {}).get("params.yaml") or {})
-
-
-def _cache_dir(project: Project) -> Path:
-    config = configparser.ConfigParser()
-    try:
-        config.read(project.root / ".dvc" / "config", encoding="utf-8")
-        custom = config.get("cache", "dir", fallback=None)
-    except configparser.Error:
-        custom = None
-    return (project.root / ".dvc" / custom) if custom else project.root / ".dvc" / "cache"
-
-
-def _metrics_at_head(project: Project, rel: str, md5: str | None) -> dict[str, Any] | None:
-    """``rel`` as committed: from the DVC cache by its dvc.lock md5, else from git."""
-    if md5 and not md5.endswith(".dir"):
-        cache = _cache_dir(project)
-        for blob in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
-            if blob.is_file():
-                return flatten(_read_json(blob))
-    text = git_output(project.root, "show", f"HEAD:{rel}")
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return flatten(data) if isinstance(data, dict) else None
-
-
-def previous_run(project: Project) -> PreviousRun | str:
-    """The run committed at git HEAD, or why there is none to compare with."""
-    text = git_output(project.root, "show", "HEAD:dvc.lock")
-    if text is None:
-        return "no dvc.lock committed at git HEAD"
-    try:
-        lock = (yaml.safe_load(text) or {}).get("stages") or {}
-    except (yaml.YAMLError, AttributeError):
-        return "dvc.lock at git HEAD is not valid YAML"
-    lock = lock if isinstance(lock, dict) else {}
-    metrics: dict[str, dict[str, Any]] = {}
-    for name, entry in lock.items():
-        outs = {str(o.get("path", "")): o.get("md5") for o in (entry or {}).get("outs") or []
-                if isinstance(o, dict)}
-        outs.setdefault(f"metrics/{name}.json", None)  # committed to git, if not an out
-        for rel, md5 in outs.items():
-            if rel.startswith("metrics/") and rel.endswith(".json"):
-                values = _metrics_at_head(project, rel, md5)
-                if values is not None:
-                    metrics[rel] = values
-    return PreviousRun(lock, metrics)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -240,7 +166,7 @@ def _champion_section(project: Project, gate: dict[str, Any], reg: Registry) -> 
         champion = reg.state().champion
     except NbpipelineError:
         champion = None
-    candidate_meta = _read_json(project.root / "models" / "candidate" / "metadata.json")
+    candidate_meta = read_json(project.root / "models" / "candidate" / "metadata.json")
     if champion is None:
         return ('<div class="card"><h2>Candidate vs champion</h2><p class="muted">No champion yet: '
                 "the gate applied the first-model criteria.</p></div>")
@@ -463,7 +389,7 @@ def _stage_card(project: Project, name: str, params: dict[str, Any],
         status = _ran(html_path)
     else:
         link, status = "", _badge("none", "not run")
-    values = flatten(_read_json(project.metrics / f"{name}.json"))
+    values = flatten(read_json(project.metrics / f"{name}.json"))
     old = (previous.metrics.get(f"metrics/{name}.json") or {}) if isinstance(
         previous, PreviousRun) else {}
     rows = [[f"<code>{escape(k)}</code>", _fmt(values[k]), _fmt(old.get(k)),

@@ -8,6 +8,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import nbformat
 import pytest
 from candidates import small_candidate
 from release_project import gate_for
@@ -185,6 +186,8 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
             "slice_regression.origin"} <= names
     assert (root / "plots" / "evaluate" / "importance.csv").is_file()
     assert "slice,value,rows" in (root / "plots" / "evaluate" / "slices.csv").read_text()
+    assert (root / "plots" / "evaluate" / "roc.csv").read_text().startswith(
+        "fpr,tpr,champion_tpr\n")  # the champion's curve beside the candidate's
 
     same = sh("nbp", "promote", cwd=root, check=False)
     assert same.returncode == 1 and "v1 is already the champion" in same.stderr
@@ -193,3 +196,7 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
     sh("nbp", "report", cwd=root)
     page = (root / "reports" / "index.html").read_text()
     assert "Candidate vs champion v1" in page and 'href="evaluate.html"' in page
+    assert "Confusion: champion v1" in page and "<title>champion v1</title>" in page
+    assert "registered as v1, champion" in page  # the gate card follows the registry
+    summary = nbformat.read(root / "reports" / "evaluate.ipynb", as_version=4).cells[0].source
+    assert summary.startswith("## Stage `evaluate`") and "**Gate: " in summary
