@@ -168,19 +168,20 @@ RUN_RECORD_FIELDS = ("stage", "started", "seconds", "git", "params", "hashes", "
 
 
 def run_record(stage: str, *, started: str, seconds: float, git: str | None,
-               params: Mapping[str, Any], hashes: Mapping[str, str],
+               params: Mapping[str, Any], hashes: Mapping[str, Mapping[str, str]],
                threads: Mapping[str, Any] | None) -> dict[str, Any]:
     """A stage run's record, as ``nbp run`` writes it into the stage's HTML report.
 
     ``started`` is the UTC start as ISO 8601, ``seconds`` the wall time of the run, ``git``
     the short revision (None outside git), ``params`` the values the notebook got,
-    ``hashes`` path -> sha256 of the data and model files the stage read and wrote,
+    ``hashes`` ``{"read": {path: sha256}, "written": {...}}`` of its data and model files,
     ``threads`` the BLAS/OpenMP thread settings it ran with (nbpipeline.threads). The
     review page reads run times from here, never from file mtimes (which ``dvc checkout``
     resets).
     """
     return {"stage": stage, "started": started, "seconds": round(float(seconds), 1),
-            "git": git, "params": json_value(dict(params)), "hashes": dict(hashes),
+            "git": git, "params": json_value(dict(params)),
+            "hashes": {kind: dict(files) for kind, files in hashes.items()},
             "threads": json_value(dict(threads)) if threads is not None else None}
 
 

@@ -79,23 +79,32 @@ def _tree_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_hashes(project: Project, stage: str) -> dict[str, str]:
-    """sha256 of the data and model files the stage declares (deps and outs of dvc.yaml,
-    without notebooks, reports, metrics and plots); a folder hashes its files' names and
-    hashes. {} when dvc.yaml does not define the stage."""
+def file_hashes(project: Project, stage: str) -> dict[str, dict[str, str]]:
+    """sha256 of the data and model files the stage declares in dvc.yaml, as ``{"read":
+    {path: sha256} (deps), "written": {...} (outs)}`` (notebooks, reports, metrics and plots
+    left out); a folder hashes its files' names and hashes. Empty when dvc.yaml does not
+    define the stage."""
+    hashes: dict[str, dict[str, str]] = {"read": {}, "written": {}}
     try:
         declared = load_stage(project, stage)
     except NbpipelineError:
-        return {}
+        return hashes
     if declared is None:
-        return {}
-    hashes = {}
-    for rel in dict.fromkeys((*declared.deps, *declared.outs)):
-        path = project.root / rel
-        if rel.startswith(_NOT_HASHED) or not path.exists():
-            continue
-        hashes[rel] = _tree_sha256(path) if path.is_dir() else file_sha256(path)
+        return hashes
+    for kind, paths in (("read", declared.deps), ("written", declared.outs)):
+        for rel in dict.fromkeys(paths):
+            path = project.root / rel
+            if rel.startswith(_NOT_HASHED) or not path.exists():
+                continue
+            hashes[kind][rel] = _tree_sha256(path) if path.is_dir() else file_sha256(path)
     return hashes
+
+
+def _hash_table(title: str, hashes: Mapping[str, str]) -> list[str]:
+    if not hashes:
+        return []
+    return [f"| {title} | sha256 |", "|---|---|",
+            *(f"| `{rel}` | `{sha[:12]}` |" for rel, sha in hashes.items()), ""]
 
 
 def _cell_text(value: Any) -> str:
@@ -149,10 +158,8 @@ def _summary_markdown(stage: str, params: Mapping[str, Any], defaults: Mapping[s
         if len(flat) > MAX_METRICS:
             lines.append(f"| … | {len(flat) - MAX_METRICS} more in `metrics/{stage}.json` |")
         lines.append("")
-    if hashes:
-        lines += ["| data and model files | sha256 |", "|---|---|"]
-        lines += [f"| `{rel}` | `{sha[:12]}` |" for rel, sha in hashes.items()]
-        lines.append("")
+    # files written (a model records when it was made) are in the run record, not here
+    lines += _hash_table("data and model files read", hashes)
     return "\n".join(lines)
 
 
@@ -175,7 +182,7 @@ def summarise_run(project: Project, stage: str, nb: Any, thread_record: dict[str
         metrics = {}
     hashes = file_hashes(project, stage)
     git = git_output(project.root, "rev-parse", "--short", "HEAD")
-    text = _summary_markdown(stage, {**defaults, **parameters}, defaults, hashes, git,
+    text = _summary_markdown(stage, {**defaults, **parameters}, defaults, hashes["read"], git,
                              metrics if isinstance(metrics, dict) else {}, verdicts(nb))
     add_run_summary(nb, text, stage)
     return run_record(stage, started=began.isoformat(timespec="seconds"), seconds=seconds,
@@ -221,6 +228,8 @@ def _for_reading(nb: Any, record: Mapping[str, Any] | None) -> Any:
                 when = record["started"].replace("T", " ").replace("+00:00", " UTC")
                 parts = cell.source.split("\n\n")  # heading, facts line, the rest
                 parts[1] += f" · ran {when} · took {record['seconds']:,.1f} s"
+                parts.extend(filter(None, ["\n".join(_hash_table(
+                    "data and model files written", record["hashes"].get("written") or {}))]))
                 if record.get("threads"):
                     parts.append(f"**Run settings.** {threads.describe(record['threads'])}")
                 cell.source = "\n\n".join(parts)

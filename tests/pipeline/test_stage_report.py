@@ -29,6 +29,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
               {"rows": 20, "factor": 1.5, "name": "scores"})
     spec = yaml.safe_load((root / "dvc.yaml").read_text())
     spec["stages"]["scores"]["deps"].append("data/input.csv")
+    spec["stages"]["scores"]["outs"].append("data/output.csv")
     (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     sh("git", "init", "-q", "-b", "main", cwd=root)
     sh("git", "add", "-A", cwd=root)
@@ -55,6 +56,7 @@ def test_summary_cell_comes_first_and_the_ipynb_is_byte_stable(ran: dict) -> Non
     assert text.index("| `valid.roc_auc` | 0.7 |") < text.index("`rows.total`")  # gate metric first
     sha = __import__("hashlib").sha256(b"a,b\n1,2\n").hexdigest()
     assert f"| `data/input.csv` | `{sha[:12]}` |" in text
+    assert "data/output.csv" not in text  # files written: in the run record
     assert text.index("Gate") < text.index("| parameter") < text.index("key metric")
     assert nb.metadata["nbpipeline"]["stage"] == "scores"
 
@@ -70,7 +72,9 @@ def test_page_is_titled_numbered_and_free_of_stray_reprs(ran: dict) -> None:
     assert record is not None and record["stage"] == "scores" and record["git"] == ran["rev"]
     assert record["params"] == {"rows": 20, "factor": 1.5, "name": "scores"}
     assert record["started"].endswith("+00:00") and record["seconds"] > 0
-    assert list(record["hashes"]) == ["data/input.csv"]
+    assert list(record["hashes"]["read"]) == ["data/input.csv"]
+    assert list(record["hashes"]["written"]) == ["data/output.csv"]
+    assert "data/output.csv" in html and "data and model files written" in html
     json.dumps(record)
 
 

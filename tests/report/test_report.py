@@ -84,7 +84,7 @@ def rerun(project: Project) -> Project:
         {"a_count": 12345, "cv": {"roc_auc": 0.74}, "golden": {"log_loss": 0.5, "roc_auc": 0.7}}))
     html = project.reports / "train.html"
     record = run_record("train", started="2026-01-02T03:04:05+00:00", seconds=12.46, git="abc1234",
-                        params={"max_depth": 8}, hashes={}, threads=None)
+                        params={"max_depth": 8}, hashes={"read": {}}, threads=None)
     html.write_text(f"<html><body><main>{run_record_block(record)}</main></body></html>")
     os.utime(html, (0, 0))  # 1970: a `dvc checkout` sets mtimes; the record says when it ran
     return project
