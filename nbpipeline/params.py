@@ -25,6 +25,14 @@ import yaml
 from nbpipeline.errors import ParamsError
 
 SHARED_SECTIONS = ("common", "paths")
+# libyaml's parser when PyYAML was built with it: the example's dvc.lock took 12 ms of CPU
+# with the pure-Python loader, 1.5 ms with this one (same results)
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, with libyaml's parser when it is available."""
+    return yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 (a safe loader)
 
 
 def load_params(path: Path) -> dict[str, Any]:

@@ -18,12 +18,14 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["artifact", "flatten", "metric", "metrics", "plot", "read_metrics", "json_value"]
+__all__ = ["artifact", "flatten", "metric", "metrics", "plot", "read_metrics", "json_value",
+           "read_run_record", "run_record", "run_record_block"]
 
 
 def _stage(stage: str | None) -> str:
@@ -192,3 +194,29 @@ def parse_run_record(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw["started"], str) or not isinstance(raw["seconds"], int | float):
         return None
     return raw
+
+
+RUN_RECORD_ID = "nbpipeline-run-record"
+_RECORD_BLOCK = re.compile(
+    rf'<script type="application/json" id="{RUN_RECORD_ID}">(.*?)</script>', re.S)
+
+
+def run_record_block(record: Mapping[str, Any]) -> str:
+    """The run record as the inert JSON data block that a stage's page carries."""
+    data = json.dumps(dict(record), sort_keys=True).replace("</", "<\\/")
+    return f'<script type="application/json" id="{RUN_RECORD_ID}">{data}</script>\n'
+
+
+def read_run_record(html: Path) -> dict[str, Any] | None:
+    """The run record in a stage's HTML report; None for a page without one."""
+    try:
+        text = html.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = _RECORD_BLOCK.search(text)
+    if match is None:
+        return None
+    try:
+        return parse_run_record(json.loads(match.group(1)))
+    except ValueError:
+        return None

@@ -7,8 +7,9 @@ files it read and wrote, the git revision, its key metrics and, when a cell disp
 the verdict (evaluate's gate) with its failing checks. It holds nothing that changes
 between identical runs, so the .ipynb stays byte-stable. When and how long the stage ran
 is the run record (:func:`nbpipeline.record.run_record`), written into the HTML page as a
-JSON data block: ``dvc checkout`` and the run-cache restore it with the page, and the
-review page (nbpipeline.report.index) reads run times from it, never from file mtimes.
+JSON data block (:func:`nbpipeline.record.run_record_block`): ``dvc checkout`` and the
+run-cache restore it with the page, and the review page (nbpipeline.report.index) reads run
+times from it (:func:`nbpipeline.record.read_run_record`), never from file mtimes.
 
 The HTML page: title = stage name; code folded behind a "show code" toggle (a checkbox and
 CSS, no script); prompts numbered in execution order (the .ipynb keeps none, so that it
@@ -44,19 +45,15 @@ from nbpipeline.notebook import (
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.pipeline.stages import load_stage
 from nbpipeline.project import Project
-from nbpipeline.record import file_sha256, flatten, parse_run_record, run_record
+from nbpipeline.record import file_sha256, flatten, run_record, run_record_block
 
-__all__ = ["HtmlExporterLoader", "file_hashes", "read_run_record", "run_record_block",
-           "summarise_run"]
+__all__ = ["HtmlExporterLoader", "file_hashes", "summarise_run"]
 
-RUN_RECORD_ID = "nbpipeline-run-record"
 MAX_METRICS = 16  # the summary's "key metrics"; the full set is in metrics/<stage>.json
 _NOT_HASHED = ("notebooks/", "reports/", "metrics/", "plots/")
 # An expression's echo that says nothing to a reader: a path object, an object address,
 # matplotlib's return values (`Text(...)`, `[<matplotlib.lines.Line2D ...>]`).
 _STRAY_REPR = re.compile(r"^(Posix|Windows)?Path\(|^Text\(|<[^<>]* at 0x[0-9a-f]+>", re.S)
-_RECORD_BLOCK = re.compile(
-    rf'<script type="application/json" id="{RUN_RECORD_ID}">(.*?)</script>', re.S)
 _TOGGLE_CSS = """<style>
 .nbp-toggle { position: sticky; top: 0; z-index: 10; display: block; margin: 0 0 8px;
   padding: 6px 12px; background: #f5f7fa; border-bottom: 1px solid #e3e7ee;
@@ -190,27 +187,6 @@ def summarise_run(project: Project, stage: str, nb: Any, thread_record: dict[str
                       threads=thread_record)
 
 
-def run_record_block(record: Mapping[str, Any]) -> str:
-    """The run record as the inert JSON data block that a stage's page carries."""
-    data = json.dumps(dict(record), sort_keys=True).replace("</", "<\\/")
-    return f'<script type="application/json" id="{RUN_RECORD_ID}">{data}</script>\n'
-
-
-def read_run_record(html: Path) -> dict[str, Any] | None:
-    """The run record in a stage's HTML report; None for a page without one."""
-    try:
-        text = html.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    match = _RECORD_BLOCK.search(text)
-    if match is None:
-        return None
-    try:
-        return parse_run_record(json.loads(match.group(1)))
-    except ValueError:
-        return None
-
-
 # ----------------------------------------------------------------------------- the page
 def _for_reading(nb: Any, record: Mapping[str, Any] | None) -> Any:
     """A copy of ``nb`` as the page shows it (the .ipynb itself is left as it is)."""
@@ -228,8 +204,10 @@ def _for_reading(nb: Any, record: Mapping[str, Any] | None) -> Any:
                 when = record["started"].replace("T", " ").replace("+00:00", " UTC")
                 parts = cell.source.split("\n\n")  # heading, facts line, the rest
                 parts[1] += f" · ran {when} · took {record['seconds']:,.1f} s"
-                parts.extend(filter(None, ["\n".join(_hash_table(
-                    "data and model files written", record["hashes"].get("written") or {}))]))
+                written = _hash_table("data and model files written",
+                                      record["hashes"].get("written") or {})
+                if written:
+                    parts.append("\n".join(written).rstrip())
                 if record.get("threads"):
                     parts.append(f"**Run settings.** {threads.describe(record['threads'])}")
                 cell.source = "\n\n".join(parts)

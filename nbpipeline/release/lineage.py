@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from nbpipeline.errors import RegistryError
+from nbpipeline.params import parse_yaml
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project
 from nbpipeline.record import flatten
@@ -38,7 +39,7 @@ def read_lock(project: Project) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        lock = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        lock = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise RegistryError(f"{path}: not valid YAML ({exc}); re-run `dvc repro`") from exc
     stages = lock.get("stages", {})

@@ -23,10 +23,10 @@ from typing import Any
 import yaml
 
 from nbpipeline.errors import GateError, NbpipelineError
+from nbpipeline.params import parse_yaml
 from nbpipeline.pipeline.gitinfo import git_output
-from nbpipeline.pipeline.stage_report import read_run_record
 from nbpipeline.project import Project, write_text_atomic
-from nbpipeline.record import flatten
+from nbpipeline.record import flatten, read_run_record
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import model_params, read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
@@ -415,12 +415,12 @@ def _stage_card(project: Project, name: str, params: dict[str, Any],
 def _stages(project: Project) -> dict[str, dict[str, Any]]:
     """Stage name -> its params as dvc.lock recorded them (params.yaml sections if never run)."""
     try:
-        spec = yaml.safe_load(project.dvc_yaml.read_text(encoding="utf-8")) or {}
+        spec = parse_yaml(project.dvc_yaml.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise NbpipelineError(f"{project.dvc_yaml}: cannot read it ({exc}); fix the YAML") from exc
     lock = read_lock(project)
     try:
-        params_yaml = yaml.safe_load(project.params_yaml.read_text(encoding="utf-8")) or {}
+        params_yaml = parse_yaml(project.params_yaml.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         params_yaml = {}
     stages = {}

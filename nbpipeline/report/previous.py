@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from nbpipeline.params import parse_yaml
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project
 from nbpipeline.record import flatten
@@ -77,7 +78,7 @@ def previous_run(project: Project) -> PreviousRun | str:
     if text is None:
         return "no dvc.lock committed at git HEAD"
     try:
-        lock = (yaml.safe_load(text) or {}).get("stages") or {}
+        lock = (parse_yaml(text) or {}).get("stages") or {}
     except (yaml.YAMLError, AttributeError):
         return "dvc.lock at git HEAD is not valid YAML"
     lock = lock if isinstance(lock, dict) else {}

@@ -13,7 +13,7 @@ import yaml
 from projects import add_stage, sh
 
 from nbpipeline.notebook import SUMMARY_TAG
-from nbpipeline.pipeline.stage_report import read_run_record
+from nbpipeline.record import read_run_record
 
 CHROMIUM = "/usr/bin/chromium"
 

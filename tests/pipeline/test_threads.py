@@ -13,7 +13,7 @@ from projects import make_example_project, project_env, sh
 
 from nbpipeline import threads
 from nbpipeline.errors import ParamsError
-from nbpipeline.pipeline.stage_report import read_run_record
+from nbpipeline.record import read_run_record
 
 TINY = {
     "data": {"sample_fraction": 0.01},

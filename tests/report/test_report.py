@@ -13,9 +13,8 @@ import pytest
 from candidates import small_candidate
 from release_project import gate_for
 
-from nbpipeline.pipeline.stage_report import run_record_block
 from nbpipeline.project import Project
-from nbpipeline.record import run_record
+from nbpipeline.record import run_record, run_record_block
 from nbpipeline.release.promote import promote_candidate
 from nbpipeline.report.index import build_index
 
