@@ -286,11 +286,6 @@ def strip_outputs(nb: NotebookNode) -> NotebookNode:
 
 
 SUMMARY_TAG = "nbp-run-summary"
-# A cell's verdict (e.g. the evaluate stage's gate), displayed with this MIME type next to
-# its text/markdown form: {"title", "passed", "headline", "failing": [one line per check],
-# "metric": the metric it judged (optional; listed first among the key metrics)}.
-# The stage report lifts it into the summary (nbpipeline.pipeline.stage_report).
-VERDICT_MIME = "application/vnd.nbpipeline.verdict+json"
 
 
 def add_run_summary(nb: NotebookNode, summary: str, stage: str | None = None) -> NotebookNode:

@@ -196,6 +196,12 @@ def parse_run_record(raw: Any) -> dict[str, Any] | None:
     return raw
 
 
+# A cell's verdict (e.g. the evaluate stage's gate), displayed with this MIME type next to
+# its text/markdown form: {"title", "passed", "headline", "failing": [one line per check],
+# "metric": the metric it judged (optional; listed first among the key metrics)}.
+# The stage report lifts it into the summary (nbpipeline.pipeline.stage_report).
+VERDICT_MIME = "application/vnd.nbpipeline.verdict+json"
+
 RUN_RECORD_ID = "nbpipeline-run-record"
 _RECORD_BLOCK = re.compile(
     rf'<script type="application/json" id="{RUN_RECORD_ID}">(.*?)</script>', re.S)

@@ -38,14 +38,13 @@ from nbpipeline.notebook import (
     INJECTED_TAG,
     PARAMETERS_TAG,
     SUMMARY_TAG,
-    VERDICT_MIME,
     add_run_summary,
     notebook_parameters,
 )
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.pipeline.stages import load_stage
 from nbpipeline.project import Project
-from nbpipeline.record import file_sha256, flatten, run_record, run_record_block
+from nbpipeline.record import VERDICT_MIME, file_sha256, flatten, run_record, run_record_block
 
 __all__ = ["HtmlExporterLoader", "file_hashes", "summarise_run"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nbpipeline.errors import GateError
-from nbpipeline.notebook import VERDICT_MIME
+from nbpipeline.record import VERDICT_MIME
 
 __all__ = ["DEFAULT_CRITERIA", "GATE_FILE", "LOWER_IS_BETTER", "GateCheck", "GateDecision",
            "decide", "read_gate", "show_verdict", "verdict_of"]
@@ -239,7 +239,7 @@ def read_gate(path: Path, shown: str | None = None) -> GateDecision:
 
 
 def verdict_of(decision: Mapping[str, Any]) -> dict[str, Any]:
-    """The decision as a cell's verdict (nbpipeline.notebook.VERDICT_MIME): what the stage
+    """The decision as a cell's verdict (nbpipeline.record.VERDICT_MIME): what the stage
     report's summary shows first."""
     parsed = GateDecision.parse(decision)
     champion = parsed.champion_version or "none (first model)"
