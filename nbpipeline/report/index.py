@@ -11,6 +11,7 @@ The previous run is the one committed at git HEAD (nbpipeline.report.previous).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from datetime import UTC, datetime
@@ -257,8 +258,6 @@ def _importance_section(project: Project) -> str:
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    import csv
-
     try:
         with open(path, encoding="utf-8", newline="") as fh:
             return list(csv.DictReader(fh))
