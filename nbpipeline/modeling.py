@@ -255,3 +255,33 @@ def evaluation_plots(contract: ModelContract, y_true: Any, score: Any, threshold
                   title=f"confusion (threshold {threshold})")
     fig.tight_layout()
     return fig
+
+
+def champion_plots(contract: ModelContract, y_true: Any, score: Any, champion_score: Any,
+                   threshold: float) -> None:
+    """Record the golden ROC and confusion plots of the candidate beside the champion's,
+    scored on the same rows (classification; nothing for regression).
+
+    ``roc``: ``fpr`` on a grid of 101 points, ``tpr`` and ``champion_tpr``; ``confusion``:
+    ``actual``, ``predicted`` and ``champion_predicted``. They replace what
+    :func:`evaluation_plots` recorded (the columns DVC's plots read stay); the review
+    page (``nbp report``) draws both models from them.
+    """
+    if contract.task == "regression":
+        return
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_curve
+
+    from nbpipeline import record
+
+    grid = np.linspace(0.0, 1.0, 101)
+    curves = {}
+    for name, values in (("tpr", score), ("champion_tpr", champion_score)):
+        fpr, tpr, _ = roc_curve(y_true, values)
+        curves[name] = np.interp(grid, fpr, tpr).round(5)
+    record.plot("roc", pd.DataFrame({"fpr": grid.round(5), **curves}))
+    record.plot("confusion", pd.DataFrame({
+        "actual": np.asarray(y_true).astype(int),
+        "predicted": (np.asarray(score) >= threshold).astype(int),
+        "champion_predicted": (np.asarray(champion_score) >= threshold).astype(int)}))

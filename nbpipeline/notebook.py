@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbpipeline import threads
 from nbpipeline.errors import NotebookError
 from nbpipeline.lean import nbformat as _lean_nbformat
 from nbpipeline.project import write_text_atomic
@@ -323,12 +322,15 @@ def strip_outputs(nb: NotebookNode) -> NotebookNode:
 SUMMARY_TAG = "nbp-run-summary"
 
 
-def add_run_summary(nb: NotebookNode, thread_record: dict[str, Any]) -> NotebookNode:
-    """Record how the stage ran in the report: ``metadata.nbpipeline.threads`` and a first
-    markdown cell (tagged ``nbp-run-summary``) that says it."""
-    nb.metadata.setdefault("nbpipeline", {})["threads"] = thread_record
-    text = f"**Run settings.** {threads.describe(thread_record)}"
-    cell = _lean_nbformat().v4.new_markdown_cell(text, metadata={"tags": [SUMMARY_TAG]})
+def add_run_summary(nb: NotebookNode, summary: str, stage: str | None = None) -> NotebookNode:
+    """Put the report's summary first: a markdown cell (tagged ``nbp-run-summary``) holding
+    ``summary`` (see nbpipeline.pipeline.stage_report); ``stage`` goes to
+    ``metadata.nbpipeline.stage``. Nothing in it may change between identical runs (the
+    .ipynb is byte-stable): when the run happened, how long it took and with how many
+    threads (which depends on the machine's load) belong to the run record instead."""
+    if stage:
+        nb.metadata.setdefault("nbpipeline", {})["stage"] = stage
+    cell = _lean_nbformat().v4.new_markdown_cell(summary.rstrip(), metadata={"tags": [SUMMARY_TAG]})
     cell["id"] = SUMMARY_TAG
     nb.cells = [c for c in nb.cells if SUMMARY_TAG not in c.get("metadata", {}).get("tags", [])]
     nb.cells.insert(0, cell)

@@ -24,8 +24,6 @@ from nbpipeline import yamlio
 from nbpipeline.errors import ParamsError
 
 SHARED_SECTIONS = ("common", "paths")
-
-
 def load_params(path: Path) -> dict[str, Any]:
     """Read params.yaml as DVC does; a missing file is empty, a malformed one a ParamsError.
 

@@ -18,12 +18,14 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["artifact", "metric", "metrics", "plot", "read_metrics", "json_value"]
+__all__ = ["artifact", "flatten", "metric", "metrics", "plot", "read_metrics", "json_value",
+           "read_run_record", "run_record", "run_record_block"]
 
 
 def _stage(stage: str | None) -> str:
@@ -66,6 +68,18 @@ def json_value(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys (``{"valid": {"auc": 1}}`` ->
+    ``{"valid.auc": 1}``): how metrics and params are compared and shown. A value that is
+    not a mapping, at the top and without ``prefix``, gives {}."""
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree} if prefix else {}
 
 
 def _metrics_path(stage: str | None) -> Path:
@@ -150,3 +164,65 @@ def artifact(path: str | os.PathLike[str], *, stage: str | None = None, **meta: 
 def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Plain-JSON copies of ``records`` (helper for plot data built from numpy values)."""
     return [json_value(dict(r)) for r in records]
+
+
+RUN_RECORD_FIELDS = ("stage", "started", "seconds", "git", "params", "hashes", "threads")
+
+
+def run_record(stage: str, *, started: str, seconds: float, git: str | None,
+               params: Mapping[str, Any], hashes: Mapping[str, Mapping[str, str]],
+               threads: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stage run's record, as ``nbp run`` writes it into the stage's HTML report.
+
+    ``started`` is the UTC start as ISO 8601, ``seconds`` the wall time of the run, ``git``
+    the short revision (None outside git), ``params`` the values the notebook got,
+    ``hashes`` ``{"read": {path: sha256}, "written": {...}}`` of its data and model files,
+    ``threads`` the BLAS/OpenMP thread settings it ran with (nbpipeline.threads). The
+    review page reads run times from here, never from file mtimes (which ``dvc checkout``
+    resets).
+    """
+    return {"stage": stage, "started": started, "seconds": round(float(seconds), 1),
+            "git": git, "params": json_value(dict(params)),
+            "hashes": {kind: dict(files) for kind, files in hashes.items()},
+            "threads": json_value(dict(threads)) if threads is not None else None}
+
+
+def parse_run_record(raw: Any) -> dict[str, Any] | None:
+    """``raw`` if it is a run record (see :func:`run_record`), else None."""
+    if not isinstance(raw, dict) or any(key not in raw for key in RUN_RECORD_FIELDS):
+        return None
+    if not isinstance(raw["started"], str) or not isinstance(raw["seconds"], int | float):
+        return None
+    return raw
+
+
+# A cell's verdict (e.g. the evaluate stage's gate), displayed with this MIME type next to
+# its text/markdown form: {"title", "passed", "headline", "failing": [one line per check],
+# "metric": the metric it judged (optional; listed first among the key metrics)}.
+# The stage report lifts it into the summary (nbpipeline.pipeline.stage_report).
+VERDICT_MIME = "application/vnd.nbpipeline.verdict+json"
+
+RUN_RECORD_ID = "nbpipeline-run-record"
+_RECORD_BLOCK = re.compile(
+    rf'<script type="application/json" id="{RUN_RECORD_ID}">(.*?)</script>', re.S)
+
+
+def run_record_block(record: Mapping[str, Any]) -> str:
+    """The run record as the inert JSON data block that a stage's page carries."""
+    data = json.dumps(dict(record), sort_keys=True).replace("</", "<\\/")
+    return f'<script type="application/json" id="{RUN_RECORD_ID}">{data}</script>\n'
+
+
+def read_run_record(html: Path) -> dict[str, Any] | None:
+    """The run record in a stage's HTML report; None for a page without one."""
+    try:
+        text = html.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = _RECORD_BLOCK.search(text)
+    if match is None:
+        return None
+    try:
+        return parse_run_record(json.loads(match.group(1)))
+    except ValueError:
+        return None

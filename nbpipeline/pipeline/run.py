@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +37,6 @@ from typing import Any, TextIO
 from nbpipeline import lean, threads
 from nbpipeline.errors import NotebookError, StageError, StageFailedError
 from nbpipeline.notebook import (
-    add_run_summary,
     first_unexpected_error,
     kernel_language,
     kernel_name,
@@ -53,6 +51,8 @@ from nbpipeline.notebook import (
 from nbpipeline.params import load_params, stage_values
 from nbpipeline.pipeline.kernel import Kernel, RunDir, remove_stale
 from nbpipeline.pipeline.progress import ENGINE, Progress, register_engine
+from nbpipeline.pipeline.stage_report import HtmlExporterLoader as _HtmlExporterLoader
+from nbpipeline.pipeline.stage_report import summarise_run
 from nbpipeline.pipeline.stages import NotebookStage, load_stage
 from nbpipeline.pipeline.trace import Trace, Tracer, describe
 from nbpipeline.project import Project, write_text_atomic
@@ -134,49 +134,6 @@ def _kernel_missing(rel: str, kernel: str, extra: str = "") -> NotebookError:
         f"{rel}: kernel '{kernel}' is not installed (installed kernels: {known}); pick one of "
         f"them in JupyterLab (Kernel > Change Kernel) and save, or install the kernel{extra}"
     )
-
-
-def _warm_up_notebook() -> Any:
-    """A tiny notebook that touches what a first render loads lazily: markdown, the
-    IPython lexer, stream and HTML outputs."""
-    v4 = lean.nbformat().v4
-    output = v4.new_output("display_data", {"text/html": "<table><tr><td>1</td></tr></table>"})
-    nb = v4.new_notebook(cells=[
-        v4.new_markdown_cell("# title\n*a* `b`"),
-        v4.new_code_cell("import os\nx = 1", outputs=[v4.new_output("stream", text="x\n"), output]),
-    ])
-    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
-    return nb
-
-
-class _HtmlExporterLoader(threading.Thread):
-    """Prepares nbconvert's HTML exporter while the kernel runs.
-
-    Importing nbconvert and compiling its templates (done by a first, empty render) take
-    about a second; both happen here, off the critical path.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.exporter: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            from nbconvert import HTMLExporter
-
-            exporter = HTMLExporter(template_name="lab")
-            exporter.from_notebook_node(_warm_up_notebook())
-            self.exporter = exporter
-        except BaseException as exc:  # reported when the HTML is needed
-            self.error = exc
-
-    def render(self, nb: Any) -> str:
-        self.join()
-        if self.exporter is None:
-            raise StageError(f"cannot render HTML reports: {self.error}")
-        body, _ = self.exporter.from_notebook_node(nb)
-        return str(body)
 
 
 class _OwnParameterChecks(logging.Filter):
@@ -381,11 +338,11 @@ def run_stage(
     reporting = time.perf_counter()
     ran = thread_record or {**asdict(ran_with), "threadpools": None}  # kernel's record, if any
     strip_volatile(nb)
-    add_run_summary(nb, ran)
+    record = summarise_run(project, stage, nb, ran, plan.parameters, started)
     nb.metadata.setdefault("papermill", {})["output_path"] = project.rel(report)
     nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
     write_notebook(nb, report)
-    write_text_atomic(report_html, html.render(nb))
+    write_text_atomic(report_html, html.render(nb, record))
     timings["report"] = time.perf_counter() - reporting
     if trace_result is not None and declared is not None:
         problems = _traced_problems(trace_result, declared, plan, project)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from nbpipeline.errors import GateError
+from nbpipeline.record import VERDICT_MIME
 
 __all__ = ["DEFAULT_CRITERIA", "GATE_FILE", "LOWER_IS_BETTER", "GateCheck", "GateDecision",
-           "decide", "read_gate"]
+           "decide", "read_gate", "show_verdict", "verdict_of"]
 
 GATE_FILE = "gate.json"  # in the project's metrics/ (a DVC metric of the evaluate stage)
 
@@ -235,3 +236,25 @@ def read_gate(path: Path, shown: str | None = None) -> GateDecision:
         raise GateError(f"{shown}: not valid JSON ({exc}); re-run `dvc repro -f -s evaluate`"
                         ) from exc
     return GateDecision.parse(raw, shown)
+
+
+def verdict_of(decision: Mapping[str, Any]) -> dict[str, Any]:
+    """The decision as a cell's verdict (nbpipeline.record.VERDICT_MIME): what the stage
+    report's summary shows first."""
+    parsed = GateDecision.parse(decision)
+    champion = parsed.champion_version or "none (first model)"
+    return {"title": "Gate", "passed": parsed.passed, "metric": parsed.metric,
+            "headline": f"metric {parsed.metric}, against champion {champion}",
+            "failing": [check.describe() for check in parsed.failed]}
+
+
+def show_verdict(decision: Mapping[str, Any]) -> None:
+    """Display the gate's verdict in a notebook (markdown, plus the machine-readable form
+    that the stage report lifts into its summary)."""
+    from IPython.display import display  # only inside a kernel
+
+    verdict = verdict_of(decision)
+    word = "PASSED" if verdict["passed"] else "FAILED"
+    text = "\n".join([f"**Gate {word}**: {verdict['headline']}", "",
+                      *(f"- failing: {line}" for line in verdict["failing"])])
+    display({"text/markdown": text, "text/plain": text, VERDICT_MIME: verdict}, raw=True)

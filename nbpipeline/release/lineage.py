@@ -17,9 +17,10 @@ from nbpipeline import yamlio
 from nbpipeline.errors import RegistryError
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project
+from nbpipeline.record import flatten
 from nbpipeline.release.registry import ModelVersion, Registry
 
-__all__ = ["capture", "read_lock", "render", "report_files", "trace"]
+__all__ = ["capture", "model_params", "read_lock", "render", "report_files", "trace"]
 
 
 def _md5(path: Path) -> str:
@@ -47,6 +48,23 @@ def _entry(project: Project, entry: dict[str, Any]) -> dict[str, Any]:
     if md5 and not str(md5).endswith(".dir") and path.is_file():
         out["matches_workspace"] = _md5(path) == md5
     return out
+
+
+def model_params(stage_params: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter behind a model, flat and comparable between models.
+
+    ``stage_params`` is stage -> its params.yaml values as dvc.lock records them (a
+    lineage's ``stages.<name>.params``): keys ``section.key`` (``train.max_iter``,
+    ``common.seed``). The model metadata adds ``model.<name>`` (what train
+    passed to the model) and ``search.best.<name>`` (what the search chose).
+    """
+    flat: dict[str, Any] = {}
+    for params in stage_params.values():
+        flat.update(flatten(params if isinstance(params, dict) else {}))
+    flat.update(flatten(metadata.get("params") or {}, "model."))
+    flat.update(flatten((metadata.get("search") or {}).get("best_params") or {},
+                             "search.best."))
+    return dict(sorted(flat.items()))
 
 
 def report_files(project: Project) -> dict[str, Path]:

@@ -17,7 +17,7 @@ from nbpipeline.errors import GateError, RegistryError
 from nbpipeline.project import Project
 from nbpipeline.record import file_sha256
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
-from nbpipeline.release.lineage import capture, report_files
+from nbpipeline.release.lineage import capture, model_params, report_files
 from nbpipeline.release.registry import Event, ModelVersion, Registry, default_actor
 
 __all__ = [
@@ -155,16 +155,32 @@ def _data_version(metadata: dict[str, Any]) -> str:
     return " ".join(f"{k}:{v.get('sha256', '')[:8]}" for k, v in data.items()) or "-"
 
 
-def _params(metadata: dict[str, Any]) -> str:
-    params = metadata.get("search", {}).get("best_params") or metadata.get("params", {})
-    return " ".join(f"{k}={v}" for k, v in params.items()) or "-"
+def _all_params(mv: ModelVersion) -> dict[str, Any]:
+    stages = (mv.lineage or {}).get("stages") or {}
+    return model_params({n: s.get("params") or {} for n, s in stages.items()}, mv.metadata)
+
+
+def _params(mv: ModelVersion, older: ModelVersion | None, shown: int = 4) -> str:
+    """Every parameter (params.yaml via dvc.lock, model metadata) against the version before."""
+    new = _all_params(mv)
+    if older is None:
+        return " ".join(f"{k}={v}" for k, v in new.items() if not k.startswith("common.")) or "-"
+    old = _all_params(older)
+    differ = [k for k in sorted(set(new) | set(old)) if k not in new or k not in old
+              or new[k] != old[k]]
+    if not differ:
+        return f"same as {older.version}"
+    changes = [f"{k}={new.get(k, '-')} (was {old.get(k, '-')})" for k in differ[:shown]]
+    more = f" +{len(differ) - shown} more" if len(differ) > shown else ""
+    return f"vs {older.version}: " + "; ".join(changes) + more
 
 
 def models_rows(reg: Registry) -> list[dict[str, str]]:
     """One row per version, newest first (the data behind `nbp models`)."""
     state = reg.state()
     rows = []
-    for mv in reversed(reg.versions()):
+    versions = reg.versions()
+    for index, mv in reversed(list(enumerate(versions))):
         role = state.role(mv.version) or ""
         if role == "canary":
             role = f"canary {state.canary_fraction:.0%}"
@@ -177,7 +193,7 @@ def models_rows(reg: Registry) -> list[dict[str, str]]:
             "version": mv.version, "role": role, "file": (reg.damage(mv.version) or "ok").upper(),
             "gate": gate,
             "metrics": _metric_summary(mv.metrics), "data": _data_version(mv.metadata),
-            "params": _params(mv.metadata), "git": rev[:8],
+            "params": _params(mv, versions[index - 1] if index else None), "git": rev[:8],
             "who/when/why": f"{mv.actor} {mv.created[:19].replace('T', ' ')} "
                             f"{mv.forced_reason or mv.reason}",
         })

@@ -1,20 +1,19 @@
 """The review page: ``reports/index.html`` from the pipeline's outputs.
 
-One self-contained HTML file (inline CSS, no scripts, no external assets) linking every
-stage's executed notebook (``reports/<stage>.html``) with its params and metrics, the gate
-decision, the candidate against the production champion, the change against the previous
-run (``dvc metrics diff`` / ``dvc params diff`` against git HEAD) and the registry's
-recent events.
+One self-contained HTML file (inline CSS and SVG, no scripts, no external assets) linking
+every stage's executed notebook (``reports/<stage>.html``) with when it ran (its run record,
+not file mtimes), its params and metrics against the previous run, the gate decision, the
+candidate against the production champion (every parameter, the gate metric first) and the
+registry's recent events.
+
+The previous run is the one committed at git HEAD (nbpipeline.report.previous).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from html import escape
 from importlib.resources import files
@@ -26,33 +25,18 @@ from nbpipeline import yamlio
 from nbpipeline.errors import GateError, NbpipelineError
 from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.record import flatten, read_run_record
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
-from nbpipeline.release.lineage import read_lock
+from nbpipeline.release.lineage import model_params, read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
+from nbpipeline.report.previous import PreviousRun, previous_run, read_json
 
-__all__ = ["build_index", "previous_run_diff"]
+__all__ = ["build_index"]
 
 INDEX = "index.html"
 LOWER_IS_BETTER = ("log_loss", "brier", "latency")
 HIGHER_IS_BETTER = ("roc_auc", "average_precision", "accuracy", "precision", "recall", "f1",
                     "roi")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _fmt(value: Any) -> str:
@@ -98,37 +82,24 @@ def _badge(kind: str, text: str) -> str:
     return f'<span class="badge {kind}">{escape(text)}</span>'
 
 
-def _dvc(project: Project, *args: str) -> dict[str, Any] | str:
-    """Run a dvc command that prints JSON; its parsed output, or why it failed."""
-    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    try:
-        out = subprocess.run([exe, *args, "--json"], cwd=project.root, capture_output=True,
-                             text=True, timeout=120, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"dvc could not run ({exc})"
-    if out.returncode != 0:
-        lines = (out.stderr or out.stdout).strip().splitlines()
-        return lines[-1] if lines else f"dvc exited {out.returncode}"
-    try:
-        data = json.loads(out.stdout or "{}")
-    except ValueError:
-        return "dvc printed no JSON"
-    return data if isinstance(data, dict) else {}
-
-
-def previous_run_diff(project: Project) -> tuple[dict[str, Any] | str, dict[str, Any] | str]:
-    """(metrics diff, params diff) of the workspace against git HEAD, as DVC computes them."""
-    if not (project.root / ".dvc").is_dir():
-        reason = "not a DVC repository (no .dvc/)"
-        return reason, reason
-    with ThreadPoolExecutor(2) as pool:  # each dvc start-up costs seconds: run both at once
-        metrics = pool.submit(_dvc, project, "metrics", "diff", "--all")
-        params = pool.submit(_dvc, project, "params", "diff")
-        return metrics.result(), params.result()
-
-
 # ----------------------------------------------------------------------------- sections
-def _gate_section(gate: GateDecision | None, problem: str = "") -> str:
+def _registered_as(gate: GateDecision, reg: Registry) -> str | None:
+    """What the registry made of the gate's candidate, once it holds it ("v3, champion")."""
+    if not gate.candidate_sha256:
+        return None
+    try:
+        state = reg.state()
+        version = next((mv for mv in reg.versions() if mv.sha256 == gate.candidate_sha256), None)
+    except NbpipelineError:
+        return None
+    if version is None:
+        return None
+    role = state.role(version.version)
+    return f"{version.version}, " + (role or "registered, not serving")
+
+
+def _gate_section(gate: GateDecision | None, problem: str = "", reg: Registry | None = None
+                  ) -> str:
     if gate is None:
         return ('<div class="card"><h2>Gate decision ' + _badge("none", "not computed")
                 + f'</h2><p class="muted">{escape(problem)}</p></div>')
@@ -139,8 +110,14 @@ def _gate_section(gate: GateDecision | None, problem: str = "") -> str:
              escape(c.detail)]
             for c in gate.checks]
     table = _table(["", "check", "value", "threshold", "detail"], rows, {2, 3})
-    hint = ("<code>nbp promote</code> will register it" if gate.passed else
-            "<code>nbp promote</code> will refuse it (override: <code>--force --reason</code>)")
+    registered = _registered_as(gate, reg) if reg is not None else None
+    if registered:
+        verdict += " " + _badge("none", f"registered as {registered}")
+        hint = f"the registry holds this candidate as <b>{escape(registered)}</b>"
+    elif gate.passed:
+        hint = "<code>nbp promote</code> will register it"
+    else:
+        hint = "<code>nbp promote</code> will refuse it (override: <code>--force --reason</code>)"
     return (f'<div class="card"><h2>Gate decision {verdict}</h2>'
             f'<p class="muted">metric <code>{escape(str(gate.metric))}</code>, '
             f"compared with champion <b>{escape(str(champ))}</b>; {hint}.</p>{table}</div>")
@@ -188,28 +165,27 @@ def _champion_section(project: Project, gate: dict[str, Any], reg: Registry) -> 
         champion = reg.state().champion
     except NbpipelineError:
         champion = None
-    candidate_meta = _read_json(project.root / "models" / "candidate" / "metadata.json")
+    candidate_meta = read_json(project.root / "models" / "candidate" / "metadata.json")
     if champion is None:
         return ('<div class="card"><h2>Candidate vs champion</h2><p class="muted">No champion yet: '
                 "the gate applied the first-model criteria.</p></div>")
-    cand = _flat(gate.get("metrics") or {})
-    same_golden = _flat(gate.get("champion_metrics") or {}) if (
+    cand = flatten(gate.get("metrics") or {})
+    same_golden = flatten(gate.get("champion_metrics") or {}) if (
         gate.get("champion_version") == champion.version) else {}
-    champ = {**_flat(champion.metrics), **same_golden}
+    champ = {**flatten(champion.metrics), **same_golden}
+    keys = _gate_first(sorted(set(cand) | set(champ)), gate.get("metric"))
     rows = [[f"<code>{escape(k)}</code>", _fmt(cand.get(k)), _fmt(champ.get(k)),
              _delta(k, cand.get(k), champ.get(k))]
-            for k in sorted(set(cand) | set(champ)) if not k.endswith(".rows")]
+            for k in keys if not k.endswith(".rows")]
     metrics = _table(["metric", "candidate", f"champion {champion.version}", "difference"], rows,
                      {1, 2, 3})
-
-    def params(meta: dict[str, Any]) -> dict[str, Any]:
-        return _flat(meta.get("search", {}).get("best_params") or meta.get("params", {}))
-
-    cp, hp = params(candidate_meta), params(champion.metadata)
-    prow = [[f"<code>{escape(k)}</code>", escape(_fmt(cp.get(k))), escape(_fmt(hp.get(k)))]
-            for k in sorted(set(cp) | set(hp)) if cp.get(k) != hp.get(k)]
-    ptable = _table(["param", "candidate", "champion"], prow) if prow else (
-        '<p class="muted">same parameters</p>')
+    ptable = _params_diff(
+        model_params({n: (s.get("params") or {}).get("params.yaml") or {}
+                      for n, s in read_lock(project).items()}, candidate_meta),
+        model_params({n: s.get("params") or {}
+                      for n, s in ((champion.lineage or {}).get("stages") or {}).items()},
+                     champion.metadata),
+        f"champion {champion.version}")
     cd, hd = candidate_meta.get("data", {}), champion.metadata.get("data", {})
     drow = [[escape(split), f"<code>{str(cd.get(split, {}).get('sha256', '–'))[:12]}</code>",
              f"<code>{str(hd.get(split, {}).get('sha256', '–'))[:12]}</code>",
@@ -222,9 +198,23 @@ def _champion_section(project: Project, gate: dict[str, Any], reg: Registry) -> 
             "golden set.</p>")
     links = _stored_reports(project, reg, champion)
     return (f'<div class="card wide"><h2>Candidate vs champion {champion.version}</h2>{note}'
-            f'<div class="grid"><div>{metrics}</div><div><h3>Parameters that differ</h3>{ptable}'
+            f'<div class="grid"><div>{metrics}</div><div><h3>Parameters</h3>{ptable}'
             f"<h3>Data versions</h3>{_table(['split', 'candidate', 'champion', ''], drow)}"
             f"{links}</div></div></div>")
+
+
+def _params_diff(new: dict[str, Any], old: dict[str, Any], against: str) -> str:
+    """Every parameter compared: the ones that differ listed, the count of the same."""
+    keys = sorted(set(new) | set(old))
+    differ = [k for k in keys if k not in new or k not in old or new[k] != old[k]]
+    rows = [[f"<code>{escape(k)}</code>",
+             escape(_fmt(new[k])) if k in new else '<span class="muted">not set</span>',
+             escape(_fmt(old[k])) if k in old else '<span class="muted">not set</span>']
+            for k in differ]
+    same = len(keys) - len(differ)
+    note = (f'<p class="muted">{len(keys)} parameters compared (params.yaml as dvc.lock '
+            f"recorded it, and the model metadata): {len(differ)} differ, {same} the same</p>")
+    return note + (_table(["param", "candidate", escape(against)], rows) if rows else "")
 
 
 def _stored_reports(project: Project, reg: Registry, champion: ModelVersion) -> str:
@@ -246,13 +236,10 @@ def _stored_reports(project: Project, reg: Registry, champion: ModelVersion) -> 
 
 
 def _importance_section(project: Project) -> str:
-    path = project.plots / "evaluate" / "importance.csv"
-    if not path.is_file():
+    rows = [r for r in _read_csv(project.plots / "evaluate" / "importance.csv")
+            if r.get("feature")]
+    if not rows:
         return ""
-    import csv
-
-    with open(path, encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("feature")]
     try:
         values = [(r["feature"], float(r["importance"])) for r in rows]
     except (KeyError, ValueError):
@@ -268,16 +255,85 @@ def _importance_section(project: Project) -> str:
             + _table(headers, bars, {1}) + "</div>")
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, csv.Error):
+        return []
+
+
+def _roc_svg(rows: list[dict[str, str]], series: list[tuple[str, str, str]]) -> str:
+    """ROC curves as inline SVG: ``series`` of (column, label, style)."""
+    size, pad = 240, 30
+    paths = []
+    for column, label, style in series:
+        points = []
+        for row in rows:
+            try:
+                x, y = float(row["fpr"]), float(row[column])
+            except (KeyError, TypeError, ValueError):
+                continue
+            points.append(f"{pad + x * size:.1f},{pad + (1 - y) * size:.1f}")
+        if points:
+            paths.append(f'<polyline fill="none" {style} points="{" ".join(points)}">'
+                         f"<title>{escape(label)}</title></polyline>")
+    legend = "".join(
+        f'<text x="{pad + size - 4}" y="{pad + size - 10 - 16 * i}" text-anchor="end" '
+        f'font-size="11" {style.replace("stroke=", "fill=", 1)}>{escape(label)}</text>'
+        for i, (_, label, style) in enumerate(reversed(series)))
+    axes = (f'<rect x="{pad}" y="{pad}" width="{size}" height="{size}" fill="none" '
+            f'stroke="#c8d0db"/><line x1="{pad}" y1="{pad + size}" x2="{pad + size}" y2="{pad}" '
+            f'stroke="#c8d0db" stroke-dasharray="4 4"/>'
+            f'<text x="{pad + size / 2}" y="{pad + size + 22}" text-anchor="middle" '
+            f'font-size="11" fill="#5f6b7a">false positive rate</text>'
+            f'<text x="12" y="{pad + size / 2}" text-anchor="middle" font-size="11" '
+            f'fill="#5f6b7a" transform="rotate(-90 12 {pad + size / 2})">true positive rate</text>')
+    return (f'<svg class="roc" width="{size + 2 * pad}" height="{size + 2 * pad}" role="img" '
+            f'aria-label="ROC curves">{axes}{"".join(paths)}{legend}</svg>')
+
+
+def _confusion(rows: list[dict[str, str]], column: str) -> str:
+    counts = {(a, p): 0 for a in ("0", "1") for p in ("0", "1")}
+    for row in rows:
+        key = (row.get("actual", ""), row.get(column, ""))
+        if key in counts:
+            counts[key] += 1
+    cells = [[f"actual {a}", *(_fmt(counts[(a, p)]) for p in ("0", "1"))] for a in ("0", "1")]
+    return _table(["", "predicted 0", "predicted 1"], cells, {1, 2})
+
+
+def _curves_section(project: Project, champion: str | None) -> str:
+    """The golden ROC and confusion of the candidate beside the champion's, drawn here
+    (inline SVG and tables) from plots/evaluate/roc.csv and confusion.csv."""
+    folder = project.plots / "evaluate"
+    roc, confusion = _read_csv(folder / "roc.csv"), _read_csv(folder / "confusion.csv")
+    if not roc and not confusion:
+        return ""
+    both = bool(roc) and "champion_tpr" in roc[0]
+    series = [("tpr", "candidate", 'stroke="#2f6fde" stroke-width="2"')]
+    if both:
+        series.append(("champion_tpr", f"champion {champion or ''}".strip(),
+                       'stroke="#a86400" stroke-width="2" stroke-dasharray="6 3"'))
+    parts = [_roc_svg(roc, series)] if roc else []
+    if confusion:
+        tables = [f"<div><h3>Confusion: candidate</h3>{_confusion(confusion, 'predicted')}</div>"]
+        if "champion_predicted" in confusion[0]:
+            tables.append(f"<div><h3>Confusion: champion {escape(champion or '')}</h3>"
+                          f"{_confusion(confusion, 'champion_predicted')}</div>")
+        parts.append(f'<div class="pair">{"".join(tables)}</div>')
+    note = "" if both else ('<p class="muted">the champion\'s curves appear once the evaluate '
+                            "stage has scored a champion on these golden rows</p>")
+    return (f'<div class="card"><h2>ROC and confusion (golden)</h2>{note}'
+            f'{"".join(parts)}</div>')
+
+
 def _slices_section(project: Project, gate: dict[str, Any]) -> str:
     """Per-slice gate metric of candidate and champion (plots/evaluate/slices.csv)."""
-    path = project.plots / "evaluate" / "slices.csv"
+    rows = _read_csv(project.plots / "evaluate" / "slices.csv")
     metric = str(gate.get("metric") or "roc_auc")
-    if not path.is_file():
+    if not rows:
         return ""
-    import csv
-
-    with open(path, encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
     min_rows = float((gate.get("criteria") or {}).get("gate_min_slice_rows", 0))
 
     def num(text: str | None) -> float | None:
@@ -301,33 +357,52 @@ def _slices_section(project: Project, gate: dict[str, Any]) -> str:
             f"slices under {int(min_rows):,} rows are not judged by the gate</p>{table}</div>")
 
 
+def _gate_first(keys: list[str], metric: str | None) -> list[str]:
+    """``keys`` with the gate metric's entries first (golden before valid), the rest as given."""
+    def rank(key: str) -> tuple[int, int]:
+        leaf = key.rsplit(".", 1)[-1]
+        if metric and leaf == metric:
+            return (0, 0 if key.startswith("golden") else 1)
+        return (1, 0)
+    return sorted(keys, key=rank)
+
+
+def _ran(html_path: Path) -> str:
+    """When and how long the stage ran, from the run record in its page."""
+    record = read_run_record(html_path)
+    if record is None:
+        return '<span class="when">no run record (run it again with this nbp)</span>'
+    when = record["started"][:16].replace("T", " ")
+    return (f'<span class="when">ran {escape(when)} UTC in {float(record["seconds"]):,.1f} s'
+            + (f' at <code>{escape(str(record["git"]))}</code>' if record.get("git") else "")
+            + "</span>")
+
+
 def _stage_card(project: Project, name: str, params: dict[str, Any],
-                metrics_diff: dict[str, Any] | str, params_diff: dict[str, Any] | str) -> str:
+                previous: PreviousRun | str, gate_metric: str | None) -> str:
     html_path = project.reports / f"{name}.html"
     if html_path.is_file():
-        when = datetime.fromtimestamp(html_path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
         link = f'<a class="stage-link" href="{escape(name)}.html">executed notebook &rarr;</a>'
-        status = f'<span class="when">ran {when}</span>'
+        status = _ran(html_path)
     else:
         link, status = "", _badge("none", "not run")
-    metric_file = project.metrics / f"{name}.json"
-    values = _flat(_read_json(metric_file))
-    old: dict[str, Any] = {}
-    if isinstance(metrics_diff, dict):
-        for key, entry in (metrics_diff.get(f"metrics/{name}.json") or {}).items():
-            old[key] = entry.get("old") if isinstance(entry, dict) else None
-    rows = [[f"<code>{escape(k)}</code>", _fmt(v), _fmt(old.get(k)), _delta(k, v, old.get(k))]
-            for k, v in values.items()]
+    values = flatten(read_json(project.metrics / f"{name}.json"))
+    old = (previous.metrics.get(f"metrics/{name}.json") or {}) if isinstance(
+        previous, PreviousRun) else {}
+    rows = [[f"<code>{escape(k)}</code>", _fmt(values[k]), _fmt(old.get(k)),
+             _delta(k, values[k], old.get(k))]
+            for k in _gate_first(list(values), gate_metric)]
     metrics = _table(["metric", "this run", "previous (HEAD)", "change"], rows, {1, 2, 3}) if rows \
         else '<p class="muted">no metrics recorded</p>'
-    changed = {}
-    if isinstance(params_diff, dict):
-        changed = {k: v for k, v in (params_diff.get("params.yaml") or {}).items()
-                   if k.split(".")[0] in params or k in params}
+    was = previous.params(name) if isinstance(previous, PreviousRun) else None
+    current = flatten(params)
     prow = []
-    for key, value in _flat(params).items():
-        was = changed.get(key)
-        mark = f' <span class="badge warn">was {escape(_fmt(was.get("old")))}</span>' if was else ""
+    for key in sorted(set(current) | set(was or {})):
+        value = current.get(key)
+        mark = ""
+        if was is not None and (key not in was or was[key] != value):
+            before = _fmt(was[key]) if key in was else "not set"
+            mark = f' <span class="badge warn">was {escape(before)}</span>'
         prow.append([f"<code>{escape(key)}</code>", escape(_fmt(value)) + mark])
     ptable = _table(["param", "value"], prow) if prow else '<p class="muted">no params</p>'
     return (f'<div class="card"><h2>{escape(name)} {status}{link}</h2><div class="two">'
@@ -349,7 +424,7 @@ def _stages(project: Project) -> dict[str, dict[str, Any]]:
             locked = {}
             for key in stage.get("params", []) if isinstance(stage, dict) else []:
                 if isinstance(key, str) and key.split(".")[0] in params_yaml:
-                    locked[key] = _flat(params_yaml).get(key, params_yaml.get(key))
+                    locked[key] = flatten(params_yaml).get(key, params_yaml.get(key))
         stages[name] = locked
     return stages
 
@@ -363,17 +438,18 @@ def build_index(project: Project, *, compare_previous: bool = True) -> Path:
     decision = dict(gate.raw or {}) if gate is not None else {}  # metrics, criteria as written
     reg = Registry(project.registry)
     stages = _stages(project)
-    metrics_diff, params_diff = (previous_run_diff(project) if compare_previous
-                                 else ("not compared", "not compared"))
+    previous = previous_run(project) if compare_previous else "not compared"
     prev_note = ""
-    if isinstance(metrics_diff, str):
-        prev_note = (f'<p class="muted">previous run: not available ({escape(metrics_diff)})</p>')
-    cards = "".join(_stage_card(project, name, params, metrics_diff, params_diff)
+    if isinstance(previous, str):
+        prev_note = f'<p class="muted">previous run: not available ({escape(previous)})</p>'
+    metric = gate.metric if gate is not None else None
+    cards = "".join(_stage_card(project, name, params, previous, metric)
                     for name, params in stages.items())
     body = (
-        f'{_gate_section(gate, gate_problem)}<div class="grid"><div>'
+        f'{_gate_section(gate, gate_problem, reg)}<div class="grid"><div>'
         f"{_production_section(reg)}{_slices_section(project, decision)}</div>"
-        f"<div>{_importance_section(project)}</div></div>"
+        f"<div>{_curves_section(project, gate.champion_version if gate else None)}"
+        f"{_importance_section(project)}</div></div>"
         f"{_champion_section(project, decision, reg)}"
         f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}'
         f"{cards}"

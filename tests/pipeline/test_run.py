@@ -64,7 +64,9 @@ def test_failing_cell_names_notebook_cell_exception_and_partial_notebook(
     assert errors and errors[0].ename == "ZeroDivisionError"
     sources = [c.source for c in partial.cells]
     assert any("before the failure" in s for s in sources)
-    assert (mini_project / "reports" / "fails.failed.html").exists()
+    page = (mini_project / "reports" / "fails.failed.html").read_text()
+    assert "<title>fails (failed)</title>" in page  # code shown: the toggle starts checked
+    assert '<input type="checkbox" id="nbp-show-code" checked>' in page
     assert not (mini_project / "reports" / "fails.ipynb").exists()
     assert not (mini_project / "reports" / "fails.html").exists()
 

@@ -175,3 +175,28 @@ def test_rollback_onto_a_damaged_model_is_refused_and_models_flags_it(
     assert " MISSING " in capsys.readouterr().out
     assert nbp("rollback") == 1
     assert "model file of v1 is missing" in capsys.readouterr().err
+
+
+def test_models_compares_every_param_with_the_version_before(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not only the search's best params: params.yaml as dvc.lock recorded it, and the
+    model metadata (a changed max_iter used to read as no change)."""
+    import yaml
+
+    gate_for(project, 0.7, None)
+    assert nbp("promote") == 0
+    lock_path = project / "dvc.lock"
+    lock = yaml.safe_load(lock_path.read_text())
+    lock["stages"]["train"]["params"]["params.yaml"]["train"]["max_depth"] = 8
+    lock_path.write_text(yaml.safe_dump(lock))
+    small_candidate(project / "models" / "candidate", c=0.05)
+    gate_for(project, 0.75, "v1")
+    assert nbp("promote", "--reason", "deeper") == 0
+    capsys.readouterr()
+    assert nbp("models") == 0
+    rows = capsys.readouterr().out.splitlines()
+    v2 = next(r for r in rows if r.startswith("v2"))
+    v1 = next(r for r in rows if r.startswith("v1"))
+    assert "vs v1: model.C=0.05 (was 1.0); train.max_depth=8 (was 4)" in v2
+    assert "model.C=1.0" in v1 and "train.max_depth=4" in v1

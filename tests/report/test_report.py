@@ -6,14 +6,15 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
+import nbformat
 import pytest
 from candidates import small_candidate
 from release_project import gate_for
 
 from nbpipeline.project import Project
+from nbpipeline.record import run_record, run_record_block
 from nbpipeline.release.promote import promote_candidate
 from nbpipeline.report.index import build_index
 
@@ -37,7 +38,21 @@ def project(release_project: Path) -> Project:
         "slice,value,rows,positive_rate,roc_auc,champion_roc_auc\n"
         "origin,EWR,900,0.2,0.66,0.71\norigin,JFK,50,0.2,0.7,0.69\n"
     )
+    (plots / "roc.csv").write_text("fpr,tpr,champion_tpr\n0,0,0\n0.1,0.5,0.4\n1,1,1\n")
+    (plots / "confusion.csv").write_text("actual,predicted,champion_predicted\n"
+                                         + "1,1,0\n" * 1500 + "0,0,0\n" * 20 + "0,1,1\n" * 3)
     return Project(root)
+
+
+def test_index_draws_roc_and_confusion_of_candidate_and_champion(project: Project) -> None:
+    page = build_index(project).read_text()
+    card = page[page.index("ROC and confusion (golden)"):]
+    assert '<svg class="roc"' in card and "<title>candidate</title>" in card
+    assert "<title>champion v1</title>" in card
+    candidate = card[card.index("Confusion: candidate"):card.index("Confusion: champion v1")]
+    champion = card[card.index("Confusion: champion v1"):]
+    assert '<td>actual 1</td><td class="num">0</td><td class="num">1,500</td>' in candidate
+    assert '<td>actual 1</td><td class="num">1,500</td><td class="num">0</td>' in champion
 
 
 def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
@@ -51,8 +66,57 @@ def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
     assert "max_depth" in page and "cv.roc_auc" in page
     assert "registered v1: first model" in page and "ana" in page
     assert "EWR" in page and "too small" in page  # JFK slice under gate_min_slice_rows
-    assert "not a DVC repository" in page  # previous-run diff needs dvc
+    assert "previous run: not available" not in page  # HEAD's dvc.lock, read in-process
     assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+@pytest.fixture()
+def rerun(project: Project) -> Project:
+    """The project after a new train run (max_depth 4 -> 8) that nobody committed yet."""
+    import yaml
+
+    lock_path = project.root / "dvc.lock"
+    lock = yaml.safe_load(lock_path.read_text())
+    lock["stages"]["train"]["params"]["params.yaml"]["train"] = {"max_depth": 8, "max_iter": 300}
+    lock_path.write_text(yaml.safe_dump(lock))
+    (project.metrics / "train.json").write_text(json.dumps(
+        {"a_count": 12345, "cv": {"roc_auc": 0.74}, "golden": {"log_loss": 0.5, "roc_auc": 0.7}}))
+    html = project.reports / "train.html"
+    record = run_record("train", started="2026-01-02T03:04:05+00:00", seconds=12.46, git="abc1234",
+                        params={"max_depth": 8}, hashes={"read": {}}, threads=None)
+    html.write_text(f"<html><body><main>{run_record_block(record)}</main></body></html>")
+    os.utime(html, (0, 0))  # 1970: a `dvc checkout` sets mtimes; the record says when it ran
+    return project
+
+
+def test_index_diffs_every_param_against_champion_and_previous_run(rerun: Project) -> None:
+    page = build_index(rerun).read_text()
+    assert "ran 2026-01-02 03:04 UTC in 12.5 s" in page and "1970" not in page
+    # the previous run (git HEAD): params and metrics as committed
+    assert "<code>train.max_depth</code></td><td>8 <span class=\"badge warn\">was 4</span>" in page
+    assert "<code>train.max_iter</code></td><td>300 <span class=\"badge warn\">was not set" in page
+    assert '<td class="num">0.74</td><td class="num">0.71</td>' in page
+    assert '<span class="up">+0.0300</span>' in page and "12,345" in page
+    # the gate metric first: golden before cv, then the rest in the file's order
+    card = page[page.index("<h2>train "):]
+    assert card.index("golden.roc_auc") < card.index("cv.roc_auc") < card.index("a_count") \
+        < card.index("golden.log_loss")
+    # the champion: every param from dvc.lock and the model metadata, not only the search's
+    champion = page[page.index("Candidate vs champion v1"):]
+    assert ("<tr><td><code>train.max_depth</code></td><td>8</td><td>4</td></tr>" in champion)
+    assert "<tr><td><code>model.C</code></td><td>0.05</td><td>1</td></tr>" in champion
+    assert "differ, " in champion and "same parameters" not in champion
+
+
+def test_gate_card_follows_the_registry_after_promotion(project: Project) -> None:
+    before = build_index(project, compare_previous=False).read_text()
+    assert "will refuse it" in before
+    gate_for(project.root, 0.75, "v1", champion_golden=0.7)
+    assert "will register it" in build_index(project, compare_previous=False).read_text()
+    promote_candidate(project, reason="better", actor="ana")
+    after = build_index(project, compare_previous=False).read_text()
+    assert "will register it" not in after
+    assert "registered as v2, champion" in after
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -63,17 +127,26 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-def test_index_renders_in_headless_chromium(project: Project, tmp_path: Path) -> None:
-    index = build_index(project)
+def test_index_reads_verdict_and_param_diff_in_chromium(rerun: Project, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    index = build_index(rerun)
     shot = tmp_path / "index.png"
-    proc = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1280,1400", index.as_uri()],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _png_size(shot) == (1280, 1400)
-    assert shot.stat().st_size > 40_000  # a rendered page, not a blank canvas
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(index.as_uri(), wait_until="load")
+        page.screenshot(path=str(shot), full_page=True)
+        gate = page.locator(".card", has_text="Gate decision").first.inner_text()
+        champion = page.locator(".card", has_text="Candidate vs champion").first.inner_text()
+        train = page.locator(".card", has_text="ran 2026-01-02").first.inner_text()
+        curves = page.locator(".card", has_text="ROC and confusion").first.inner_text()
+        browser.close()
+    assert gate.startswith("Gate decision\nFAILED") and "improvement_over_champion" in gate
+    assert "train.max_depth\t8\t4" in champion and "model.C\t0.05\t1" in champion
+    assert "train.max_depth\t8 was 4" in train and "12,345" in train
+    assert "actual 1\t0\t1,500" in curves and "CONFUSION: CHAMPION V1" in curves  # h3: upper case
+    assert _png_size(shot)[0] == 1280 and shot.stat().st_size > 40_000
     if os.environ.get("NBP_SCREENSHOT"):  # keep it for a human look: NBP_SCREENSHOT=out.png
         shutil.copy(shot, os.environ["NBP_SCREENSHOT"])
 
@@ -112,6 +185,8 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
             "slice_regression.origin"} <= names
     assert (root / "plots" / "evaluate" / "importance.csv").is_file()
     assert "slice,value,rows" in (root / "plots" / "evaluate" / "slices.csv").read_text()
+    assert (root / "plots" / "evaluate" / "roc.csv").read_text().startswith(
+        "fpr,tpr,champion_tpr\n")  # the champion's curve beside the candidate's
 
     same = sh("nbp", "promote", cwd=root, check=False)
     assert same.returncode == 1 and "v1 is already the champion" in same.stderr
@@ -120,3 +195,7 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
     sh("nbp", "report", cwd=root)
     page = (root / "reports" / "index.html").read_text()
     assert "Candidate vs champion v1" in page and 'href="evaluate.html"' in page
+    assert "Confusion: champion v1" in page and "<title>champion v1</title>" in page
+    assert "registered as v1, champion" in page  # the gate card follows the registry
+    summary = nbformat.read(root / "reports" / "evaluate.ipynb", as_version=4).cells[0].source
+    assert summary.startswith("## Stage `evaluate`") and "**Gate: " in summary
