@@ -228,6 +228,17 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plots_setup(args: argparse.Namespace) -> int:
+    from nbpipeline.pipeline.plots import install
+
+    changed = install(find_project())
+    for line in changed:
+        print(f"nbp: wrote {line}")
+    if not changed:
+        print("nbp: dvc plots show already renders offline")
+    return 0
+
+
 def _add_authoring_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stage = sub.add_parser("stage", help="manage notebook stages in dvc.yaml")
     stage_sub = stage.add_subparsers(dest="stage_command", required=True, metavar="ACTION")
@@ -244,6 +255,11 @@ def _add_authoring_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     check.set_defaults(handler=_cmd_check)
     sync = sub.add_parser("sync", help="rewrite the parameters cells' defaults from params.yaml")
     sync.set_defaults(handler=_cmd_sync)
+    plots = sub.add_parser("plots", help="DVC plots views")
+    plots_sub = plots.add_subparsers(dest="plots_command", required=True, metavar="ACTION")
+    plots_sub.add_parser("setup", help="make `dvc plots show` render offline (vega inlined) "
+                         "and install nbpipeline's plot templates").set_defaults(
+                             handler=_cmd_plots_setup)
 
 
 def build_parser() -> argparse.ArgumentParser:

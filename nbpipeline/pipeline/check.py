@@ -187,7 +187,8 @@ def _check_recorded(stage: NotebookStage, nb: NotebookNode) -> list[Problem]:
     return [
         Problem("dvc.yaml", f"stage '{stage.name}': the notebook records {path} but dvc.yaml "
                 f"does not declare it; add `- {path}` under {kind}:")
-        for kind, paths in (("metrics", recorded.metrics), ("plots", recorded.plots))
+        for kind, paths in (("metrics", recorded.metrics), ("outs", recorded.outs),
+                            ("plots", recorded.plots))
         for path in paths if not stage.declares_out(path)
     ]
 
