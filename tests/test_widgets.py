@@ -4,6 +4,7 @@ real JupyterLab server in headless Chromium (screenshot kept under the test's tm
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 import yaml
 from candidates import flights_candidate
 from lab import CHROMIUM, CHROMIUM_ARGS, jupyter_lab, run_all
+from matplotlib.figure import Figure
 from monitor_support import kinds, log_traffic, months
 from projects import REPO
 
+from nbpipeline.monitor import plots
 from nbpipeline.predlog import table as predlog
 from nbpipeline.release.registry import Registry
 
@@ -61,12 +64,24 @@ def test_widgets_build_in_process(project):
     assert "min_roc_auc" in browser.detail.value and "golden.roc_auc" in browser.detail.value
     reg = Registry(project / "registry")
     table = compare_html(reg.get("v1"), reg.get("v2"))
-    assert "golden.roc_auc" in table and "-0.02" in table and "param seed" in table
+    assert "golden.roc_auc" in table and "param seed" in table
+    assert "<span style='color:#cf222e;font-weight:600'>-0.0200</span>" in table  # worse: red
+    assert "0.7100" in table and "0.6900" in table  # fixed decimals
+    order = browser.children
+    assert order.index(browser.comparison) < order.index(browser.detail)  # comparison first
     view = monitor_view(project)
     assert view.drift_plot.value[:4] == b"\x89PNG" and view.quality_plot.value[:4] == b"\x89PNG"
     assert "2,000 predictions in 2 windows" in view.status.value
     assert "input_drift" in view.alarms.value and "temp" in view.alarms.value
     assert not (project / "alarms").exists()  # the view only reads
+    busy: list[bool] = []
+    view.button.observe(lambda change: busy.append(change["new"]), names="disabled")
+    view.refresh()
+    assert busy == [True, False] and view.button.description == "Refresh"
+    ax = Figure().add_subplot()
+    plots.plot_quality(ax, view.result.analysis, view.config)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels and all(re.fullmatch(r"\d\d:\d\d:\d\d", label) for label in labels), labels
     before = view.quality_plot.value
     view.metric.value = "brier"
     assert view.quality_plot.value != before
@@ -102,6 +117,7 @@ def test_widgets_render_in_jupyterlab(project, tmp_path):
         browser.close()
     assert "Model registry" in text and "Monitoring" in text
     assert "input_drift" in text and "v2" in text
+    assert "-0.0200" in text and "2,000 predictions" in text  # humane numbers, as rendered
     assert shot.stat().st_size > 50_000
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copy(shot, os.environ[SCREENSHOT_ENV])
