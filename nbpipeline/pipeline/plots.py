@@ -10,7 +10,7 @@ writes, into the project's ``.dvc/plots/`` (DVC's folder for custom plot templat
 * ``confusion_counts.json``: DVC's ``confusion`` template with the counts shown (DVC hides
   them behind a checkbox).
 * ``bar_facets.json``: DVC's ``bar_horizontal`` template with one panel per value of the
-  data's ``slice`` column (one slice family per chart: carriers and airports apart).
+  data's ``slice`` column (one slice family per chart, each with its own value axis).
 
 Run by ``nbp init``; ``nbp plots setup`` for an existing project. Idempotent.
 """
