@@ -137,3 +137,27 @@ def test_nbp_sync_after_exp_run_keeps_the_stage_up_to_date(ran_project: Path) ->
     _up_to_date(root)
     sh("git", "checkout", "-q", "--", ".", cwd=root)  # leave the module's project as it was
     sh("dvc", "checkout", "-q", cwd=root)
+
+
+def test_lock_follows_a_rewrite_only_where_it_recorded_the_old_bytes(tmp_path: Path) -> None:
+    from nbpipeline.pipeline.lockfile import file_md5, follow_rewrite
+    from nbpipeline.project import Project
+
+    nb = tmp_path / NOTEBOOK
+    nb.parent.mkdir()
+    nb.write_text("old\n")
+    old = file_md5(nb)
+    lock = (f"schema: '2.0'\nstages:\n  a:\n    cmd: nbp run a\n    deps:\n"
+            f"    - path: {NOTEBOOK}\n      hash: md5\n      md5: {old}\n      size: 4\n"
+            f"    - path: data/x.csv\n      hash: md5\n      md5: {old}\n      size: 4\n"
+            f"  b:\n    cmd: nbp run b\n    deps:\n"
+            f"    - path: {NOTEBOOK}\n      hash: md5\n      md5: ffff0123\n      size: 9\n")
+    (tmp_path / "dvc.lock").write_text(lock)
+    nb.write_text("synced\n")
+    assert follow_rewrite(Project(tmp_path), NOTEBOOK, old)
+    after = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    assert after["a"]["deps"][0] == {"path": NOTEBOOK, "hash": "md5", "md5": file_md5(nb),
+                                     "size": 7}
+    assert after["a"]["deps"][1]["md5"] == old  # another path with the same bytes: untouched
+    assert after["b"]["deps"][0]["md5"] == "ffff0123"  # recorded other bytes: DVC must see it
+    assert not follow_rewrite(Project(tmp_path), NOTEBOOK, old)  # nothing left to follow
