@@ -217,26 +217,26 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sync(args: argparse.Namespace) -> int:
-    from nbpipeline.pipeline.check import sync_notebooks
-
-    changed = sync_notebooks(find_project())
+def _print_changes(changed: list[str], unchanged: str) -> int:
     for line in changed:
         print(f"nbp: {line}")
     if not changed:
-        print("nbp: every parameters cell already matches params.yaml")
+        print(f"nbp: {unchanged}")
     return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from nbpipeline.pipeline.check import sync_notebooks
+
+    return _print_changes(sync_notebooks(find_project()),
+                          "every parameters cell already matches params.yaml")
 
 
 def _cmd_plots_setup(args: argparse.Namespace) -> int:
     from nbpipeline.pipeline.plots import install
 
-    changed = install(find_project())
-    for line in changed:
-        print(f"nbp: wrote {line}")
-    if not changed:
-        print("nbp: dvc plots show already renders offline")
-    return 0
+    return _print_changes([f"wrote {line}" for line in install(find_project())],
+                          "dvc plots show already renders offline")
 
 
 def _add_authoring_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -28,7 +28,7 @@ from nbpipeline.errors import GateError
 __all__ = ["DEFAULT_CRITERIA", "GATE_FILE", "LOWER_IS_BETTER", "GateCheck", "GateDecision",
            "decide", "read_gate"]
 
-GATE_FILE = "gate.json"  # in the project's metrics/ (an out of the evaluate stage, not a DVC metric)
+GATE_FILE = "gate.json"  # in the project's metrics/ (an out of evaluate, not a DVC metric)
 
 DEFAULT_CRITERIA: dict[str, Any] = {
     "gate_metric": "roc_auc",
