@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[dev]'
 	$(PY) -m compileall -q nbpipeline
+	# an editable install skips pyproject's data-files: enable the Jupyter save hook here
+	install -D -m 644 jupyter-config/jupyter_server_config.d/nbpipeline.json \
+		$(VENV)/etc/jupyter/jupyter_server_config.d/nbpipeline.json
 	touch $@
 
 setup: $(VENV)/.installed

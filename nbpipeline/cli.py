@@ -243,15 +243,26 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sync(args: argparse.Namespace) -> int:
-    from nbpipeline.pipeline.check import sync_notebooks
-
-    changed = sync_notebooks(find_project())
+def _print_changes(changed: list[str], unchanged: str) -> int:
     for line in changed:
         print(f"nbp: {line}")
     if not changed:
-        print("nbp: every parameters cell already matches params.yaml")
+        print(f"nbp: {unchanged}")
     return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from nbpipeline.pipeline.check import sync_notebooks
+
+    return _print_changes(sync_notebooks(find_project()),
+                          "every parameters cell already matches params.yaml")
+
+
+def _cmd_plots_setup(args: argparse.Namespace) -> int:
+    from nbpipeline.pipeline.plots import install
+
+    return _print_changes([f"wrote {line}" for line in install(find_project())],
+                          "dvc plots show already renders offline")
 
 
 def _add_authoring_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -270,6 +281,11 @@ def _add_authoring_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     check.set_defaults(handler=_cmd_check)
     sync = sub.add_parser("sync", help="rewrite the parameters cells' defaults from params.yaml")
     sync.set_defaults(handler=_cmd_sync)
+    plots = sub.add_parser("plots", help="DVC plots views")
+    plots_sub = plots.add_subparsers(dest="plots_command", required=True, metavar="ACTION")
+    plots_sub.add_parser("setup", help="make `dvc plots show` render offline (vega inlined) "
+                         "and install nbpipeline's plot templates").set_defaults(
+                             handler=_cmd_plots_setup)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from typing import Any
 import ipywidgets as w
 
 from nbpipeline.project import find_project
+from nbpipeline.release.gate import LOWER_IS_BETTER
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -32,19 +33,54 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
+    """A number as people read it: 26,251 (not 2.625e+04), 0.7100, 1,234.5; text escaped."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    counted = isinstance(value, float) and value.is_integer() and abs(value) >= 10  # 804.0 rows
+    if isinstance(value, int) or counted:
+        return f"{int(value):,}"
     if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value)) if value is not None else "–"
+        return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
+    return html.escape(str(value))
+
+
+class Difference:
+    """``b - a`` of a metric, shown signed and coloured: green if better, red if worse."""
+
+    def __init__(self, metric: str, a: Any, b: Any) -> None:
+        self.value = b - a
+        lower_is_better = metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER
+        self.better = (self.value < 0) if lower_is_better else (self.value > 0)
+
+    def html(self) -> str:
+        if self.value == 0:
+            return "0"
+        color = "#1a7f37" if self.better else "#cf222e"
+        text = _fmt(self.value) if self.value < 0 else "+" + _fmt(self.value)
+        return f"<span style='color:{color};font-weight:600'>{text}</span>"
+
+
+def _cell(value: Any) -> str:
+    return value.html() if isinstance(value, Difference) else _fmt(value)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(h)}</th>"
                    for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td style='padding:2px 8px'>{_fmt(c)}</td>" for c in row) + "</tr>"
+        "<tr>" + "".join(
+            f"<td style='padding:2px 8px;text-align:{_align(c)}'>{_cell(c)}</td>" for c in row)
+        + "</tr>"
         for row in rows
     )
     return f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
+
+
+def _align(value: Any) -> str:
+    numeric = isinstance(value, (int, float, Difference)) and not isinstance(value, bool)
+    return "right" if numeric else "left"
 
 
 def _png(fig: Any) -> bytes:
@@ -81,8 +117,8 @@ class ModelBrowser(w.VBox):
         for control in (self.pick, self.left, self.right):
             control.observe(lambda _change: self.refresh(), names="value")
         title = w.HTML(f"<h3>Model registry: {html.escape(str(self.registry.path))}</h3>")
-        super().__init__([title, self.summary, self.pick, self.detail,
-                          w.HBox([self.left, self.right]), self.comparison])
+        super().__init__([title, self.summary, w.HBox([self.left, self.right]),
+                          self.comparison, self.pick, self.detail])
         self.refresh()
 
     def _summary_html(self, versions: list[Any]) -> str:
@@ -126,7 +162,8 @@ def compare_html(a: Any, b: Any) -> str:
     ma, mb = _flat(a.metrics), _flat(b.metrics)
     for key in sorted(set(ma) | set(mb)):
         va, vb = ma.get(key), mb.get(key)
-        diff = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else ""
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
+        diff = Difference(key, va, vb) if numbers else ""
         rows.append([key, va, vb, diff])
     pa, pb = _flat(a.metadata.get("params", {})), _flat(b.metadata.get("params", {}))
     for key in sorted(set(pa) | set(pb)):
@@ -163,7 +200,17 @@ class MonitorView(w.VBox):
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the log and redraw (no alarms are logged and no action is taken)."""
+        """Re-read the log and redraw (no alarms are logged and no action is taken); the
+        button shows a spinner and is disabled meanwhile."""
+        self.button.disabled, self.button.description = True, "Refreshing…"
+        self.button.icon = "spinner spin"
+        try:
+            self._refresh()
+        finally:
+            self.button.disabled, self.button.description = False, "Refresh"
+            self.button.icon = "refresh"
+
+    def _refresh(self) -> None:
         from nbpipeline.monitor.core import run_monitor
 
         self.result = run_monitor(self.config, self.root, act_on_alarms=False,
@@ -174,7 +221,7 @@ class MonitorView(w.VBox):
         else:
             self.status.value = (
                 f"<p>{int(a.windows['rows'].sum()):,} predictions in {len(a.windows)} windows "
-                f"of {self.config.window_size} {self.config.window_by}; reference: "
+                f"of {self.config.window_size:,} {self.config.window_by}; reference: "
                 f"{html.escape(self.result.reference_source)}</p>")
         self._draw_drift()
         self._draw_quality()

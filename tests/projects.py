@@ -82,6 +82,11 @@ def make_example_project(root: Path, overrides: dict | None = None) -> Path:
     merge_params(root / "params.yaml", overrides if overrides is not None else SMALL_PARAMS)
     sync_defaults(root)
     init_repo(root)
+    # the plot templates dvc.yaml names and the offline page (`nbp plots setup`)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+    sh("dvc", "config", "plots.html_template", "plots/offline.html", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "plot templates", cwd=root)
     return root
 
 

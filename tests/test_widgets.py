@@ -4,11 +4,8 @@ real JupyterLab server in headless Chromium (screenshot kept under the test's tm
 from __future__ import annotations
 
 import os
-import secrets
+import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,13 +13,15 @@ import nbformat
 import pytest
 import yaml
 from candidates import flights_candidate
+from lab import CHROMIUM, CHROMIUM_ARGS, jupyter_lab, run_all
+from matplotlib.figure import Figure
 from monitor_support import kinds, log_traffic, months
 from projects import REPO
 
+from nbpipeline.monitor import plots
 from nbpipeline.predlog import table as predlog
 from nbpipeline.release.registry import Registry
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_ENV = "NBP_WIDGET_SCREENSHOT"  # copy the screenshot here to look at it
 
 
@@ -65,27 +64,32 @@ def test_widgets_build_in_process(project):
     assert "min_roc_auc" in browser.detail.value and "golden.roc_auc" in browser.detail.value
     reg = Registry(project / "registry")
     table = compare_html(reg.get("v1"), reg.get("v2"))
-    assert "golden.roc_auc" in table and "-0.02" in table and "param seed" in table
+    assert "golden.roc_auc" in table and "param seed" in table
+    assert "<span style='color:#cf222e;font-weight:600'>-0.0200</span>" in table  # worse: red
+    assert "0.7100" in table and "0.6900" in table  # fixed decimals
+    order = browser.children
+    assert order.index(browser.comparison) < order.index(browser.detail)  # comparison first
     view = monitor_view(project)
     assert view.drift_plot.value[:4] == b"\x89PNG" and view.quality_plot.value[:4] == b"\x89PNG"
     assert "2,000 predictions in 2 windows" in view.status.value
     assert "input_drift" in view.alarms.value and "temp" in view.alarms.value
     assert not (project / "alarms").exists()  # the view only reads
+    busy: list[bool] = []
+    view.button.observe(lambda change: busy.append(change["new"]), names="disabled")
+    view.refresh()
+    assert busy == [True, False] and view.button.description == "Refresh"
+    ax = Figure().add_subplot()
+    plots.plot_quality(ax, view.result.analysis, view.config)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels and all(re.fullmatch(r"\d\d:\d\d:\d\d", label) for label in labels), labels
     before = view.quality_plot.value
     view.metric.value = "brier"
     assert view.quality_plot.value != before
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium")
 def test_widgets_render_in_jupyterlab(project, tmp_path):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     nb = nbformat.v4.new_notebook(cells=[
@@ -96,73 +100,25 @@ def test_widgets_render_in_jupyterlab(project, tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nbformat.write(nb, project / "view.ipynb")
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "jrt"))
-    env.pop("NBPIPELINE_ROOT", None)
-    log = open(tmp_path / "lab.log", "w")  # noqa: SIM115
-    lab = subprocess.Popen(
-        [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1",
-         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={project}",
-         "--ServerApp.open_browser=False", "--LabApp.news_url=None",
-         *(["--allow-root"] if os.geteuid() == 0 else []),
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
     shot = tmp_path / "widgets.png"
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", lab, tmp_path / "lab.log")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(f"http://127.0.0.1:{port}/lab/tree/view.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=120_000)
-            for _attempt in range(3):  # the first click can land before the lab is ready
-                page.get_by_role("menuitem", name="Run", exact=True).click()
-                page.get_by_text("Run All Cells", exact=True).click()
-                try:
-                    page.wait_for_selector("text=Model registry", timeout=60_000)
-                    break
-                except PlaywrightTimeout:
-                    page.screenshot(path=str(tmp_path / f"attempt{_attempt}.png"))
-            page.wait_for_selector("text=Model registry", timeout=1_000)
-            page.wait_for_selector(".jupyter-widgets img", timeout=90_000)
-            page.wait_for_function(
-                "document.querySelectorAll('.jupyter-widgets img').length >= 2"
-                " && [...document.querySelectorAll('.jupyter-widgets img')]"
-                ".every(i => i.naturalWidth > 100)", timeout=90_000)
-            page.keyboard.press("Escape")
-            page.screenshot(path=str(shot), full_page=True)
-            text = page.inner_text(".jp-Notebook")
-            browser.close()
-    finally:
-        lab.terminate()
-        try:
-            lab.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            lab.kill()
-        log.close()
+    with jupyter_lab(project, tmp_path) as lab, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(lab.page_url("view.ipynb"))
+        run_all(page, "text=Model registry", tmp_path)
+        page.wait_for_selector(".jupyter-widgets img", timeout=90_000)
+        page.wait_for_function(
+            "document.querySelectorAll('.jupyter-widgets img').length >= 2"
+            " && [...document.querySelectorAll('.jupyter-widgets img')]"
+            ".every(i => i.naturalWidth > 100)", timeout=90_000)
+        page.keyboard.press("Escape")
+        page.screenshot(path=str(shot), full_page=True)
+        text = page.inner_text(".jp-Notebook")
+        browser.close()
     assert "Model registry" in text and "Monitoring" in text
     assert "input_drift" in text and "v2" in text
+    assert "-0.0200" in text and "2,000 predictions" in text  # humane numbers, as rendered
     assert shot.stat().st_size > 50_000
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copy(shot, os.environ[SCREENSHOT_ENV])
 
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"jupyter lab exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"jupyter lab did not answer {url}: {log.read_text()[-2000:]}")

@@ -20,6 +20,21 @@ def _integer_x(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _time_axis(ax: Any, analysis: Analysis, ticks: int = 8) -> None:
+    """Label the window axis with each window's first prediction time (UTC), not its number."""
+    windows = analysis.windows
+    if windows.empty:
+        return
+    starts = pd.to_datetime(windows["start"].astype(float), unit="s", utc=True)
+    span = starts.max() - starts.min()
+    fmt = ("%Y-%m-%d" if span > pd.Timedelta(days=3) else
+           "%m-%d %H:%M" if span > pd.Timedelta(hours=1) else "%H:%M:%S")
+    step = max(1, -(-len(windows) // ticks))
+    ax.set_xticks([int(x) for x in windows["window"].iloc[::step]],
+                  [t.strftime(fmt) for t in starts.iloc[::step]], rotation=30, ha="right")
+    ax.set_xlabel("window start (UTC)")
+
+
 def drift_table(analysis: Analysis, value: str = "psi", last: int = 12) -> pd.DataFrame:
     """Feature x window table of ``value`` (psi, statistic, p_value) for the last windows."""
     if analysis.drift.empty:
@@ -39,11 +54,10 @@ def plot_drift(ax: Any, analysis: Analysis, cfg: MonitorConfig, top: int = 6) ->
     for feature in worst:
         ax.plot(table.columns, table.loc[feature], marker="o", label=feature)
     ax.axhline(cfg.psi_limit, color="red", linestyle="--", label=f"limit {cfg.psi_limit:g}")
-    ax.set_xlabel("window")
     ax.set_ylabel("PSI (log scale)")
     ax.set_yscale("log")
     ax.set_ylim(bottom=max(1e-3, float(table.min().min()) / 2))
-    _integer_x(ax)
+    _time_axis(ax, analysis)
     ax.legend(fontsize="small", ncol=2)
     return ax
 
@@ -62,9 +76,8 @@ def plot_quality(ax: Any, analysis: Analysis, cfg: MonitorConfig, metric: str = 
     if limits:
         for limit in limits:
             ax.axhline(limit, color="red", linestyle="--")
-    ax.set_xlabel("window")
     ax.set_ylabel(metric)
-    _integer_x(ax)
+    _time_axis(ax, analysis)
     ax.legend(fontsize="small")
     return ax
 

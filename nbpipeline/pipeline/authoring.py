@@ -77,18 +77,17 @@ class Recorded:
 
     metrics: tuple[str, ...]
     plots: tuple[str, ...]
+    outs: tuple[str, ...] = ()  # artifact records: hashes and formats are no metrics
 
 
 def recorded_outputs(nb: NotebookNode, stage: str) -> Recorded:
-    """metrics/<stage>.json (+ .artifacts.json) and plots/<stage>/<name>.csv it records."""
+    """metrics/<stage>.json, plots/<stage>/<name>.csv and metrics/<stage>.artifacts.json
+    (a plain out: DVC would show its hashes as metrics) that it records."""
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    metrics = []
-    if _METRIC_CALL.search(source):
-        metrics.append(f"metrics/{stage}.json")
-    if _ARTIFACT_CALL.search(source):
-        metrics.append(f"metrics/{stage}.artifacts.json")
+    metrics = [f"metrics/{stage}.json"] if _METRIC_CALL.search(source) else []
+    outs = [f"metrics/{stage}.artifacts.json"] if _ARTIFACT_CALL.search(source) else []
     plots = sorted({f"plots/{stage}/{name}.csv" for name in _PLOT_CALL.findall(source)})
-    return Recorded(tuple(metrics), tuple(plots))
+    return Recorded(tuple(metrics), tuple(plots), tuple(outs))
 
 
 def _python_only(lines: str) -> str:
@@ -327,7 +326,8 @@ def add_stage(project: Project, notebook: Path | str, *, deps: Sequence[str] = (
         *_add_entries(spec, "deps", [rel, *(_path_entry(d, paths) for d in deps)],
                       have["deps"], context),
         *_add_entries(spec, "outs", [*(_path_entry(o, paths) for o in outs),
-                                     f"reports/{stage}.ipynb", f"reports/{stage}.html"],
+                                     *recorded.outs, f"reports/{stage}.ipynb",
+                                     f"reports/{stage}.html"],
                       have["outs"], context),
         *_add_entries(spec, "metrics", [*recorded.metrics, *metrics], have["outs"], context),
         *_add_entries(spec, "plots", [*recorded.plots, *plots], have["outs"], context),

@@ -32,6 +32,7 @@ from nbpipeline.notebook import (
 )
 from nbpipeline.params import SHARED_SECTIONS, check_type, load_params, stage_values
 from nbpipeline.pipeline.authoring import recorded_outputs
+from nbpipeline.pipeline.lockfile import file_md5, follow_rewrite
 from nbpipeline.pipeline.stages import PARAMS_FILE, DvcYaml, NotebookStage
 from nbpipeline.project import Project
 
@@ -186,7 +187,8 @@ def _check_recorded(stage: NotebookStage, nb: NotebookNode) -> list[Problem]:
     return [
         Problem("dvc.yaml", f"stage '{stage.name}': the notebook records {path} but dvc.yaml "
                 f"does not declare it; add `- {path}` under {kind}:")
-        for kind, paths in (("metrics", recorded.metrics), ("plots", recorded.plots))
+        for kind, paths in (("metrics", recorded.metrics), ("outs", recorded.outs),
+                            ("plots", recorded.plots))
         for path in paths if not stage.declares_out(path)
     ]
 
@@ -274,8 +276,11 @@ def _check_param_list(stage: NotebookStage, used: Mapping[str, str],
 def sync_notebooks(project: Project) -> list[str]:
     """Rewrite each notebook stage's parameters cell defaults from params.yaml.
 
-    Returns one line per changed notebook. Unknown or missing params raise ParamsError
-    (fix those first: the notebook and params.yaml must declare the same names).
+    Where dvc.lock recorded a notebook as it was before, it records the synced one
+    (:mod:`nbpipeline.pipeline.lockfile`): injected params override the defaults, so the
+    stage's results cannot change. Returns one line per changed notebook. Unknown or
+    missing params raise ParamsError (fix those first: the notebook and params.yaml must
+    declare the same names).
     """
     params = load_params(project.params_yaml)
     changed = []
@@ -293,6 +298,10 @@ def sync_notebooks(project: Project) -> list[str]:
             names = [n for n in declared if values[n] != declared[n]
                      or type(values[n]) is not type(declared[n])]
             nb.cells[index].source = source
+            before = file_md5(path)
             write_notebook(nb, path)
-            changed.append(f"{rel}: parameters cell now has params.yaml's {', '.join(names)}")
+            kept = (" (dvc.lock follows: only defaults changed, the stage stays up to date)"
+                    if follow_rewrite(project, rel, before) else "")
+            changed.append(f"{rel}: parameters cell now has params.yaml's {', '.join(names)}"
+                           f"{kept}")
     return changed

@@ -29,7 +29,7 @@ from nbpipeline.record import VERDICT_MIME
 __all__ = ["DEFAULT_CRITERIA", "GATE_FILE", "LOWER_IS_BETTER", "GateCheck", "GateDecision",
            "decide", "read_gate", "show_verdict", "verdict_of"]
 
-GATE_FILE = "gate.json"  # in the project's metrics/ (a DVC metric of the evaluate stage)
+GATE_FILE = "gate.json"  # in the project's metrics/ (an out of evaluate, not a DVC metric)
 
 DEFAULT_CRITERIA: dict[str, Any] = {
     "gate_metric": "roc_auc",

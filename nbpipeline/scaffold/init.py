@@ -23,6 +23,7 @@ from nbpipeline.errors import InitError, NbpipelineError
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.notebook import read_notebook, write_notebook
 from nbpipeline.pipeline.check import sync_notebooks
+from nbpipeline.pipeline.plots import install as install_plots
 from nbpipeline.project import Project
 
 TEMPLATES = "nbpipeline.scaffold"
@@ -204,17 +205,24 @@ SERVE_PARAMS = {"fallback_prediction": 0, "fallback_probability": None, "poll_se
 def _dvc_yaml(task: str) -> dict[str, Any]:
     contract = ["common.seed", "common.features", "common.target", "common.task",
                 "common.positive_label", "common.time_column"]
+    golden = "(golden rows)"
     plots: list[Any] = (
-        [{"plots/evaluate/confusion.csv": {"template": "confusion", "x": "actual",
-                                           "y": "predicted"}},
-         {"plots/evaluate/roc.csv": {"x": "fpr", "y": "tpr"}}]
+        [{"plots/evaluate/roc.csv": {"title": f"ROC curve {golden}", "x": "fpr", "y": "tpr",
+                                     "x_label": "false positive rate",
+                                     "y_label": "true positive rate"}},
+         {"plots/evaluate/confusion.csv": {"title": f"Confusion matrix {golden}",
+                                           "template": "confusion_counts",
+                                           "x": "predicted", "y": "actual"}}]
         if task == "classification" else
-        [{"plots/evaluate/predicted.csv": {"template": "scatter", "x": "actual",
+        [{"plots/evaluate/predicted.csv": {"title": f"Predicted vs actual {golden}",
+                                           "template": "scatter", "x": "actual",
                                            "y": "predicted"}}])
-    plots += [{"plots/evaluate/importance.csv": {"template": "bar_horizontal_sorted",
-                                                 "x": "importance", "y": "feature"}},
-              {"plots/evaluate/slices.csv": {"template": "bar_horizontal", "x": "rows",
-                                             "y": "value"}}]
+    plots += [{"plots/evaluate/importance.csv": {
+                  "title": f"Permutation importance {golden}",
+                  "template": "bar_horizontal_sorted", "x": "importance", "y": "feature"}},
+              {"plots/evaluate/slices.csv": {
+                  "title": f"Rows per slice {golden}, one panel per slice column",
+                  "template": "bar_facets", "x": "rows", "y": "value"}}]
     return {"stages": {
         "data": {"cmd": "nbp run data",
                  "deps": ["notebooks/data.ipynb", "${data.source}"],
@@ -225,14 +233,16 @@ def _dvc_yaml(task: str) -> dict[str, Any]:
         "train": {"cmd": "nbp run train",
                   "deps": ["notebooks/train.ipynb", "${paths.train_path}", "${paths.valid_path}"],
                   "params": ["common", "train"],
-                  "outs": ["${paths.model_dir}", "reports/train.ipynb", "reports/train.html"],
-                  "metrics": ["metrics/train.json", "metrics/train.artifacts.json"]},
+                  "outs": ["${paths.model_dir}", "metrics/train.artifacts.json",
+                           "reports/train.ipynb", "reports/train.html"],
+                  "metrics": ["metrics/train.json"]},
         "evaluate": {"cmd": "nbp run evaluate",
                      "deps": ["notebooks/evaluate.ipynb", "${paths.valid_path}",
                               "${paths.golden_path}", "${paths.model_dir}"],
                      "params": ["common", "evaluate"],
-                     "outs": ["reports/evaluate.ipynb", "reports/evaluate.html"],
-                     "metrics": ["metrics/evaluate.json", "metrics/gate.json"],
+                     "outs": ["metrics/gate.json", "reports/evaluate.ipynb",
+                              "reports/evaluate.html"],
+                     "metrics": ["metrics/evaluate.json"],
                      "plots": plots},
     }}
 
@@ -240,8 +250,7 @@ def _dvc_yaml(task: str) -> dict[str, Any]:
 MONITORING_DVC_YAML = {"stages": {"monitor": {
     "wdir": "..", "cmd": "nbp monitor --exit-zero", "always_changed": True,
     "deps": ["notebooks/monitor.ipynb", "models/candidate"], "params": ["monitor"],
-    "outs": ["reports/monitor.ipynb", "reports/monitor.html"],
-    "metrics": ["metrics/monitor.json"]}}}
+    "outs": ["metrics/monitor.json", "reports/monitor.ipynb", "reports/monitor.html"]}}}
 
 GITIGNORE = """.ipynb_checkpoints/
 __pycache__/
@@ -333,9 +342,10 @@ def init_project(
         skipped=f"\nColumns left out of `common.features`:{skipped}\n" if skipped else ""))
     sync_notebooks(Project(directory.resolve()))
     for args in (["git", "init", "-q"], ["dvc", "init", "-q"],
-                 ["dvc", "config", "core.autostage", "true"],
-                 ["dvc", "add", "-q", source], ["git", "add", "-A"]):
+                 ["dvc", "config", "core.autostage", "true"], ["dvc", "add", "-q", source]):
         _run(args, directory)
+    install_plots(Project(directory.resolve()))  # offline `dvc plots show`, its templates
+    _run(["git", "add", "-A"], directory)
     commit = subprocess.run(["git", "commit", "-qm", f"nbp init from {data.name}"],
                             cwd=directory, capture_output=True, text=True)
     return dataclasses.replace(inferred, committed=commit.returncode == 0)

@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from lab import CHROMIUM, CHROMIUM_ARGS
 from projects import REPO, sh
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,7 @@ def test_repro_noop_param_change_run_cache_and_interactive_parity(example_projec
     assert "max_iter" in shown and "roc_auc" in shown
     diff = json.loads(sh("dvc", "metrics", "diff", "--json", cwd=root).stdout)
     assert "metrics/evaluate.json" in diff
+    _dvc_views_show_metrics_only(root)
 
     back = sh("dvc", "exp", "run", "-S", "train.max_iter=30", cwd=root)
     assert _ran(back.stdout) == []
@@ -83,6 +85,45 @@ def test_repro_noop_param_change_run_cache_and_interactive_parity(example_projec
             root / "interactive.ipynb", f"{stage}.ipynb", cwd=root / "notebooks",
         )
         assert (root / "metrics" / f"{stage}.json").read_text() == recorded[stage], stage
+
+
+def _dvc_views_show_metrics_only(root: Path) -> None:
+    """`dvc exp show` / `dvc metrics diff`: the declared scalar metrics, no artifact hashes,
+    formats or gate criteria, no warning; `dvc plots show` renders offline with titles."""
+    header = sh("dvc", "exp", "show", "--csv", cwd=root).stdout.splitlines()[0].split(",")
+    assert {"golden.roc_auc", "valid.roc_auc", "cv.roc_auc", "train.max_iter"} <= set(header)
+    noise = [c for c in header if any(word in c for word in (
+        "sha256", "format", "skops", "criteria", "checks", "passed", "champion"))]
+    assert noise == []
+    diff = sh("dvc", "metrics", "diff", cwd=root)
+    assert "failed to load" not in diff.stdout + diff.stderr
+    assert "golden.roc_auc" in diff.stdout and "sha256" not in diff.stdout
+    assert {line.split()[0] for line in diff.stdout.splitlines()[1:]} <= {
+        "metrics/train.json", "metrics/evaluate.json", "metrics/data.json"}
+    page = sh("dvc", "plots", "show", cwd=root).stdout.strip().removeprefix("file://")
+    if Path(CHROMIUM).exists():
+        text = _render_offline(Path(page))
+        for title in ("ROC curve (golden rows)", "Confusion matrix", "one panel per slice"):
+            assert title in text
+        assert "carrier" in text and "origin" in text
+
+
+def _render_offline(page: Path) -> str:
+    """The text of a local HTML page in headless Chromium with every network request
+    refused, once all its vega charts have drawn."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.route("**/*", lambda route: route.continue_()
+                  if route.request.url.startswith("file:") else route.abort())
+        tab.goto(page.as_uri())
+        tab.wait_for_function("document.querySelectorAll('svg.marks').length >= 4",
+                              timeout=60_000)
+        text = tab.inner_text("body")
+        browser.close()
+    return text
 
 
 def test_failing_stage_stops_dvc_and_keeps_partial_notebook(example_project: Path) -> None:

@@ -86,6 +86,11 @@ def test_binary_table_from_init_to_monitor_then_a_new_model_line(tmp_path: Path)
     sh("dvc", "repro", cwd=root)
     assert gate(root)["passed"], gate(root)["checks"]
     assert json.loads((root / "metrics" / "evaluate.json").read_text())["golden"]["roc_auc"] > 0.8
+    shown = sh("dvc", "metrics", "show", cwd=root)  # metrics only, monitoring's not missing
+    assert "failed to load" not in shown.stdout + shown.stderr
+    assert "golden.roc_auc" in shown.stdout and "sha256" not in shown.stdout
+    page = Path(sh("dvc", "plots", "show", cwd=root).stdout.strip().removeprefix("file://"))
+    assert "cdn.jsdelivr" not in page.read_text() and "confusion" in page.read_text()
     nbp("promote", cwd=root)
     with Server(root) as server:
         answer = httpx.post(f"{server.url}/predict", json={
