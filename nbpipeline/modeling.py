@@ -285,3 +285,55 @@ def champion_plots(contract: ModelContract, y_true: Any, score: Any, champion_sc
         "actual": np.asarray(y_true).astype(int),
         "predicted": (np.asarray(score) >= threshold).astype(int),
         "champion_predicted": (np.asarray(champion_score) >= threshold).astype(int)}))
+
+
+def leakage_evidence(
+    model: Any, contract: ModelContract, frames: dict[str, Any], *, metric: str,
+    threshold: float, rows: int, repeats: int, seed: int, fit_on: str = "train",
+) -> dict[str, dict[str, Any]]:
+    """What the gate needs to suspect leakage, per split of ``frames`` (train, valid).
+
+    On a sample of ``rows`` rows of each split: the model's ``metric``, a constant
+    prediction's (the mean outcome of ``fit_on``: chance), each feature's alone (a small
+    model of that one feature, fitted on the ``fit_on`` sample) and each feature's
+    permutation importance (drop in ``metric`` when it is shuffled). A feature that alone
+    nearly matches the model, or that carries most of the importance, is likely known
+    only after the outcome. JSON-ready: ``{split: {rows, model, chance, alone: {name:
+    value}, importance: {name: value}}}``.
+    """
+    import dataclasses
+
+    import numpy as np
+    from sklearn.inspection import permutation_importance
+
+    samples = {name: frame.sample(min(rows, len(frame)), random_state=seed)
+               for name, frame in frames.items()}
+    fit = samples[fit_on]
+    fit_truth = contract.outcome(fit[contract.target])
+    prior = float(np.mean(fit_truth))
+
+    def value(truth: Any, score: Any) -> float:
+        return float(evaluation_metrics(contract, truth, score, threshold)[metric])
+
+    alone_models = {}
+    for feature in contract.features:
+        one = dataclasses.replace(contract, features=(feature,))
+        alone_models[feature.name] = (one, build_model(
+            one, max_iter=50, min_samples_leaf=20, seed=seed).fit(fit[one.names], fit_truth))
+    evidence: dict[str, dict[str, Any]] = {}
+    for name, sample in samples.items():
+        truth = contract.outcome(sample[contract.target])
+        found = permutation_importance(
+            model, sample[contract.names], truth, scoring=sklearn_scoring(metric),
+            n_repeats=repeats, random_state=seed, n_jobs=1)
+        evidence[name] = {
+            "rows": len(sample),
+            "model": round(value(truth, scores(model, contract, sample)), 4),
+            "chance": round(value(truth, np.full(len(sample), prior)), 4),
+            "alone": {feature: round(value(truth, scores(m, one, sample)), 4)
+                      for feature, (one, m) in alone_models.items()},
+            "importance": {feature: round(float(v), 5)
+                           for feature, v in zip(contract.names, found.importances_mean,
+                                                 strict=True)},
+        }
+    return evidence

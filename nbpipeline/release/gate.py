@@ -11,7 +11,12 @@ stage writes to ``metrics/gate.json`` and that ``nbp promote`` obeys::
      "champion_metrics": {"golden": {...}} | None, "criteria": {...}}
 
 Metric inputs look like ``{"valid": {"roc_auc": .7}, "golden": {...},
-"slices": {"region": {"north": {"roc_auc": .71, "rows": 900}, ...}, ...}}``.
+"slices": {"region": {"north": {"roc_auc": .71, "rows": 900}, ...}, ...}}``; the
+candidate's may add ``"leakage"``, what :func:`nbpipeline.modeling.leakage_evidence`
+found on train and valid (``{split: {rows, model, chance, alone: {feature: value},
+importance: {feature: value}}}``): then the gate suspects leakage with or without a
+champion when one feature alone nearly matches the model, or carries most of its
+permutation importance.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ DEFAULT_CRITERIA: dict[str, Any] = {
     "gate_min_slice_rows": 200,  # smaller slices are too noisy to judge
     "gate_too_good": 0.98,  # a value beyond this smells of leakage
     "gate_max_jump": 0.1,  # so does a jump this large over the champion
+    # leakage without a champion (train and valid, from modeling.leakage_evidence):
+    "gate_leak_alone_share": 0.85,  # a feature alone reaching this share of the model's gain
+    "gate_leak_importance_share": 0.7,  # the top feature's share of permutation importance
 }
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
 
@@ -113,6 +121,54 @@ def _slice_checks(candidate: Mapping[str, Any], champion: Mapping[str, Any], met
     return checks
 
 
+def _leakage_checks(evidence: Mapping[str, Any], metric: str, crit: Mapping[str, Any]
+                    ) -> list[Check]:
+    """Per split: the best single feature against the model (as shares of the model's
+    gain over chance) and the top feature's share of the permutation importance."""
+    alone_limit = float(crit["gate_leak_alone_share"])
+    importance_limit = float(crit["gate_leak_importance_share"])
+    checks = []
+    for split in sorted(evidence):
+        found = evidence[split]
+        model, chance = float(found["model"]), float(found["chance"])
+        gain = model - chance  # negative for a lower-is-better metric: shares stay positive
+        alone = found.get("alone") or {}
+        name = f"leakage.feature_alone.{split}"
+        if not alone or abs(gain) < 1e-9:
+            checks.append(_check(name, None, alone_limit, True,
+                                 f"not judged: the model's {split} {metric} {model:.4f} is no "
+                                 f"better than chance {chance:.4f}" if alone else
+                                 "not judged: no single-feature scores"))
+        else:
+            top = max(alone, key=lambda f: (alone[f] - chance) / gain)
+            share = (alone[top] - chance) / gain
+            figures = (f"feature {top} alone scores {split} {metric} {alone[top]:.4f}, "
+                       f"{share:.0%} of the model's gain over chance (model {model:.4f}, "
+                       f"chance {chance:.4f}; limit {alone_limit:.0%})")
+            checks.append(_check(
+                name, share, alone_limit, share <= alone_limit,
+                f"suspected leakage: {figures}: is {top} known before the outcome?"
+                if share > alone_limit else f"best single feature: {figures}"))
+        positive = {f: max(float(v), 0.0) for f, v in (found.get("importance") or {}).items()}
+        total = sum(positive.values())
+        name = f"leakage.importance_share.{split}"
+        if total <= 0:
+            checks.append(_check(name, None, importance_limit, True,
+                                 "not judged: no feature has a positive permutation importance"))
+            continue
+        ranked = sorted(positive, key=lambda f: positive[f], reverse=True)
+        share = positive[ranked[0]] / total
+        runner_up = (f"; next {ranked[1]} {positive[ranked[1]] / total:.0%}"
+                     if len(ranked) > 1 else "")
+        figures = (f"feature {ranked[0]} carries {share:.0%} of the {split} permutation "
+                   f"importance{runner_up} (limit {importance_limit:.0%})")
+        checks.append(_check(
+            name, share, importance_limit, share <= importance_limit,
+            f"suspected leakage: {figures}: is {ranked[0]} known before the outcome?"
+            if share > importance_limit else f"top feature: {figures}"))
+    return checks
+
+
 def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
            criteria: Mapping[str, Any]) -> dict[str, Any]:
     """Apply the gate; ``champion`` is None for the first model (champion-less criteria).
@@ -138,6 +194,7 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
         "too_good_to_be_true", golden, too_good, sign * (golden - too_good) < 0,
         f"golden {metric} beyond {too_good} suggests leakage (a feature that knows the label)",
     ))
+    checks.extend(_leakage_checks(candidate.get("leakage") or {}, metric, crit))
     champion_metrics = None
     differences = list((champion or {}).get("contract_differences") or [])
     if champion is not None and differences:
