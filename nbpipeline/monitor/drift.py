@@ -3,7 +3,8 @@
 Everything here works on *counts per bin*, never on raw rows, so the monitor can bin a
 million logged predictions inside SQLite and only move small histograms into Python.
 Each statistic is computed for many windows at once: ``cur`` is an array
-[windows, bins] against one reference vector.
+[windows, bins] against one reference vector, or against one reference row per window
+(a rolling reference: the previous windows).
 
 Numbers are binned on a fine equal-width grid fitted to the reference (see
 :mod:`nbpipeline.monitor.reference`): the KS statistic is evaluated at every grid edge
@@ -73,18 +74,22 @@ def grouped(counts: np.ndarray, group_of_bin: np.ndarray) -> np.ndarray:
     return np.asarray(counts, dtype=float) @ onehot
 
 
+def _cdf(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.atleast_2d(np.asarray(counts, dtype=float))
+    n = counts.sum(axis=1)
+    return np.divide(np.cumsum(counts, axis=1), n[:, None], out=np.zeros_like(counts),
+                     where=n[:, None] > 0), n
+
+
 def ks_many(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sample KS statistic at the bin edges and its asymptotic p-value, per row of cur."""
-    cur = np.atleast_2d(np.asarray(cur, dtype=float))
-    n, m = float(ref.sum()), cur.sum(axis=1)
-    if n == 0:
-        return np.zeros(len(cur)), np.ones(len(cur))
-    cdf_ref = np.cumsum(ref) / n
-    cdf_cur = np.divide(np.cumsum(cur, axis=1), m[:, None], out=np.zeros_like(cur),
-                        where=m[:, None] > 0)
-    d = np.where(m > 0, np.max(np.abs(cdf_cur - cdf_ref), axis=1), 0.0)
-    n_eff = n * m / (n + m)
-    p = np.where(m > 0, np.minimum(1.0, special.kolmogorov(np.sqrt(n_eff) * d)), 1.0)
+    """Two-sample KS statistic at the bin edges and its asymptotic p-value, per row of cur
+    (``ref``: one vector, or one row per row of ``cur``)."""
+    cdf_cur, m = _cdf(cur)
+    cdf_ref, n = _cdf(ref)
+    both = (m > 0) & (n > 0)
+    d = np.where(both, np.max(np.abs(cdf_cur - cdf_ref), axis=1), 0.0)
+    n_eff = np.divide(n * m, n + m, out=np.zeros_like(m), where=both)
+    p = np.where(both, np.minimum(1.0, special.kolmogorov(np.sqrt(n_eff) * d)), 1.0)
     return d, p
 
 
@@ -119,14 +124,24 @@ def chi_square(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, f
 
 
 def number_drift_many(
-    ref_counts: np.ndarray, ref_missing: float, cur_counts: np.ndarray, cur_missing: np.ndarray
+    ref_counts: np.ndarray, ref_missing: float | np.ndarray, cur_counts: np.ndarray,
+    cur_missing: np.ndarray, *, groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(PSI, KS D, KS p) per row of ``cur_counts`` for a numeric column."""
+    """(PSI, KS D, KS p) per row of ``cur_counts`` for a numeric column.
+
+    ``ref_counts`` is one vector or one row per window (then ``ref_missing`` is per window
+    too, and ``groups`` — the PSI groups, by default the reference's deciles — should come
+    from one fixed reference).
+    """
     cur_counts = np.atleast_2d(np.asarray(cur_counts, dtype=float))
-    groups = quantile_groups(ref_counts)
-    ref_g = np.append(grouped(ref_counts, groups), ref_missing)
+    ref_counts = np.asarray(ref_counts, dtype=float)
+    if groups is None:
+        groups = quantile_groups(ref_counts)
+    ref_2d = np.atleast_2d(ref_counts)
+    ref_g = np.column_stack([grouped(ref_2d, groups),
+                             np.broadcast_to(np.asarray(ref_missing, dtype=float), len(ref_2d))])
     cur_g = np.column_stack([grouped(cur_counts, groups), np.asarray(cur_missing, dtype=float)])
-    d, p = ks_many(np.asarray(ref_counts, dtype=float), cur_counts)
+    d, p = ks_many(ref_counts, cur_counts)
     return psi_many(ref_g, cur_g), d, p
 
 

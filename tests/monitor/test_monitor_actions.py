@@ -60,14 +60,14 @@ def registry_with(root: Path, models, *, canary: bool) -> Registry:
     return reg
 
 
-def test_drift_alarms_on_december_and_quiet_on_training_period(project, models):
+def test_december_inputs_moved_is_a_warning_with_no_retrain(project, models):
     root, conn = project
     model = models["good"][0]
     control = months(list(range(1, 9)), rows=WINDOW, seed=11)  # rows of the training period
     log_traffic(conn, model, control, version="v1", ts0=time.time() - 600)
     quiet = run_monitor(config(), root)
-    assert quiet.status == "ok", quiet.lines()
-    assert not [a for a in quiet.alarms if a.kind in ("input_drift", "output_drift")]
+    assert quiet.status == "ok" and quiet.alarms == [], quiet.lines()
+    assert quiet.lines()[-1] == "what to do: no drift and no impact: no action."
     assert not (root / "retrain" / "requested.json").exists()
 
     december = months([12], rows=WINDOW, seed=12)
@@ -76,15 +76,41 @@ def test_drift_alarms_on_december_and_quiet_on_training_period(project, models):
     drifted = {a.subject for a in loud.alarms if a.kind == "input_drift"}
     assert {"temp", "dewp"} <= drifted, loud.lines()
     assert not drifted & {"carrier", "origin", "distance", "hour"}  # schedule did not drift
-    marker = json.loads((root / "retrain" / "requested.json").read_text())
-    assert set(marker["features"]) == drifted and marker["window"] == 1
-    assert [a.kind for a in loud.actions] == ["retrain_requested"]
+    # inputs moved, the model did not suffer: warnings only, no retrain
+    assert loud.status == "warnings" and {a.level for a in loud.alarms} == {"warn"}
+    assert loud.actions == [] and not (root / "retrain" / "requested.json").exists()
+    impact = loud.impact
+    assert impact["output_psi"] < 0.25 and impact["realised"]["roc_auc"] > 0.65
+    assert abs(impact["estimated"]["roc_auc"] - impact["baseline"]["roc_auc"]) < 0.05
+    assert impact["roi_pct"] > 0
+    lines = loud.lines()
+    assert [line.split(":")[0] for line in lines[-5:]] == [
+        "quality", "estimated quality", "ROI", "output drift", "what to do"]
+    assert lines[-1].startswith("what to do: inputs moved (")
+    assert lines[-1].endswith("model performance unchanged: no action.")
     summary = json.loads((root / "alarms" / "last_run.json").read_text())
-    assert summary["status"] == "alarms" and len(summary["alarms"]) == len(loud.alarms)
+    assert summary["status"] == "warnings" and summary["level"] == "warn"
+    assert len(summary["alarms"]) == len(loud.alarms)
+    assert summary["impact"]["advice"] == impact["advice"]
 
     again = run_monitor(config(), root)  # same window: alarms stand, nothing new is written
     assert again.new_alarms == [] and again.actions == []
     assert len(AlarmLog(root / "alarms" / "alarms.jsonl").read()) == len(loud.alarms)
+
+
+def test_december_with_an_output_shift_is_an_alarm_and_requests_a_retrain(project, models):
+    root, conn = project
+    log_traffic(conn, models["good"][0], months([12], rows=WINDOW, seed=12), version="v1",
+                shift=0.3)  # e.g. a library upgrade that broke calibration
+    result = run_monitor(config(), root)
+    assert result.status == "alarms" and result.level == "alarm"
+    output = [a for a in result.alarms if a.kind == "output_drift"]
+    assert output and output[0].level == "alarm" and output[0].statistic == "PSI"
+    marker = json.loads((root / "retrain" / "requested.json").read_text())
+    assert {"temp", "dewp"} <= set(marker["features"]) and marker["window"] == 0
+    assert [a.kind for a in result.actions] == ["retrain_requested"]
+    assert result.lines()[-1].startswith("what to do: ")
+    assert "retrain" in result.impact["advice"] or "outputs moved" in result.impact["advice"]
 
 
 def test_bad_canary_is_rolled_back_while_champion_keeps_serving(project, models):
