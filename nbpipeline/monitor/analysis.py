@@ -19,6 +19,7 @@ from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.drift import (
     chi_square_many,
     number_drift_many,
+    pool_rare,
     psi_many,
     quantile_groups,
 )
@@ -117,8 +118,9 @@ def _drift_table(
     """One row per judged window and monitored column (all windows at once per column).
 
     A PSI above its limit flags drift only where the window's own test (KS, chi-square)
-    has p < ``drift_pvalue``: over few rows PSI is inflated by sampling noise alone (a
-    100-category feature over 400 rows has an expected PSI near 0.25 without any drift).
+    has p < ``drift_pvalue``; categories too rare to be judged in a window are pooled
+    (:func:`~nbpipeline.monitor.drift.pool_rare`): over few rows PSI is otherwise inflated
+    by sampling noise alone.
     """
     cols = ["window", "feature", "kind", "rows", "psi", "statistic", "p_value", "test",
             "missing_ref", "missing_cur", "drifted"]
@@ -132,8 +134,8 @@ def _drift_table(
         rows = cur[:, :MISSING].sum(axis=1) + missing
         if b.kind == "category":
             n = len(b.categories) + 1
-            ref_all = np.column_stack([refc[:, :n], ref_missing])
-            cur_all = np.column_stack([cur[:, :n], missing])
+            ref_all, cur_all = pool_rare(np.column_stack([refc[:, :n], ref_missing]),
+                                         np.column_stack([cur[:, :n], missing]))
             value = psi_many(ref_all, cur_all)
             statistic, p_value = chi_square_many(ref_all, cur_all)
             drifted = ((value > cfg.psi_limit) & (p_value < cfg.drift_pvalue)) | (

@@ -234,6 +234,45 @@ def test_webhook_receives_new_alarms_once(project, models):
     dead = run_monitor(config(webhook_url="http://127.0.0.1:9/x", window_size=500), root)
     assert dead.webhook_error and "127.0.0.1:9" in dead.webhook_error
 
+    # the webhook's records are the jsonl's, and each says the statistic that fired
+    logged = {r["id"]: {k: v for k, v in r.items() if k != "ts"}
+              for r in AlarmLog(root / "alarms" / "alarms.jsonl").read()}
+    drift = first.analysis.drift.set_index(["window", "feature"])
+    column = {"PSI": "psi", "KS D": "statistic", "chi-square p": "p_value"}
+    for record in _Hook.received[0]["alarms"]:
+        assert logged[record["id"]] == record
+        assert record["statistic"] and record["level"] in ("warn", "alarm")
+        value, limit = record["value"], record["limit"]
+        assert value > limit if record["direction"] == "above" else value < limit, record
+        assert f"{record['statistic']} {value:.4g} is {record['direction']} the limit" \
+            in record["message"], record
+        row = drift.loc[(record["window"], record["subject"])]
+        assert value == pytest.approx(row[column[record["statistic"]]]), record
+    fired = {r["statistic"] for r in _Hook.received[0]["alarms"]}
+    assert "PSI" in fired and fired - {"PSI"}, fired  # e.g. visib fires on KS D alone
+
+
+def test_a_category_that_fired_on_its_chi_square_p_says_so() -> None:
+    from types import SimpleNamespace
+
+    from nbpipeline.monitor.alarms import fired_statistic
+
+    row = SimpleNamespace(kind="category", test="chi2", psi=0.09, statistic=80.0, p_value=1e-9)
+    assert fired_statistic(row, config()) == ("chi-square p", 1e-9, 1e-6, "below")
+    row = SimpleNamespace(kind="number", test="ks", psi=0.05, statistic=0.155, p_value=1e-5)
+    assert fired_statistic(row, config()) == ("KS D", 0.155, 0.1, "above")
+    row = SimpleNamespace(kind="output", test="ks", psi=0.4, statistic=0.3, p_value=1e-9)
+    assert fired_statistic(row, config()) == ("PSI", 0.4, 0.25, "above")
+
+
+def test_roi_alarm_reads_as_a_sentence(project, models):
+    root, conn = project
+    log_traffic(conn, models["good"][0], months([10], rows=WINDOW, seed=33), version="v1")
+    roi = [a for a in run_monitor(config(), root).alarms if a.kind == "roi_low"]
+    assert len(roi) == 1 and roi[0].statistic == "ROI %" and roi[0].direction == "below"
+    assert roi[0].message == (f"ROI over {WINDOW} outcomes of window 0 is "
+                              f"{roi[0].value:.1f}%, below the floor 0%."), roi[0].message
+
 
 def test_alarm_log_appends_from_concurrent_processes_stay_whole(tmp_path):
     import subprocess
