@@ -71,7 +71,8 @@ def impact(
     if len(roi):
         out["roi_pct"] = _number(roi["roi_pct"].iloc[-1])
         out["roi_window"] = int(roi["window"].iloc[-1])
-    out["advice"] = advice(alarms, out)
+    out["advice"] = (advice(alarms, out) if analysis.has_traffic
+                     else "no traffic yet: nothing to judge.")
     return out
 
 
