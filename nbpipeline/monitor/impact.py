@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from nbpipeline.monitor.alarms import Alarm
+from nbpipeline.monitor.estimate import ESTIMATED_METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from nbpipeline.monitor.config import MonitorConfig
 
 LEVELS = ("ok", "warn", "alarm")
-SHOWN = ("roc_auc", "accuracy")
 
 
 def level(alarms: list[Alarm]) -> str:
@@ -42,6 +42,7 @@ def impact(
 ) -> dict[str, Any]:
     """JSON-ready figures of the judged window (None where there is nothing yet)."""
     window = analysis.judged_window(cfg.min_rows)
+    shown = list(cfg.quality_limits)  # the metrics the user judges the model by
     out: dict[str, Any] = {
         "level": level(alarms), "window": window, "reference": analysis.reference_name,
         "output_psi": None, "output_psi_limit": cfg.output_psi_limit,
@@ -58,8 +59,8 @@ def impact(
     est = analysis.estimated
     if window is not None and not est.empty and (est["window"] == window).any():
         row = est[est["window"] == window].iloc[0]
-        out["estimated"] = {"predictions": int(row["predictions"]),
-                            **{m: _number(row[m]) for m in (*SHOWN, "roi_pct")}}
+        out["estimated"] = {"predictions": int(row["predictions"]), "roi_pct": _number(
+            row["roi_pct"]), **{m: _number(row[m]) for m in shown if m in ESTIMATED_METRICS}}
     trailing = analysis.trailing
     if not trailing.empty:
         enough = trailing[trailing["enough"]]
@@ -67,7 +68,7 @@ def impact(
             row = enough.sort_values("role", key=lambda r: r != "champion").iloc[0]
             out["realised"] = {"version": row["version"], "role": row["role"],
                                "labelled": int(row["labelled"]),
-                               **{m: _number(row[m]) for m in SHOWN}}
+                               **{m: _number(row.get(m)) for m in shown}}
     if len(roi):
         out["roi_pct"] = _number(roi["roi_pct"].iloc[-1])
         out["roi_window"] = int(roi["window"].iloc[-1])
@@ -114,19 +115,23 @@ def _fmt(value: float | None, spec: str = ".3f", unit: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
+def _metrics(figures: dict[str, Any], skip: tuple[str, ...]) -> str:
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items() if k not in skip)
+
+
 def summary_lines(figures: dict[str, Any]) -> list[str]:
     """The console summary: quality, estimated quality, ROI, output drift, what to do."""
     real, est, base = figures.get("realised"), figures.get("estimated"), figures.get("baseline")
     quality = ("quality: no window has enough outcomes yet" if real is None else
-               f"quality: roc_auc {_fmt(real['roc_auc'])}, accuracy {_fmt(real['accuracy'])} "
-               f"on {real['labelled']:,} outcomes ({real['version']} {real['role']})")
+               f"quality: {_metrics(real, ('version', 'role', 'labelled'))} on "
+               f"{real['labelled']:,} outcomes ({real['version']} {real['role']})")
     if est is None:
         estimated = "estimated quality: n/a (no judged window, or no reference outcomes)"
     else:
-        ref = (base or {}).get("roc_auc")
-        estimated = (f"estimated quality: roc_auc {_fmt(est['roc_auc'])} (reference "
-                     f"{_fmt(ref)}), accuracy {_fmt(est['accuracy'])} over "
-                     f"{est['predictions']:,} predictions of window {figures['window']}")
+        ref = ", ".join(f"{k} {_fmt(v)}" for k, v in (base or {}).items() if k in est)
+        estimated = (f"estimated quality: {_metrics(est, ('predictions', 'roi_pct'))} over "
+                     f"{est['predictions']:,} predictions of window {figures['window']}"
+                     + (f" (on the reference: {ref})" if ref else ""))
     roi = ("ROI: no window has enough outcomes yet" if figures.get("roi_pct") is None else
            f"ROI: {figures['roi_pct']:+.1f}% (window {figures['roi_window']})")
     roi += f"; estimated {_fmt(est['roi_pct'] if est else None, '+.1f', '%')}"
