@@ -182,9 +182,11 @@ def category_drift(
     feature: str, ref_counts: np.ndarray, ref_missing: int, cur_counts: np.ndarray,
     cur_missing: int,
 ) -> FeatureDrift:
-    """PSI and chi-square of a categorical feature (missing is a category of its own)."""
-    ref_all = np.append(ref_counts, ref_missing).astype(float)
-    cur_all = np.append(cur_counts, cur_missing).astype(float)
+    """PSI and chi-square of a categorical feature (missing is a category of its own; rare
+    categories pooled as :func:`pool_rare` says)."""
+    pooled_ref, pooled_cur = pool_rare(np.append(ref_counts, ref_missing),
+                                       np.append(cur_counts, cur_missing))
+    ref_all, cur_all = pooled_ref[0], pooled_cur[0]
     chi2, p = chi_square(ref_all, cur_all)
     return FeatureDrift(
         feature, "category", int(cur_all.sum()), psi(ref_all, cur_all), chi2, p, "chi2",
