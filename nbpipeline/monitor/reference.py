@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from nbpipeline.dataset import read_table
 from nbpipeline.errors import MonitorError, NbpipelineError
 from nbpipeline.predlog.table import feature_column
 
@@ -185,6 +186,22 @@ def build_reference(frame: Any, features: list[dict[str, Any]]) -> Reference:
     return Reference(binnings, counts, len(frame), target_rate, outputs=outputs)
 
 
+def in_period(times: Any, *, start: str | None = "", stop: str | None = "",
+              months: list[int] | None = None) -> Any:
+    """Mask of the UTC timestamps ``times`` (a Series) in ``[start, stop)`` (dates, either
+    may be empty) and in the calendar ``months`` (1..12, all when empty)."""
+    import pandas as pd
+
+    keep = times.notna()
+    if start:
+        keep &= times >= pd.Timestamp(start, tz="UTC")
+    if stop:
+        keep &= times < pd.Timestamp(stop, tz="UTC")
+    if months:
+        keep &= times.dt.month.isin(months)
+    return keep
+
+
 def slice_reference(
     ref: Reference, path: Path | str, *, start: str = "", stop: str = "",
     months: list[int] | None = None,
@@ -197,10 +214,6 @@ def slice_reference(
     reference's (the log is binned with them); the model-output histogram and the
     calibration stay the training reference's (the slice holds no model outputs).
     """
-    import pandas as pd
-
-    from nbpipeline.dataset import read_table
-
     where = "params.yaml monitor.reference_data"
     time_column = ref.metadata.get("time_column")
     if not time_column:
@@ -216,15 +229,7 @@ def slice_reference(
     if missing:
         raise MonitorError(f"{where}: {path} has no column(s) {', '.join(missing)}; the "
                            "slice must hold the model's features")
-    t = frame[time_column]
-    keep = t.notna()
-    if start:
-        keep &= t >= pd.Timestamp(start, tz="UTC")
-    if stop:
-        keep &= t < pd.Timestamp(stop, tz="UTC")
-    if months:
-        keep &= t.dt.month.isin(months)
-    picked = frame[keep]
+    picked = frame[in_period(frame[time_column], start=start, stop=stop, months=months)]
     what = ", ".join(filter(None, [
         f"from {start}" if start else "", f"to {stop}" if stop else "",
         f"months {', '.join(map(str, months))}" if months else ""]))

@@ -17,16 +17,10 @@ The counts are printed (``pytest -s``).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from candidates import flights_candidate
-from monitor_support import BIN, months, nbp, write_gate
-from projects import REPO
-from serve_fixtures import free_port, wait_ready
+from monitor_support import flights_project, months, nbp, nbp_serve, write_gate
 
 from nbpipeline.monitor import MonitorConfig, run_monitor
 from nbpipeline.monitor.command import served_features
@@ -40,26 +34,12 @@ SPRING = [3, 4, 5]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("false-alarms") / "project"
-    root.mkdir()
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["monitor"].update(window_size=WINDOW, min_rows=200, min_feedback=150)
-    params["serve"] = {"poll_seconds": 0.2, "fallback_prediction": 0}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    flights_candidate(root / "models" / "candidate", rows=8000, seed=0)
+    settings = flights_project(root, window_size=WINDOW, min_rows=200, min_feedback=150)
     months(list(range(1, 9)), rows=20000, seed=7).to_parquet(root / "jan-aug.parquet")
     write_gate(root, None)
     nbp("promote", "--reason", "first model", cwd=root)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(BIN / "nbp"), "serve", "--port", str(port)], cwd=root,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(url, timeout=60, proc=server)
-        yield root, url, MonitorConfig.from_params(params["monitor"])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with nbp_serve(root) as url:
+        yield root, url, MonitorConfig.from_params(settings)
 
 
 def _window(url: str, ms: list[int], seed: int) -> None:

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import yaml
 from candidates import flights_candidate
-from monitor_support import BIN, months, nbp, write_gate
+from monitor_support import BIN, flights_project, months, nbp, nbp_serve, write_gate
 from projects import REPO
-from serve_fixtures import free_port, wait_ready
+from serve_fixtures import free_port
 
 from nbpipeline.monitor.command import ALARM_EXIT, WARN_EXIT, served_features
 from nbpipeline.monitor.config import MonitorConfig
@@ -32,12 +32,7 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     (root / "notebooks").mkdir(parents=True)
     shutil.copy(REPO / "notebooks" / "monitor.ipynb", root / "notebooks")
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["monitor"].update(window_size=WINDOW, min_rows=200, min_feedback=150, roi_windows=2)
-    params["serve"] = {"poll_seconds": 0.2, "fallback_prediction": 0}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    flights_candidate(root / "models" / "candidate", rows=8000, seed=0)
+    flights_project(root, window_size=WINDOW, min_rows=200, min_feedback=150, roi_windows=2)
     return root
 
 
@@ -48,12 +43,7 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
 
     write_gate(project, None)
     nbp("promote", "--reason", "first model", cwd=project)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(BIN / "nbp"), "serve", "--port", str(port)], cwd=project,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(url, timeout=60, proc=server)
+    with nbp_serve(project) as url:
         months(list(range(1, 9))).to_parquet(project / "jan-aug.parquet")
         control = nbp("replay", "--data", "jan-aug.parquet", "--from", "2013-01-01",
                       "--to", "2013-09-02", "--rows", str(WINDOW), "--rate", "400",
@@ -100,9 +90,6 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         assert answer["fallback"] is False and answer["model_version"] == "v1"
         after = run_monitor(cfg, project)
         assert not [a for a in after.actions if a.kind == "switch_off"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     events = [e.kind for e in Registry(project / "registry").events()]
     # autumn loses money (an alarm) and its inputs moved: a retrain request, after the off
     # switch; December's moved inputs alone requested none
