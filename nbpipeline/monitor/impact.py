@@ -85,6 +85,10 @@ def _fix(alarm: Alarm, figures: dict[str, Any]) -> str:
     if kind == "estimated_quality_low":
         base = (figures["baseline"] or {}).get(metric)
         fell = f" fell {base - alarm.value:.2f}" if base is not None else f" is {alarm.value:.3f}"
+        moved = figures["drifted_inputs"]
+        if moved:
+            return (f"estimated {metric}{fell} while {', '.join(moved)} moved: check that feed "
+                    "for a broken input first; if the inputs are right, retrain on recent data")
         return f"estimated {metric}{fell}: retrain on recent data"
     if kind == "roi_low":
         return (f"ROI {alarm.value:.1f}% is below {alarm.limit:g}%: review the decision "

@@ -113,6 +113,21 @@ def test_december_with_an_output_shift_is_an_alarm_and_requests_a_retrain(projec
     assert "retrain" in result.impact["advice"] or "outputs moved" in result.impact["advice"]
 
 
+def test_a_broken_feature_alarms_on_estimated_quality_before_any_outcome(project, models):
+    root, conn = project
+    rows = months(list(range(1, 9)), rows=WINDOW, seed=5)
+    rows["hour"] = 12.0  # an upstream bug: every departure hour reads noon
+    log_traffic(conn, models["good"][0], rows, version="v1", feedback=False)
+    result = run_monitor(config(), root)
+    estimated = [a for a in result.alarms if a.kind == "estimated_quality_low"]
+    assert [(a.subject, a.statistic, a.direction) for a in estimated] == [
+        ("roc_auc", "estimated roc_auc", "below")], result.lines()
+    assert estimated[0].value < result.analysis.baseline["roc_auc"] - 0.05
+    assert result.level == "alarm" and result.impact["realised"] is None  # no outcome yet
+    assert result.lines()[-1].startswith("what to do: estimated roc_auc fell ")
+    assert "while hour moved: check that feed" in result.lines()[-1]
+
+
 def test_bad_canary_is_rolled_back_while_champion_keeps_serving(project, models):
     root, conn = project
     reg = registry_with(root, models, canary=True)
