@@ -119,7 +119,8 @@ def choose_reference(cfg: MonitorConfig, root: Path, reg: Registry | None) -> tu
     ref, source = model_reference(cfg, root, reg)
     if cfg.reference == "slice":
         ref = slice_reference(ref, root / cfg.reference_data, start=cfg.reference_from,
-                              stop=cfg.reference_to, months=cfg.reference_months)
+                              stop=cfg.reference_to, months=cfg.reference_months,
+                              shown=cfg.reference_data)
         source = f"{source}; inputs: {ref.name}"
     elif cfg.reference == "rolling":
         source = f"{source}; inputs: the previous {cfg.reference_windows} windows"

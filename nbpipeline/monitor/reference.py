@@ -204,7 +204,7 @@ def in_period(times: Any, *, start: str | None = "", stop: str | None = "",
 
 def slice_reference(
     ref: Reference, path: Path | str, *, start: str = "", stop: str = "",
-    months: list[int] | None = None,
+    months: list[int] | None = None, shown: str = "",
 ) -> Reference:
     """``ref`` with its input histograms taken from a slice of the table at ``path``.
 
@@ -213,7 +213,9 @@ def slice_reference(
     earlier, or the same season of the training data. The bins stay the training
     reference's (the log is binned with them); the model-output histogram and the
     calibration stay the training reference's (the slice holds no model outputs).
+    ``shown`` is how messages name the table (default: ``path``).
     """
+    shown = shown or str(path)
     where = "params.yaml monitor.reference_data"
     time_column = ref.metadata.get("time_column")
     if not time_column:
@@ -221,25 +223,29 @@ def slice_reference(
             f"{where}: a slice is chosen by time, but the model contract names no time "
             "column; set data.time_column (params.yaml) and re-run the train stage, or use "
             "reference: training or rolling")
+    if not Path(path).is_file():
+        raise MonitorError(f"{where}: {shown}: no such file; point it at a table (CSV or "
+                           f"parquet) with the model's features and its time column "
+                           f"'{time_column}', e.g. the training split")
     try:
         frame = read_table(path, [time_column])
     except NbpipelineError as exc:
         raise MonitorError(f"{where}: {exc}") from exc
     missing = [b.name for b in ref.features if b.name not in frame.columns]
     if missing:
-        raise MonitorError(f"{where}: {path} has no column(s) {', '.join(missing)}; the "
+        raise MonitorError(f"{where}: {shown} has no column(s) {', '.join(missing)}; the "
                            "slice must hold the model's features")
     picked = frame[in_period(frame[time_column], start=start, stop=stop, months=months)]
     what = ", ".join(filter(None, [
         f"from {start}" if start else "", f"to {stop}" if stop else "",
         f"months {', '.join(map(str, months))}" if months else ""]))
     if picked.empty:
-        raise MonitorError(f"{where}: no rows of {path} {what} (column {time_column}); "
+        raise MonitorError(f"{where}: no rows of {shown} {what} (column {time_column}); "
                            "widen monitor.reference_from/to or reference_months")
     counts = dict(ref.counts)
     for b in ref.features:
         counts[b.name] = np.bincount(b.codes(picked[b.name]), minlength=CODES)
-    return replace(ref, counts=counts, rows=len(picked), name=f"the slice of {path} {what}")
+    return replace(ref, counts=counts, rows=len(picked), name=f"the slice of {shown} {what}")
 
 
 def load_reference(

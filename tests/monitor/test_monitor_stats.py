@@ -269,6 +269,8 @@ def test_slice_reference_errors_name_the_setting(tmp_path):
     ref.metadata = {"time_column": "when"}
     with pytest.raises(MonitorError, match=r"monitor.reference_data: no rows of .* months 7"):
         slice_reference(ref, tmp_path / "t.parquet", months=[7])
+    with pytest.raises(MonitorError, match=r"reference_data: data/x.parquet: no such file"):
+        slice_reference(ref, tmp_path / "x.parquet", months=[2], shown="data/x.parquet")
     spring = slice_reference(ref, tmp_path / "t.parquet", months=[2], start="2013-01-01")
     assert spring.rows == 28 and "months 2" in spring.name
     assert spring.counts["x"].sum() == 28 and ref.counts["x"].sum() == 100
