@@ -10,6 +10,14 @@
    the whole log with ``pandas.read_sql`` and computes the same per-window drift (same
    bins and statistics) and per-window/version quality;
 3. prints wall time and peak RSS side by side and checks that both found the same PSI.
+
+    python bench/monitor.py --false-alarms K [--window 2000]
+
+counts warnings and alarms instead (issue 15, point 6), in-process on a log written as the
+server writes it: K windows drawn from the training period (January-August) against the
+training data; each month of March-August against the training data and against the same
+month of the January-August table (a same-period slice); the autumn months, where the model
+really loses money. Expected: 0, warnings only, 0, alarms.
 """
 
 from __future__ import annotations
@@ -147,6 +155,51 @@ def run_pandas_baseline(db: Path, workdir: Path) -> dict:
             "quality_rows": len(quality), "psi_temp_last": float(temp[-1])}
 
 
+def false_alarms(k: int, window: int) -> None:
+    """Count warnings and alarms per case and reference (see the module docstring)."""
+    from candidates import flights_candidate
+    from monitor_support import kinds, log_traffic, months
+
+    from nbpipeline.monitor import MonitorConfig, run_monitor
+    from nbpipeline.predlog import table as predlog
+
+    root = Path(tempfile.mkdtemp(prefix="nbp-false-alarms-"))
+    model, meta = flights_candidate(root / "models" / "candidate", rows=12000, seed=0)
+    months(list(range(1, 9)), rows=60000, seed=1).to_parquet(root / "jan-aug.parquet")
+    conn = predlog.connect(root / "logs" / "predictions.db")
+    predlog.ensure_schema(conn, kinds(meta))
+    training = MonitorConfig(window_size=window, min_rows=window // 2,
+                             min_feedback=window // 4)
+
+    def judged(ms: list[int], seed: int, cfg: MonitorConfig) -> tuple[int, int]:
+        log_traffic(conn, model, months(ms, rows=window, seed=seed), version="v1",
+                    ts0=time.time() - 3600)
+        result = run_monitor(cfg, root, act_on_alarms=False, log_alarms=False,
+                             write_summary=False)
+        return (sum(a.level == "warn" for a in result.alarms),
+                sum(a.level == "alarm" for a in result.alarms))
+
+    def same_month(m: int) -> MonitorConfig:
+        return MonitorConfig(**{**training.as_dict(), "reference": "slice",
+                                "reference_data": "jan-aug.parquet", "reference_months": [m]})
+
+    rows = [("training period", "training", [judged(list(range(1, 9)), 100 + i, training)
+                                             for i in range(k)])]
+    for m in range(3, 9):
+        rows.append((f"month {m}", "training", [judged([m], 200 + m, training)]))
+        rows.append((f"month {m}", f"same month ({m})", [judged([m], 200 + m, same_month(m))]))
+    for m in (9, 10, 11):
+        rows.append((f"month {m}", "training", [judged([m], 300 + m, training)]))
+    print(f"windows of {window} real flights, model fitted on January-August; "
+          "warnings / alarms per window")
+    print(f"{'case':18}{'reference':18}{'windows':>8}{'with warnings':>15}{'with alarms':>13}")
+    for case, reference, found in rows:
+        warned = sum(w > 0 for w, _ in found)
+        alarmed = sum(a > 0 for _, a in found)
+        print(f"{case:18}{reference:18}{len(found):>8}{warned:>15}{alarmed:>13}")
+    print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
 def _cpu() -> float:
     """CPU seconds of this process and its finished children (the scan's workers)."""
     total = 0.0
@@ -170,11 +223,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", type=Path, help="reuse/keep the generated log in this dir")
+    parser.add_argument("--false-alarms", type=int, metavar="K",
+                        help="count warnings and alarms over K training-period windows, "
+                        "then seasonal and autumn windows (no timing)")
+    parser.add_argument("--window", type=int, default=WINDOW, help="rows per window")
     parser.add_argument("--child", choices=["monitor", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.db, args.db.parent)
+        return 0
+    if args.false_alarms:
+        false_alarms(args.false_alarms, args.window)
         return 0
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="nbp-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     monitor = sub.add_parser("monitor", help="run notebooks/monitor.ipynb: drift, quality, ROI, "
-                             "alarms and actions (exit 3 on alarms)")
+                             "alarms and actions (exit 3 on alarms, 4 on warnings only)")
     monitor.add_argument("--log-output", action="store_true",
                          help="stream the cells' own output as they run")
     monitor.add_argument("--exit-zero", action="store_true",

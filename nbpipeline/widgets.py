@@ -225,11 +225,13 @@ class MonitorView(w.VBox):
                 f"{html.escape(self.result.reference_source)}</p>")
         self._draw_drift()
         self._draw_quality()
-        rows = [[x.kind, x.version or "", x.subject, x.value, x.limit, x.message]
-                for x in self.result.alarms]
-        self.alarms.value = ("<b>alarms</b>" + _table(
-            ["kind", "version", "subject", "value", "limit", "message"], rows)
-            if rows else "<p>no alarms</p>")
+        # the alarm records as jsonl and the webhook carry them: the statistic that fired
+        rows = [[x.level, x.kind, x.version or "", x.subject, x.statistic, x.value,
+                 x.direction, x.limit, x.message] for x in self.result.alarms]
+        self.alarms.value = ("<b>warnings and alarms</b>" + _table(
+            ["level", "kind", "version", "subject", "statistic", "value", "direction",
+             "limit", "message"], rows) if rows else "<p>no warnings or alarms</p>"
+        ) + "<p>" + html.escape(self.result.impact.get("advice", "")) + "</p>"
 
     def _draw_drift(self) -> None:
         from matplotlib.figure import Figure

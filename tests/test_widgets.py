@@ -73,6 +73,9 @@ def test_widgets_build_in_process(project):
     assert view.drift_plot.value[:4] == b"\x89PNG" and view.quality_plot.value[:4] == b"\x89PNG"
     assert "2,000 predictions in 2 windows" in view.status.value
     assert "input_drift" in view.alarms.value and "temp" in view.alarms.value
+    # the statistic that fired, its direction and limit, as in the jsonl and the webhook
+    assert ">PSI<" in view.alarms.value and ">above<" in view.alarms.value
+    assert "model performance unchanged: no action." in view.alarms.value
     assert not (project / "alarms").exists()  # the view only reads
     busy: list[bool] = []
     view.button.observe(lambda change: busy.append(change["new"]), names="disabled")

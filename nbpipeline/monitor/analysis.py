@@ -1,19 +1,29 @@
-"""Turn the prediction log into tables: traffic, drift, quality and ROI per window.
+"""Turn the prediction log into tables: traffic, drift, quality, estimated quality and ROI.
 
 :func:`analyze` is the monitor's one read of the log; everything the notebook shows, the
 alarms judge and the widgets plot comes from its :class:`Analysis` (pandas DataFrames).
+Drift is judged against the reference the settings choose: the given :class:`Reference`
+(training rows or a slice of a table), or with ``reference: rolling`` the previous
+``reference_windows`` windows of the log itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from nbpipeline.monitor.config import MonitorConfig
-from nbpipeline.monitor.drift import chi_square_many, number_drift_many, psi_many
+from nbpipeline.monitor.drift import (
+    chi_square_many,
+    number_drift_many,
+    pool_rare,
+    psi_many,
+    quantile_groups,
+)
+from nbpipeline.monitor.estimate import Calibration, baseline, estimate_table, fit_calibration
 from nbpipeline.monitor.quality import OutcomeCounts, quality_metrics
 from nbpipeline.monitor.reference import MISSING, Reference
 from nbpipeline.monitor.roi import roi_figures
@@ -40,6 +50,11 @@ class Analysis:
     trailing: pd.DataFrame  # one row per version x role: latest >= min_feedback outcomes
     monitored: list[str]  # feature columns found in the log
     missing_features: list[str]  # model features with no column in the log
+    # performance estimated without labels, per window (all model decisions)
+    estimated: pd.DataFrame = field(default_factory=pd.DataFrame)
+    baseline: dict[str, float] = field(default_factory=dict)  # the estimate on the reference
+    calibration: Calibration | None = None
+    reference_name: str = ""  # what drift was judged against, for messages
 
     @property
     def has_traffic(self) -> bool:
@@ -87,39 +102,61 @@ def _summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out
 
 
+def _rolling(counts: np.ndarray, fixed: np.ndarray, n: int) -> np.ndarray:
+    """Per window: the sum of the previous ``n`` windows' counts (``fixed`` for the first)."""
+    before = np.vstack([np.zeros((1, counts.shape[1])), np.cumsum(counts, axis=0)])
+    idx = np.arange(len(counts))
+    summed = before[idx] - before[np.maximum(idx - n, 0)]
+    empty = summed.sum(axis=1) == 0
+    summed[empty] = fixed
+    return summed
+
+
 def _drift_table(
     ref: Reference, usable: list, hist: CodeHistograms, cfg: MonitorConfig
 ) -> pd.DataFrame:
-    """One row per judged window and monitored column (all windows at once per column)."""
+    """One row per judged window and monitored column (all windows at once per column).
+
+    A PSI above its limit flags drift only where the window's own test (KS, chi-square)
+    has p < ``drift_pvalue``; categories too rare to be judged in a window are pooled
+    (:func:`~nbpipeline.monitor.drift.pool_rare`): over few rows PSI is otherwise inflated
+    by sampling noise alone.
+    """
     cols = ["window", "feature", "kind", "rows", "psi", "statistic", "p_value", "test",
             "missing_ref", "missing_cur", "drifted"]
     frames = []
     for b in usable:
-        cur, refc = hist.counts[b.name].astype(float), ref.counts[b.name].astype(float)
+        cur, fixed = hist.counts[b.name].astype(float), ref.counts[b.name].astype(float)
+        refc = (_rolling(cur, fixed, cfg.reference_windows) if cfg.reference == "rolling"
+                else np.broadcast_to(fixed, cur.shape))
         missing = cur[:, MISSING] if b.kind != "output" else np.zeros(len(cur))
-        ref_missing = refc[MISSING] if b.kind != "output" else 0.0
+        ref_missing = refc[:, MISSING] if b.kind != "output" else np.zeros(len(cur))
         rows = cur[:, :MISSING].sum(axis=1) + missing
         if b.kind == "category":
             n = len(b.categories) + 1
-            ref_all = np.append(refc[:n], ref_missing)
-            cur_all = np.column_stack([cur[:, :n], missing])
+            ref_all, cur_all = pool_rare(np.column_stack([refc[:, :n], ref_missing]),
+                                         np.column_stack([cur[:, :n], missing]))
             value = psi_many(ref_all, cur_all)
             statistic, p_value = chi_square_many(ref_all, cur_all)
-            drifted = (value > cfg.psi_limit) | (p_value < cfg.chi2_pvalue)
+            drifted = ((value > cfg.psi_limit) & (p_value < cfg.drift_pvalue)) | (
+                p_value < cfg.chi2_pvalue)
             test = "chi2"
         else:
             value, statistic, p_value = number_drift_many(
-                refc[:MISSING], ref_missing, cur[:, :MISSING], missing)
+                refc[:, :MISSING], ref_missing, cur[:, :MISSING], missing,
+                groups=quantile_groups(fixed[:MISSING]))
             limit = cfg.output_psi_limit if b.kind == "output" else cfg.psi_limit
-            drifted = value > limit
+            drifted = (value > limit) & (p_value < cfg.drift_pvalue)
             if b.kind == "number":
                 drifted |= statistic > cfg.ks_limit
             test = "ks"
-        ref_total = refc[:MISSING].sum() + ref_missing
+        ref_total = refc[:, :MISSING].sum(axis=1) + ref_missing
         frames.append(pd.DataFrame({
             "window": hist.windows.astype(int), "feature": b.name, "kind": b.kind,
             "rows": rows.astype(int), "psi": value, "statistic": statistic, "p_value": p_value,
-            "test": test, "missing_ref": ref_missing / ref_total if ref_total else 0.0,
+            "test": test,
+            "missing_ref": np.divide(ref_missing, ref_total, out=np.zeros_like(ref_total),
+                                     where=ref_total > 0),
             "missing_cur": np.divide(missing, rows, out=np.zeros_like(rows), where=rows > 0),
             "drifted": drifted,
         })[rows >= cfg.min_rows])
@@ -215,6 +252,10 @@ def analyze(
         _add_values(counts, scanned.values)
     quality = pd.DataFrame([_quality_row(k, c, cfg) for k, c in sorted(counts.items())])
     usable_names = {b.name for b in usable}
+    calibration, base = None, {}
+    if ref.outputs is not None:
+        calibration = fit_calibration(ref.outputs["probability"], ref.outputs["outcome"])
+        base = baseline(ref.outputs["probability"], calibration)
     return Analysis(
         windows=windows,
         traffic=by_version,
@@ -223,6 +264,12 @@ def analyze(
         trailing=_trailing(counts, cfg) if counts else pd.DataFrame(),
         monitored=[b.name for b in ref.features if b.name in usable_names],
         missing_features=[b.name for b in ref.features if b.name not in usable_names],
+        estimated=(estimate_table(scanned.predictions, calibration, cfg.value_model,
+                                  cfg.cost_per_prediction)
+                   if calibration is not None else pd.DataFrame()),
+        baseline=base, calibration=calibration,
+        reference_name=(f"the previous {cfg.reference_windows} windows"
+                        if cfg.reference == "rolling" else ref.name),
     )
 
 

@@ -2,9 +2,11 @@
 
 ``nbp monitor`` executes notebooks/monitor.ipynb through the runner (its executed notebook,
 reports/monitor.html, is the monitoring report), then reads the run's summary
-(``alarms/last_run.json``), prints every alarm and action, runs ``dvc repro`` when a
+(``alarms/last_run.json``), prints every warning, alarm and action and the impact summary
+(quality, estimated quality, ROI, output drift, what to do), runs ``dvc repro`` when a
 retrain was requested with ``retrain_action: dvc``, and returns exit code
-:data:`ALARM_EXIT` when there are alarms (0 when quiet or when there is no traffic yet).
+:data:`ALARM_EXIT` when there are alarms, :data:`WARN_EXIT` when the inputs moved but
+nothing says the model suffers, 0 when quiet or when there is no traffic yet.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from nbpipeline.errors import MonitorError
 from nbpipeline.params import load_params
 from nbpipeline.project import Project
 
-ALARM_EXIT = 3
+ALARM_EXIT = 3  # the model or the service is affected
+WARN_EXIT = 4  # only warnings: the inputs moved, no impact found
 STAGE = "monitor"
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -59,6 +62,9 @@ def monitor_command(
     but the exit code is 0, and ``retrain_action: dvc`` only leaves the marker (DVC holds
     its lock while the stage runs).
     """
+    # here, not at the top: `nbp` imports this module at start-up, these pull in numpy
+    from nbpipeline.monitor.alarms import alarm_line
+    from nbpipeline.monitor.impact import summary_lines
     from nbpipeline.pipeline.run import run_stage
 
     started = time.time()
@@ -88,14 +94,16 @@ def monitor_command(
              "R²), traffic and latency are judged; output drift and ROI are not (they need "
              "probabilities and decisions)")
     for alarm in summary["alarms"]:
-        where = f" [{alarm['version']} {alarm['role']}]" if alarm.get("version") else ""
         new = "" if alarm["id"] in summary["new_alarms"] else " (already logged)"
-        echo(f"ALARM {alarm['kind']}{where}: {alarm['message']}{new}")
+        echo(alarm_line(alarm) + new)
     for action in summary["actions"]:
         echo(f"ACTION {action['kind']}: {action['reason']}"
              + (f" ({action['detail']})" if action.get("detail") else ""))
     if summary.get("webhook_error"):
         echo(f"WARNING {summary['webhook_error']}")
+    if summary["status"] != "no traffic yet":
+        for line in summary_lines(summary["impact"]):
+            echo(f"nbp: monitor: {line}")
     retrain = any(a["kind"] == "retrain_requested" for a in summary["actions"])
     if retrain and settings["retrain_action"] == "dvc" and exit_zero:
         echo("nbp: monitor: retraining requested; inside `dvc repro` only the marker "
@@ -109,7 +117,9 @@ def monitor_command(
                 f"{proc.returncode}; see its output above; the request stays in "
                 f"{settings['retrain_marker']}"
             )
-    return ALARM_EXIT if summary["alarms"] and not exit_zero else 0
+    if exit_zero:
+        return 0
+    return {"alarm": ALARM_EXIT, "warn": WARN_EXIT}.get(summary.get("level", "ok"), 0)
 
 
 def served_features(url: str, timeout: float = 10.0, wait: float = 15.0) -> list[str]:

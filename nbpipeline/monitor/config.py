@@ -14,6 +14,8 @@ from nbpipeline.errors import MonitorError
 from nbpipeline.monitor.roi import check_value_model
 
 RETRAIN_ACTIONS = ("none", "marker", "dvc")
+# what drift is judged against (docs/monitor.md "Choosing the reference")
+REFERENCES = ("training", "slice", "rolling")
 
 
 def _default_quality() -> dict[str, list[float]]:
@@ -33,6 +35,12 @@ class MonitorConfig:
     metadata_path: str = "models/candidate/metadata.json"
     registry_dir: str = "registry"
     alarm_log: str = "alarms/alarms.jsonl"
+    reference: str = "training"
+    reference_data: str = ""
+    reference_from: str = ""
+    reference_to: str = ""
+    reference_months: list[int] = field(default_factory=list)
+    reference_windows: int = 3
     window_by: str = "rows"
     window_size: int = 2000
     min_rows: int = 500
@@ -40,9 +48,11 @@ class MonitorConfig:
     psi_limit: float = 0.25
     ks_limit: float = 0.1
     chi2_pvalue: float = 1e-6
+    drift_pvalue: float = 0.01
     output_psi_limit: float = 0.25
     decision_rate_limits: list[float] = field(default_factory=lambda: [0.02, 0.6])
     quality_limits: dict[str, list[float]] = field(default_factory=_default_quality)
+    max_estimated_drop: float = 0.05
     latency_p95_ms: float = 250.0
     fallback_rate_max: float = 0.05
     value_model: dict[str, float] = field(default_factory=_default_value)
@@ -84,9 +94,25 @@ class MonitorConfig:
         def bad(name: str, why: str) -> MonitorError:
             return MonitorError(f"params.yaml monitor.{name}: {getattr(self, name)!r} {why}")
 
+        if self.reference not in REFERENCES:
+            raise bad("reference", f"must be one of {', '.join(REFERENCES)}")
+        if self.reference == "slice" and not self.reference_data:
+            raise bad("reference_data", "must name a table (CSV or parquet) with the model's "
+                      "features and time column when reference is 'slice'")
+        if self.reference == "slice" and not (
+                self.reference_from or self.reference_to or self.reference_months):
+            raise bad("reference_months", "is empty and so are reference_from/reference_to: "
+                      "a slice reference needs months (e.g. [3, 4, 5]) or a date range")
+        if not (isinstance(self.reference_months, list)
+                and all(isinstance(m, int) and 1 <= m <= 12 for m in self.reference_months)):
+            raise bad("reference_months", "must be a list of calendar months 1..12")
+        if not 0 < self.drift_pvalue <= 1:
+            raise bad("drift_pvalue", "must be in (0, 1]; 1 lets PSI alone flag drift")
+        if not self.max_estimated_drop >= 0:
+            raise bad("max_estimated_drop", "must be >= 0")
         if self.window_by not in ("rows", "seconds"):
             raise bad("window_by", "must be 'rows' or 'seconds'")
-        for name in ("window_size", "roi_windows"):
+        for name in ("window_size", "roi_windows", "reference_windows"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "must be a whole number >= 1")
         for name in ("min_rows", "min_feedback"):

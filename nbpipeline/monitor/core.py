@@ -2,7 +2,8 @@
 
 :func:`run_monitor` is what notebooks/monitor.ipynb calls (and so ``nbp monitor`` and the
 DVC ``monitor`` stage). It never raises because of what it *finds*: findings become alarms
-and actions; it raises MonitorError only when its inputs or settings are unusable.
+(level ``warn`` for input drift, ``alarm`` for impact) and actions; it raises MonitorError
+only when its inputs or settings are unusable.
 The summary (``alarms/last_run.json``) is how ``nbp monitor`` learns the outcome of the
 notebook run (to print alarms, run ``dvc repro`` if asked, and exit non-zero).
 """
@@ -20,9 +21,10 @@ import pandas as pd
 from nbpipeline.errors import RegistryError
 from nbpipeline.monitor import actions as act
 from nbpipeline.monitor import alarms as al
+from nbpipeline.monitor import impact as im
 from nbpipeline.monitor.analysis import Analysis, analyze, empty_analysis
 from nbpipeline.monitor.config import MonitorConfig
-from nbpipeline.monitor.reference import Reference, load_reference
+from nbpipeline.monitor.reference import Reference, load_reference, slice_reference
 from nbpipeline.project import write_text_atomic
 from nbpipeline.record import json_value
 from nbpipeline.release.registry import ProductionState, Registry
@@ -35,7 +37,7 @@ STATE_KINDS = ("promote", "rollback", "switch_off")
 class MonitorResult:
     """What one monitor run found and did."""
 
-    status: str  # "no traffic yet" | "ok" | "alarms"
+    status: str  # "no traffic yet" | "ok" | "warnings" | "alarms"
     analysis: Analysis
     roi: pd.DataFrame
     alarms: list[al.Alarm] = field(default_factory=list)
@@ -45,6 +47,12 @@ class MonitorResult:
     state: dict[str, Any] = field(default_factory=dict)
     webhook_error: str | None = None
     since_window: int | None = None
+    impact: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def level(self) -> str:
+        """``ok``, ``warn`` (inputs moved, no impact) or ``alarm``."""
+        return im.level(self.alarms)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (written to alarms/last_run.json)."""
@@ -52,6 +60,8 @@ class MonitorResult:
         return json_value({
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "status": self.status,
+            "level": self.level,
+            "impact": self.impact,
             "windows": int(len(windows)),
             "predictions": int(windows["rows"].sum()) if len(windows) else 0,
             "reference": self.reference_source,
@@ -70,7 +80,7 @@ class MonitorResult:
         out = [a.line() for a in self.alarms] + [a.line() for a in self.actions]
         if self.webhook_error:
             out.append(f"WARNING {self.webhook_error}")
-        return out or ["no alarms"]
+        return out + im.summary_lines(self.impact)
 
 
 def _epoch(iso: str) -> float:
@@ -88,7 +98,7 @@ def _state_dict(state: ProductionState | None) -> dict[str, Any]:
     }
 
 
-def choose_reference(cfg: MonitorConfig, root: Path, reg: Registry | None) -> tuple[Reference, str]:
+def model_reference(cfg: MonitorConfig, root: Path, reg: Registry | None) -> tuple[Reference, str]:
     """The serving champion's stored reference if any, else the candidate's files."""
     if reg is not None:
         state = reg.state()
@@ -101,6 +111,20 @@ def choose_reference(cfg: MonitorConfig, root: Path, reg: Registry | None) -> tu
                 pass
     ref = load_reference(root / cfg.reference_path, root / cfg.metadata_path)
     return ref, cfg.reference_path
+
+
+def choose_reference(cfg: MonitorConfig, root: Path, reg: Registry | None) -> tuple[Reference, str]:
+    """The model's reference (bins, outputs, calibration), its inputs from the chosen slice
+    with ``reference: slice`` (``rolling`` is applied per window by the analysis)."""
+    ref, source = model_reference(cfg, root, reg)
+    if cfg.reference == "slice":
+        ref = slice_reference(ref, root / cfg.reference_data, start=cfg.reference_from,
+                              stop=cfg.reference_to, months=cfg.reference_months,
+                              shown=cfg.reference_data)
+        source = f"{source}; inputs: {ref.name}"
+    elif cfg.reference == "rolling":
+        source = f"{source}; inputs: the previous {cfg.reference_windows} windows"
+    return ref, source
 
 
 def has_traffic(log_path: Path) -> bool:
@@ -156,6 +180,7 @@ def run_monitor(
         roi_since = result.roi if since is None else result.roi[result.roi["window"] >= since]
         result.alarms = (
             al.drift_alarms(analysis, cfg)
+            + al.estimated_alarms(analysis, cfg)
             + al.traffic_alarms(analysis, cfg, bool(state and state.switched_off))
             + al.quality_alarms(analysis, cfg, since)
             + al.roi_alarms(roi_since, cfg)
@@ -169,10 +194,12 @@ def run_monitor(
                 result.actions += act.rollbacks(result.alarms, reg)
             if reg is not None and cfg.off_switch:
                 result.actions += act.off_switch(roi_since, cfg, reg)
-            result.actions += act.retrain_trigger(result.alarms, cfg, root, reg)
-        result.status = "alarms" if result.alarms else "ok"
+            if result.level == "alarm":  # inputs that moved alone do not call for a retrain
+                result.actions += act.retrain_trigger(result.alarms, cfg, root, reg)
+        result.status = {"ok": "ok", "warn": "warnings", "alarm": "alarms"}[result.level]
         if reg is not None:
             result.state = _state_dict(reg.state())
+    result.impact = im.impact(analysis, result.roi, cfg, result.alarms)
     if write_summary:
         path = (root / cfg.alarm_log).parent / SUMMARY_NAME
         write_text_atomic(path, json.dumps(result.summary(), indent=2) + "\n")

@@ -3,7 +3,8 @@
 Everything here works on *counts per bin*, never on raw rows, so the monitor can bin a
 million logged predictions inside SQLite and only move small histograms into Python.
 Each statistic is computed for many windows at once: ``cur`` is an array
-[windows, bins] against one reference vector.
+[windows, bins] against one reference vector, or against one reference row per window
+(a rolling reference: the previous windows).
 
 Numbers are binned on a fine equal-width grid fitted to the reference (see
 :mod:`nbpipeline.monitor.reference`): the KS statistic is evaluated at every grid edge
@@ -21,6 +22,7 @@ from scipy import special
 
 PSI_GROUPS = 10
 PSI_EPSILON = 1e-4
+MIN_EXPECTED = 5  # categories expected fewer times in a window are pooled
 
 
 @dataclass(frozen=True)
@@ -73,18 +75,22 @@ def grouped(counts: np.ndarray, group_of_bin: np.ndarray) -> np.ndarray:
     return np.asarray(counts, dtype=float) @ onehot
 
 
+def _cdf(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.atleast_2d(np.asarray(counts, dtype=float))
+    n = counts.sum(axis=1)
+    return np.divide(np.cumsum(counts, axis=1), n[:, None], out=np.zeros_like(counts),
+                     where=n[:, None] > 0), n
+
+
 def ks_many(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sample KS statistic at the bin edges and its asymptotic p-value, per row of cur."""
-    cur = np.atleast_2d(np.asarray(cur, dtype=float))
-    n, m = float(ref.sum()), cur.sum(axis=1)
-    if n == 0:
-        return np.zeros(len(cur)), np.ones(len(cur))
-    cdf_ref = np.cumsum(ref) / n
-    cdf_cur = np.divide(np.cumsum(cur, axis=1), m[:, None], out=np.zeros_like(cur),
-                        where=m[:, None] > 0)
-    d = np.where(m > 0, np.max(np.abs(cdf_cur - cdf_ref), axis=1), 0.0)
-    n_eff = n * m / (n + m)
-    p = np.where(m > 0, np.minimum(1.0, special.kolmogorov(np.sqrt(n_eff) * d)), 1.0)
+    """Two-sample KS statistic at the bin edges and its asymptotic p-value, per row of cur
+    (``ref``: one vector, or one row per row of ``cur``)."""
+    cdf_cur, m = _cdf(cur)
+    cdf_ref, n = _cdf(ref)
+    both = (m > 0) & (n > 0)
+    d = np.where(both, np.max(np.abs(cdf_cur - cdf_ref), axis=1), 0.0)
+    n_eff = np.divide(n * m, n + m, out=np.zeros_like(m), where=both)
+    p = np.where(both, np.minimum(1.0, special.kolmogorov(np.sqrt(n_eff) * d)), 1.0)
     return d, p
 
 
@@ -92,6 +98,26 @@ def ks_binned(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, fl
     """Two-sample KS statistic at the bin edges and its asymptotic p-value."""
     d, p = ks_many(np.asarray(ref_counts, dtype=float), cur_counts)
     return float(d[0]), float(p[0])
+
+
+def pool_rare(
+    ref: np.ndarray, cur: np.ndarray, min_expected: float = MIN_EXPECTED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per window, pool the categories the reference expects fewer than ``min_expected``
+    times in that window into one extra bin (of both ``ref`` and ``cur``).
+
+    The chi-square test is only valid with such pooling, and PSI over k sparse bins is
+    inflated by sampling noise alone by about (k - 1) / rows: a 100-category feature over
+    400 rows shows PSI near 0.25 with no drift at all.
+    """
+    cur = np.atleast_2d(np.asarray(cur, dtype=float))
+    ref = np.broadcast_to(np.asarray(ref, dtype=float), cur.shape)
+    n_ref = ref.sum(axis=1, keepdims=True)
+    expected = np.divide(ref * cur.sum(axis=1, keepdims=True), n_ref,
+                         out=np.zeros_like(cur), where=n_ref > 0)
+    rare = expected < min_expected
+    return (np.column_stack([np.where(rare, 0.0, ref), (ref * rare).sum(axis=1)]),
+            np.column_stack([np.where(rare, 0.0, cur), (cur * rare).sum(axis=1)]))
 
 
 def chi_square_many(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,14 +145,24 @@ def chi_square(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, f
 
 
 def number_drift_many(
-    ref_counts: np.ndarray, ref_missing: float, cur_counts: np.ndarray, cur_missing: np.ndarray
+    ref_counts: np.ndarray, ref_missing: float | np.ndarray, cur_counts: np.ndarray,
+    cur_missing: np.ndarray, *, groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(PSI, KS D, KS p) per row of ``cur_counts`` for a numeric column."""
+    """(PSI, KS D, KS p) per row of ``cur_counts`` for a numeric column.
+
+    ``ref_counts`` is one vector or one row per window (then ``ref_missing`` is per window
+    too, and ``groups`` — the PSI groups, by default the reference's deciles — should come
+    from one fixed reference).
+    """
     cur_counts = np.atleast_2d(np.asarray(cur_counts, dtype=float))
-    groups = quantile_groups(ref_counts)
-    ref_g = np.append(grouped(ref_counts, groups), ref_missing)
+    ref_counts = np.asarray(ref_counts, dtype=float)
+    if groups is None:
+        groups = quantile_groups(ref_counts)
+    ref_2d = np.atleast_2d(ref_counts)
+    ref_g = np.column_stack([grouped(ref_2d, groups),
+                             np.broadcast_to(np.asarray(ref_missing, dtype=float), len(ref_2d))])
     cur_g = np.column_stack([grouped(cur_counts, groups), np.asarray(cur_missing, dtype=float)])
-    d, p = ks_many(np.asarray(ref_counts, dtype=float), cur_counts)
+    d, p = ks_many(ref_counts, cur_counts)
     return psi_many(ref_g, cur_g), d, p
 
 
@@ -146,9 +182,11 @@ def category_drift(
     feature: str, ref_counts: np.ndarray, ref_missing: int, cur_counts: np.ndarray,
     cur_missing: int,
 ) -> FeatureDrift:
-    """PSI and chi-square of a categorical feature (missing is a category of its own)."""
-    ref_all = np.append(ref_counts, ref_missing).astype(float)
-    cur_all = np.append(cur_counts, cur_missing).astype(float)
+    """PSI and chi-square of a categorical feature (missing is a category of its own; rare
+    categories pooled as :func:`pool_rare` says)."""
+    pooled_ref, pooled_cur = pool_rare(np.append(ref_counts, ref_missing),
+                                       np.append(cur_counts, cur_missing))
+    ref_all, cur_all = pooled_ref[0], pooled_cur[0]
     chi2, p = chi_square(ref_all, cur_all)
     return FeatureDrift(
         feature, "category", int(cur_all.sum()), psi(ref_all, cur_all), chi2, p, "chi2",

@@ -96,3 +96,28 @@ def plot_roi(ax: Any, roi: pd.DataFrame, cfg: MonitorConfig) -> Any:
     _integer_x(ax)
     ax.legend(fontsize="small")
     return ax
+
+
+def plot_estimated(ax: Any, analysis: Analysis, cfg: MonitorConfig, metric: str = "roc_auc") -> Any:
+    """``metric`` estimated without labels per window, against the same estimate on the
+    reference and the drop that alarms; realised figures (on feedback) as points."""
+    ax.set_title(f"{metric}: estimated (no labels) and realised per window")
+    est = analysis.estimated
+    if est.empty or metric not in est:
+        ax.text(0.5, 0.5, "no estimate (no traffic, or no probabilities)", ha="center",
+                va="center", transform=ax.transAxes)
+        return ax
+    ax.plot(est["window"], est[metric], marker="o", label="estimated")
+    if not analysis.quality.empty:
+        for (version, role), group in analysis.quality.groupby(["version", "role"]):
+            ax.plot(group["window"], group[metric], "x", label=f"realised {version} ({role})")
+    base = analysis.baseline.get(metric)
+    if base is not None:
+        ax.axhline(base, color="grey", linestyle=":", label=f"reference {base:.3f}")
+        ax.axhline(base - cfg.max_estimated_drop, color="red", linestyle="--",
+                   label=f"alarm below {base - cfg.max_estimated_drop:.3f}")
+    ax.set_xlabel("window")
+    ax.set_ylabel(metric)
+    _integer_x(ax)
+    ax.legend(fontsize="small")
+    return ax

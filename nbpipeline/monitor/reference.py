@@ -1,4 +1,5 @@
-"""The reference distribution (training rows) and the binning shared by SQL and numpy.
+"""The reference distribution (training rows, or a slice of a table) and the binning shared by
+SQL and numpy.
 
 Each monitored column gets a :class:`Binning` that turns a value into a small integer
 code (0..127), computed *identically* by numpy for the reference rows and by an SQL
@@ -16,13 +17,14 @@ Seven bits per code let the scan pack nine columns into one SQLite integer.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nbpipeline.errors import MonitorError
+from nbpipeline.dataset import read_table
+from nbpipeline.errors import MonitorError, NbpipelineError
 from nbpipeline.predlog.table import feature_column
 
 GRID_BINS = 124
@@ -137,6 +139,10 @@ class Reference:
     rows: int
     target_rate: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # the model's probabilities with the true outcomes ("probability", "outcome"): what
+    # estimated performance is calibrated on; None without an output or target column
+    outputs: Any = None
+    name: str = "the training data"  # what drift is judged against, for messages
 
     @property
     def features(self) -> list[Binning]:
@@ -172,10 +178,74 @@ def build_reference(frame: Any, features: list[dict[str, Any]]) -> Reference:
         b.name: np.bincount(b.codes(frame[b.name]), minlength=CODES)
         for b in binnings
     }
-    target_rate = None
+    target_rate, outputs = None, None
     if "target" in frame.columns:
         target_rate = float(frame["target"].mean())
-    return Reference(binnings, counts, len(frame), target_rate)
+        if OUTPUT in frame.columns:
+            outputs = frame[[OUTPUT, "target"]].set_axis(["probability", "outcome"], axis=1)
+    return Reference(binnings, counts, len(frame), target_rate, outputs=outputs)
+
+
+def in_period(times: Any, *, start: str | None = "", stop: str | None = "",
+              months: list[int] | None = None) -> Any:
+    """Mask of the UTC timestamps ``times`` (a Series) in ``[start, stop)`` (dates, either
+    may be empty) and in the calendar ``months`` (1..12, all when empty)."""
+    import pandas as pd
+
+    keep = times.notna()
+    if start:
+        keep &= times >= pd.Timestamp(start, tz="UTC")
+    if stop:
+        keep &= times < pd.Timestamp(stop, tz="UTC")
+    if months:
+        keep &= times.dt.month.isin(months)
+    return keep
+
+
+def slice_reference(
+    ref: Reference, path: Path | str, *, start: str = "", stop: str = "",
+    months: list[int] | None = None, shown: str = "",
+) -> Reference:
+    """``ref`` with its input histograms taken from a slice of the table at ``path``.
+
+    The slice is the rows whose time column (the model contract's) is in
+    ``[start, stop)`` and in the calendar ``months`` — e.g. the same months a year
+    earlier, or the same season of the training data. The bins stay the training
+    reference's (the log is binned with them); the model-output histogram and the
+    calibration stay the training reference's (the slice holds no model outputs).
+    ``shown`` is how messages name the table (default: ``path``).
+    """
+    shown = shown or str(path)
+    where = "params.yaml monitor.reference_data"
+    time_column = ref.metadata.get("time_column")
+    if not time_column:
+        raise MonitorError(
+            f"{where}: a slice is chosen by time, but the model contract names no time "
+            "column; set data.time_column (params.yaml) and re-run the train stage, or use "
+            "reference: training or rolling")
+    if not Path(path).is_file():
+        raise MonitorError(f"{where}: {shown}: no such file; point it at a table (CSV or "
+                           f"parquet) with the model's features and its time column "
+                           f"'{time_column}', e.g. the training split")
+    try:
+        frame = read_table(path, [time_column])
+    except NbpipelineError as exc:
+        raise MonitorError(f"{where}: {exc}") from exc
+    missing = [b.name for b in ref.features if b.name not in frame.columns]
+    if missing:
+        raise MonitorError(f"{where}: {shown} has no column(s) {', '.join(missing)}; the "
+                           "slice must hold the model's features")
+    picked = frame[in_period(frame[time_column], start=start, stop=stop, months=months)]
+    what = ", ".join(filter(None, [
+        f"from {start}" if start else "", f"to {stop}" if stop else "",
+        f"months {', '.join(map(str, months))}" if months else ""]))
+    if picked.empty:
+        raise MonitorError(f"{where}: no rows of {shown} {what} (column {time_column}); "
+                           "widen monitor.reference_from/to or reference_months")
+    counts = dict(ref.counts)
+    for b in ref.features:
+        counts[b.name] = np.bincount(b.codes(picked[b.name]), minlength=CODES)
+    return replace(ref, counts=counts, rows=len(picked), name=f"the slice of {shown} {what}")
 
 
 def load_reference(

@@ -23,6 +23,7 @@ from typing import Any
 
 from nbpipeline.dataset import read_table
 from nbpipeline.errors import MonitorError, NbpipelineError
+from nbpipeline.monitor.reference import in_period
 from nbpipeline.release.candidate import ModelContract
 
 MAX_ROWS = 200_000
@@ -38,7 +39,6 @@ def replay_rows(
     ``start``/``stop`` (dates) keep rows with ``start <= time < stop`` on the contract's
     time column; ``rows`` draws a random sample of that many (then re-sorts by time).
     """
-    import pandas as pd
 
     time_column = contract.time_column
     try:
@@ -54,13 +54,7 @@ def replay_rows(
     if (start or stop) and not time_column:
         raise MonitorError("--from/--to need a time column; the model contract has none")
     if time_column:
-        t = frame[time_column]
-        keep = t.notna()
-        if start:
-            keep &= t >= pd.Timestamp(start, tz="UTC")
-        if stop:
-            keep &= t < pd.Timestamp(stop, tz="UTC")
-        frame = frame[keep]
+        frame = frame[in_period(frame[time_column], start=start, stop=stop)]
     frame = frame[frame[contract.target].notna()]
     if rows is not None and rows < len(frame):
         frame = frame.sample(rows, random_state=seed)

@@ -94,6 +94,18 @@ class OutcomeGroups:
 
 
 @dataclass
+class PredictionGroups:
+    """Every model decision with a probability, labelled or not: one row per
+    (window, decision, probability bin), for performance estimated without labels."""
+
+    window: np.ndarray
+    decision: np.ndarray
+    prob_bin: np.ndarray
+    count: np.ndarray
+    prob_sum: np.ndarray
+
+
+@dataclass
 class ValueGroups:
     """Labelled predictions of regression models: one row per (window, version, role)
     with additive sums of the errors and outcomes (no probabilities to bin)."""
@@ -248,6 +260,7 @@ class Scan:
     outcomes: OutcomeGroups
     traffic: TrafficGroups
     values: ValueGroups | None = None
+    predictions: PredictionGroups | None = None
 
 
 def scan_log(
@@ -333,6 +346,15 @@ def _count(data: np.ndarray, binnings: list[Binning], versions: list[str]) -> Sc
         windows[g_win], [names[v] for v in g_ver], [ROLES[r] for r in g_role], g_y, g_dec,
         g_bin, n, np.bincount(inv, weights=(p - y) ** 2, minlength=len(groups)),
     )
+    # all model decisions with a probability: (window, decision, probability bin)
+    keep = (fallback == 0) & (prob >= 0)
+    p = prob[keep]
+    key = (win[keep] * 2 + decision[keep]) * PROB_BINS + np.clip(
+        (p * PROB_BINS).astype(np.int64), 0, PROB_BINS - 1)
+    groups, inv, n = np.unique(key, return_inverse=True, return_counts=True)
+    predictions = PredictionGroups(
+        windows[groups // PROB_BINS // 2], (groups // PROB_BINS) % 2, groups % PROB_BINS, n,
+        np.bincount(inv, weights=p, minlength=len(groups)))
     # labelled regression predictions (no probability): sums per (window, version, role)
     value, truth, labelled = data[:, -3] / 1e6, data[:, -2] / 1e6, data[:, -1]
     keep = (labelled == 1) & (fallback == 0) & (prob < 0)
@@ -350,7 +372,8 @@ def _count(data: np.ndarray, binnings: list[Binning], versions: list[str]) -> Sc
         np.bincount(inv, minlength=len(groups)), total(err), total(err ** 2),
         total(np.abs(err)), total(y), total(y ** 2),
     )
-    return Scan(binnings, CodeHistograms(windows, counts), outcomes, traffic, values)
+    return Scan(binnings, CodeHistograms(windows, counts), outcomes, traffic, values,
+                predictions)
 
 
 def scan_codes(

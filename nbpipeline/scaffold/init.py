@@ -280,7 +280,7 @@ nbp report                # reports/index.html: params, metrics, gate, vs the ch
 nbp promote               # register the candidate if its gate passed; it serves next
 nbp serve &               # HTTP model server on 127.0.0.1:8000 (POST /predict, /feedback)
 nbp replay --rows 500     # send the golden rows through it, with their outcomes
-nbp monitor               # drift, quality, alarms (exit 3 on alarms)
+nbp monitor               # drift, quality, alarms (exit 3 on alarms, 4 on warnings)
 ```
 
 Edit `params.yaml` to change the features (`common.features`: name -> number | category),

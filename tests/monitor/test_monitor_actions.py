@@ -60,14 +60,14 @@ def registry_with(root: Path, models, *, canary: bool) -> Registry:
     return reg
 
 
-def test_drift_alarms_on_december_and_quiet_on_training_period(project, models):
+def test_december_inputs_moved_is_a_warning_with_no_retrain(project, models):
     root, conn = project
     model = models["good"][0]
     control = months(list(range(1, 9)), rows=WINDOW, seed=11)  # rows of the training period
     log_traffic(conn, model, control, version="v1", ts0=time.time() - 600)
     quiet = run_monitor(config(), root)
-    assert quiet.status == "ok", quiet.lines()
-    assert not [a for a in quiet.alarms if a.kind in ("input_drift", "output_drift")]
+    assert quiet.status == "ok" and quiet.alarms == [], quiet.lines()
+    assert quiet.lines()[-1] == "what to do: no drift and no impact: no action."
     assert not (root / "retrain" / "requested.json").exists()
 
     december = months([12], rows=WINDOW, seed=12)
@@ -76,15 +76,56 @@ def test_drift_alarms_on_december_and_quiet_on_training_period(project, models):
     drifted = {a.subject for a in loud.alarms if a.kind == "input_drift"}
     assert {"temp", "dewp"} <= drifted, loud.lines()
     assert not drifted & {"carrier", "origin", "distance", "hour"}  # schedule did not drift
-    marker = json.loads((root / "retrain" / "requested.json").read_text())
-    assert set(marker["features"]) == drifted and marker["window"] == 1
-    assert [a.kind for a in loud.actions] == ["retrain_requested"]
+    # inputs moved, the model did not suffer: warnings only, no retrain
+    assert loud.status == "warnings" and {a.level for a in loud.alarms} == {"warn"}
+    assert loud.actions == [] and not (root / "retrain" / "requested.json").exists()
+    impact = loud.impact
+    assert impact["output_psi"] < 0.25 and impact["realised"]["roc_auc"] > 0.65
+    assert abs(impact["estimated"]["roc_auc"] - impact["baseline"]["roc_auc"]) < 0.05
+    assert impact["roi_pct"] > 0
+    lines = loud.lines()
+    assert [line.split(":")[0] for line in lines[-5:]] == [
+        "quality", "estimated quality", "ROI", "output drift", "what to do"]
+    assert lines[-1].startswith("what to do: inputs moved (")
+    assert lines[-1].endswith("model performance unchanged: no action.")
     summary = json.loads((root / "alarms" / "last_run.json").read_text())
-    assert summary["status"] == "alarms" and len(summary["alarms"]) == len(loud.alarms)
+    assert summary["status"] == "warnings" and summary["level"] == "warn"
+    assert len(summary["alarms"]) == len(loud.alarms)
+    assert summary["impact"]["advice"] == impact["advice"]
 
     again = run_monitor(config(), root)  # same window: alarms stand, nothing new is written
     assert again.new_alarms == [] and again.actions == []
     assert len(AlarmLog(root / "alarms" / "alarms.jsonl").read()) == len(loud.alarms)
+
+
+def test_december_with_an_output_shift_is_an_alarm_and_requests_a_retrain(project, models):
+    root, conn = project
+    log_traffic(conn, models["good"][0], months([12], rows=WINDOW, seed=12), version="v1",
+                shift=0.3)  # e.g. a library upgrade that broke calibration
+    result = run_monitor(config(), root)
+    assert result.status == "alarms" and result.level == "alarm"
+    output = [a for a in result.alarms if a.kind == "output_drift"]
+    assert output and output[0].level == "alarm" and output[0].statistic == "PSI"
+    marker = json.loads((root / "retrain" / "requested.json").read_text())
+    assert {"temp", "dewp"} <= set(marker["features"]) and marker["window"] == 0
+    assert [a.kind for a in result.actions] == ["retrain_requested"]
+    assert result.lines()[-1].startswith("what to do: ")
+    assert "retrain" in result.impact["advice"] or "outputs moved" in result.impact["advice"]
+
+
+def test_a_broken_feature_alarms_on_estimated_quality_before_any_outcome(project, models):
+    root, conn = project
+    rows = months(list(range(1, 9)), rows=WINDOW, seed=5)
+    rows["hour"] = 12.0  # an upstream bug: every departure hour reads noon
+    log_traffic(conn, models["good"][0], rows, version="v1", feedback=False)
+    result = run_monitor(config(), root)
+    estimated = [a for a in result.alarms if a.kind == "estimated_quality_low"]
+    assert [(a.subject, a.statistic, a.direction) for a in estimated] == [
+        ("roc_auc", "estimated roc_auc", "below")], result.lines()
+    assert estimated[0].value < result.analysis.baseline["roc_auc"] - 0.05
+    assert result.level == "alarm" and result.impact["realised"] is None  # no outcome yet
+    assert result.lines()[-1].startswith("what to do: estimated roc_auc fell ")
+    assert "while hour moved: check that feed" in result.lines()[-1]
 
 
 def test_bad_canary_is_rolled_back_while_champion_keeps_serving(project, models):
@@ -207,6 +248,45 @@ def test_webhook_receives_new_alarms_once(project, models):
     assert sent == {a.id for a in first.new_alarms} and second.new_alarms == []
     dead = run_monitor(config(webhook_url="http://127.0.0.1:9/x", window_size=500), root)
     assert dead.webhook_error and "127.0.0.1:9" in dead.webhook_error
+
+    # the webhook's records are the jsonl's, and each says the statistic that fired
+    logged = {r["id"]: {k: v for k, v in r.items() if k != "ts"}
+              for r in AlarmLog(root / "alarms" / "alarms.jsonl").read()}
+    drift = first.analysis.drift.set_index(["window", "feature"])
+    column = {"PSI": "psi", "KS D": "statistic", "chi-square p": "p_value"}
+    for record in _Hook.received[0]["alarms"]:
+        assert logged[record["id"]] == record
+        assert record["statistic"] and record["level"] in ("warn", "alarm")
+        value, limit = record["value"], record["limit"]
+        assert value > limit if record["direction"] == "above" else value < limit, record
+        assert f"{record['statistic']} {value:.4g} is {record['direction']} the limit" \
+            in record["message"], record
+        row = drift.loc[(record["window"], record["subject"])]
+        assert value == pytest.approx(row[column[record["statistic"]]]), record
+    fired = {r["statistic"] for r in _Hook.received[0]["alarms"]}
+    assert "PSI" in fired and fired - {"PSI"}, fired  # e.g. visib fires on KS D alone
+
+
+def test_a_category_that_fired_on_its_chi_square_p_says_so() -> None:
+    from types import SimpleNamespace
+
+    from nbpipeline.monitor.alarms import fired_statistic
+
+    row = SimpleNamespace(kind="category", test="chi2", psi=0.09, statistic=80.0, p_value=1e-9)
+    assert fired_statistic(row, config()) == ("chi-square p", 1e-9, 1e-6, "below")
+    row = SimpleNamespace(kind="number", test="ks", psi=0.05, statistic=0.155, p_value=1e-5)
+    assert fired_statistic(row, config()) == ("KS D", 0.155, 0.1, "above")
+    row = SimpleNamespace(kind="output", test="ks", psi=0.4, statistic=0.3, p_value=1e-9)
+    assert fired_statistic(row, config()) == ("PSI", 0.4, 0.25, "above")
+
+
+def test_roi_alarm_reads_as_a_sentence(project, models):
+    root, conn = project
+    log_traffic(conn, models["good"][0], months([10], rows=WINDOW, seed=33), version="v1")
+    roi = [a for a in run_monitor(config(), root).alarms if a.kind == "roi_low"]
+    assert len(roi) == 1 and roi[0].statistic == "ROI %" and roi[0].direction == "below"
+    assert roi[0].message == (f"ROI over {WINDOW} outcomes of window 0 is "
+                              f"{roi[0].value:.1f}%, below the floor 0%."), roi[0].message
 
 
 def test_alarm_log_appends_from_concurrent_processes_stay_whole(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,40 +14,17 @@ import httpx
 import pytest
 import yaml
 from candidates import flights_candidate
-from monitor_support import months
+from monitor_support import BIN, flights_project, months, nbp, nbp_serve, write_gate
 from projects import REPO
-from serve_fixtures import free_port, wait_ready
+from serve_fixtures import free_port
 
-from nbpipeline.monitor.command import ALARM_EXIT, served_features
+from nbpipeline.monitor.command import ALARM_EXIT, WARN_EXIT, served_features
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.core import run_monitor
 from nbpipeline.monitor.replay import json_row, replay
-from nbpipeline.record import file_sha256
 from nbpipeline.release.registry import Registry
 
-BIN = Path(sys.executable).parent
 WINDOW = 400
-
-
-def nbp(*args: str, cwd: Path, check_code: int | None = 0) -> subprocess.CompletedProcess[str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NBPIPELINE_ROOT", "NBPIPELINE_STAGE", "NBPIPELINE_RUNNING", "NBP_DEBUG")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    proc = subprocess.run([str(BIN / "nbp"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
-    if check_code is not None:
-        assert proc.returncode == check_code, f"nbp {' '.join(args)}: {proc.stdout}{proc.stderr}"
-    return proc
-
-
-def write_gate(root: Path, champion: str | None) -> None:
-    gate = {"passed": True, "checks": [], "champion_version": champion,
-            "candidate_sha256": file_sha256(root / "models/candidate/model.skops"),
-            "metrics": {"golden": {"roc_auc": 0.7}}}
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / "gate.json").write_text(json.dumps(gate))
 
 
 @pytest.fixture
@@ -56,12 +32,7 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     (root / "notebooks").mkdir(parents=True)
     shutil.copy(REPO / "notebooks" / "monitor.ipynb", root / "notebooks")
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["monitor"].update(window_size=WINDOW, min_rows=200, min_feedback=150, roi_windows=2)
-    params["serve"] = {"poll_seconds": 0.2, "fallback_prediction": 0}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    flights_candidate(root / "models" / "candidate", rows=8000, seed=0)
+    flights_project(root, window_size=WINDOW, min_rows=200, min_feedback=150, roi_windows=2)
     return root
 
 
@@ -72,12 +43,7 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
 
     write_gate(project, None)
     nbp("promote", "--reason", "first model", cwd=project)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(BIN / "nbp"), "serve", "--port", str(port)], cwd=project,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(url, timeout=60, proc=server)
+    with nbp_serve(project) as url:
         months(list(range(1, 9))).to_parquet(project / "jan-aug.parquet")
         control = nbp("replay", "--data", "jan-aug.parquet", "--from", "2013-01-01",
                       "--to", "2013-09-02", "--rows", str(WINDOW), "--rate", "400",
@@ -93,10 +59,16 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         sent = replay(url, months([12], rows=WINDOW, seed=0), features, target="delayed",
                       rate=400)
         assert sent.feedback == WINDOW and sent.errors == 0
-        december = nbp("monitor", cwd=project, check_code=ALARM_EXIT)
-        assert "ALARM input_drift: feature 'temp' drifted" in december.stdout
-        assert "ACTION retrain_requested" in december.stdout
-        assert json.loads((project / "retrain" / "requested.json").read_text())["window"] == 1
+        # December: the inputs moved, the model still earns: warnings, exit 4, no retrain
+        december = nbp("monitor", cwd=project, check_code=WARN_EXIT)
+        assert "WARN input_drift: Feature 'temp' drifted against the training data: PSI " \
+            in december.stdout
+        assert "ACTION" not in december.stdout and "ALARM" not in december.stdout
+        said = december.stdout.splitlines()
+        assert [line.split(":")[2].strip() for line in said[-5:]] == [
+            "quality", "estimated quality", "ROI", "output drift", "what to do"], said
+        assert said[-1].endswith("model performance unchanged: no action."), said
+        assert not (project / "retrain" / "requested.json").exists()
 
         # autumn: the model stops paying (ROI < 0 for roi_windows windows) -> off switch
         replay(url, months([9, 10, 11], rows=2 * WINDOW, seed=5), features, target="delayed",
@@ -118,13 +90,10 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         assert answer["fallback"] is False and answer["model_version"] == "v1"
         after = run_monitor(cfg, project)
         assert not [a for a in after.actions if a.kind == "switch_off"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     events = [e.kind for e in Registry(project / "registry").events()]
-    # autumn drifts too (a new window): a second retrain request, after the off switch
-    assert events == ["register", "promote", "retrain_requested", "switch_off",
-                      "retrain_requested", "promote"]
+    # autumn loses money (an alarm) and its inputs moved: a retrain request, after the off
+    # switch; December's moved inputs alone requested none
+    assert events == ["register", "promote", "switch_off", "retrain_requested", "promote"]
 
 
 def _one_row(url: str) -> dict:
@@ -159,7 +128,8 @@ def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
     model, meta = flights_candidate(root / "models" / "candidate", rows=4000, seed=0)
     conn = predlog.connect(root / "logs" / "predictions.db")
     predlog.ensure_schema(conn, kinds(meta))
-    log_traffic(conn, model, months([12], rows=WINDOW, seed=4), version="v1")
+    # December's inputs with broken outputs: moved inputs alone would only warn
+    log_traffic(conn, model, months([12], rows=WINDOW, seed=4), version="v1", shift=0.3)
     conn.close()
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
     lines: list[str] = []

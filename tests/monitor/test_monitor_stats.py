@@ -157,6 +157,12 @@ def test_roi_formula():
         ({"cost_per_prediction": 0.0}, "cost_per_prediction"),
         ({"retrain_action": "email"}, "retrain_action"),
         ({"windw_size": 5}, "unknown setting"),
+        ({"reference": "last_year"}, "reference"),
+        ({"reference": "slice"}, "reference_data"),
+        ({"reference": "slice", "reference_data": "t.csv"}, "reference_months"),
+        ({"reference_months": [13]}, "reference_months"),
+        ({"reference_windows": 0}, "reference_windows"),
+        ({"drift_pvalue": 0.0}, "drift_pvalue"),
     ],
 )
 def test_bad_settings_name_the_field(change, field):
@@ -190,3 +196,81 @@ def test_no_traffic_needs_no_model_and_writes_a_summary(tmp_path):
                  "VALUES ('r1', 1.0, 'champion', '{}', 1.0)")
     with pytest.raises(MonitorError, match="reference.parquet: not found"):
         run_monitor(MonitorConfig(), tmp_path)  # traffic but no model: say what to run
+
+
+def test_sparse_categories_are_pooled_so_sampling_noise_is_not_drift():
+    from nbpipeline.monitor.drift import pool_rare, psi_many
+
+    rng = np.random.default_rng(3)
+    shares = rng.dirichlet(np.full(100, 0.5))  # ~100 destinations, a few dominant
+    ref = rng.multinomial(20000, shares).astype(float)
+    cur = rng.multinomial(400, shares)[None, :].astype(float)  # the same distribution
+    assert psi_many(ref, cur)[0] > 0.15  # raw: sampling noise over sparse bins
+    pooled_ref, pooled_cur = pool_rare(ref, cur)
+    assert psi_many(pooled_ref, pooled_cur)[0] < 0.1
+    assert pooled_cur.sum() == 400 and pooled_ref.sum() == 20000  # nothing dropped
+    moved = rng.multinomial(400, np.roll(shares, 7))[None, :].astype(float)
+    pooled_ref, pooled_moved = pool_rare(ref, moved)
+    assert psi_many(pooled_ref, pooled_moved)[0] > 0.25  # a real move still shows
+
+
+def test_rolling_reference_is_the_previous_windows():
+    from nbpipeline.monitor.analysis import _rolling
+
+    counts = np.array([[4.0, 0.0], [0.0, 4.0], [2.0, 2.0], [1.0, 3.0]])
+    fixed = np.array([9.0, 1.0])
+    rolled = _rolling(counts, fixed, 2)
+    assert rolled.tolist() == [[9.0, 1.0], [4.0, 0.0], [4.0, 4.0], [2.0, 6.0]]
+
+
+def test_estimated_performance_matches_realised_on_calibrated_scores():
+    from nbpipeline.monitor.estimate import expected_counts, fit_calibration
+
+    rng = np.random.default_rng(5)
+    p = rng.beta(2, 5, 40000)
+    y = (rng.random(40000) < p).astype(int)  # calibrated by construction
+    calibration = fit_calibration(p[:20000], y[:20000])
+    assert not calibration.applied and calibration.ece < 0.02
+    live_p, live_y = p[20000:], y[20000:]
+    decision = (live_p >= 0.35).astype(int)
+    bins = np.clip((live_p * 100).astype(int), 0, 99)
+    count, prob_sum = np.zeros((2, 100)), np.zeros((2, 100))
+    np.add.at(count, (decision, bins), 1)
+    np.add.at(prob_sum, (decision, bins), live_p)
+    est = quality_metrics(expected_counts(count, prob_sum, calibration))
+    assert est["roc_auc"] == pytest.approx(roc_auc_score(live_y, live_p), abs=0.01)
+    assert est["accuracy"] == pytest.approx(((live_p >= 0.35) == live_y).mean(), abs=0.01)
+
+    # over-confident scores (squashed towards 0 and 1): calibrated first, then right again
+    squashed = 1 / (1 + np.exp(-3 * np.log(p / (1 - p))))
+    calibration = fit_calibration(squashed[:20000], y[:20000])
+    assert calibration.applied and "calibrated" in calibration.describe()
+    bins = np.clip((squashed[20000:] * 100).astype(int), 0, 99)
+    decision = (squashed[20000:] >= 0.35).astype(int)
+    count, prob_sum = np.zeros((2, 100)), np.zeros((2, 100))
+    np.add.at(count, (decision, bins), 1)
+    np.add.at(prob_sum, (decision, bins), squashed[20000:])
+    est = quality_metrics(expected_counts(count, prob_sum, calibration))
+    assert est["accuracy"] == pytest.approx((decision == live_y).mean(), abs=0.015)
+    assert est["roc_auc"] == pytest.approx(roc_auc_score(live_y, squashed[20000:]), abs=0.015)
+
+
+def test_slice_reference_errors_name_the_setting(tmp_path):
+    import pandas as pd
+
+    from nbpipeline.monitor.reference import build_reference, slice_reference
+
+    frame = pd.DataFrame({"x": np.arange(100.0), "when": pd.date_range(
+        "2013-01-01", periods=100, freq="D", tz="UTC")})
+    ref = build_reference(frame, [{"name": "x", "kind": "number"}])
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(MonitorError, match="monitor.reference_data: .*names no time column"):
+        slice_reference(ref, tmp_path / "t.parquet", months=[1])
+    ref.metadata = {"time_column": "when"}
+    with pytest.raises(MonitorError, match=r"monitor.reference_data: no rows of .* months 7"):
+        slice_reference(ref, tmp_path / "t.parquet", months=[7])
+    with pytest.raises(MonitorError, match=r"reference_data: data/x.parquet: no such file"):
+        slice_reference(ref, tmp_path / "x.parquet", months=[2], shown="data/x.parquet")
+    spring = slice_reference(ref, tmp_path / "t.parquet", months=[2], start="2013-01-01")
+    assert spring.rows == 28 and "months 2" in spring.name
+    assert spring.counts["x"].sum() == 28 and ref.counts["x"].sum() == 100
