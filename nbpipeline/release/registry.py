@@ -140,6 +140,11 @@ def _event(rec: Any) -> Event:
                                  f"{' or '.join(t.__name__ for t in types)}")
     if kind == "register" and not re.fullmatch(r"v[1-9][0-9]*", data["version"]):
         raise ValueError(f"version {data['version']!r} is not v<number>")
+    if kind == "register" and not re.fullmatch(r"[0-9a-f]{64}", data["sha256"]):
+        raise ValueError(f"sha256 {data['sha256']!r} is not 64 hex digits")
+    if kind == "register" and not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+                                      for v in data.get("files", {}).values()):
+        raise ValueError("data.files must map names to sha256 hashes (64 hex digits)")
     if kind in ("promote", "rollback") and data["role"] not in ROLES:
         raise ValueError(f"role {data['role']!r} is not one of {', '.join(ROLES)}")
     if kind == "promote" and data["role"] == "canary":
