@@ -225,11 +225,13 @@ def test_fuzzed_events_files_are_read_or_refused_in_one_line(
 ) -> None:
     """A real log (register, promote, canary, switch off/on, rollback, alarm) with one line
     replaced, dropped, repeated or edited — fields removed, retyped or set to odd values.
-    Reading it (state, versions, models table) gives the state or one RegistryError line
-    naming events.jsonl; never a traceback, never a half-replayed state (issue 16)."""
+    Reading it (state, versions, `nbp models`, `nbp lineage`) gives the state or one
+    RegistryError line naming events.jsonl; never a traceback, never a half-replayed state
+    (issue 16)."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
+    from nbpipeline.release.lineage import render, trace
     from nbpipeline.release.promote import models_table
 
     source = Registry(tmp_path_factory.mktemp("fuzz") / "registry")
@@ -243,6 +245,12 @@ def test_fuzzed_events_files_are_read_or_refused_in_one_line(
     source.append_event("alarm", reason="drift", actor="monitor", psi=0.3)
     source.rollback(reason="worse", actor="ana")
     lines = [json.loads(line) for line in source.events_path.read_text().splitlines()]
+    for record in lines[:2]:  # what a pipeline's registration records (small_candidate's lacks)
+        record["data"]["metadata"]["data"] = {"train": {
+            "path": "data/train.parquet", "sha256": "ab" * 32, "rows": 10}}
+        record["data"]["lineage"] = {"stages": {"data": {"cmd": "nbp run data", "params": {
+            "data": {"n": 1}}, "outs": [{"path": "data/train.parquet", "md5": "x"}]}},
+            "git": {"rev": "abc", "dirty": False}, "stale": []}
     odd = (st.none() | st.booleans() | st.integers(-1, 3) | st.floats() | st.text(max_size=5)
            | st.sampled_from(["v1", "v2", "v9", "V1", "v01", "champion", "canary", "x" * 64,
                               "../../x", "0" * 64]) | st.lists(st.integers(), max_size=2))
@@ -271,8 +279,9 @@ def test_fuzzed_events_files_are_read_or_refused_in_one_line(
         reg.events_path.write_text("\n".join(text) + "\n", errors="surrogateescape")
         try:
             reg.state()
-            reg.versions()
             models_table(reg)
+            for mv in reg.versions():
+                render(trace(reg, mv.version))
         except RegistryError as exc:
             assert "\n" not in str(exc) and str(reg.events_path) in str(exc), str(exc)
 
