@@ -109,9 +109,8 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         answer = httpx.post(f"{url}/predict", json=row, timeout=10).json()
         assert answer["fallback"] is True and answer["role"] == "fallback"
 
-        write_gate(project, "v1")
-        lifted = nbp("promote", "--reason", "value model reviewed", cwd=project)
-        assert "v1" in lifted.stdout
+        lifted = nbp("on", "--reason", "value model reviewed", cwd=project)
+        assert "v1 serves again" in lifted.stdout
         assert not Registry(project / "registry").state().switched_off
         time.sleep(1.0)
         answer = httpx.post(f"{url}/predict", json=row, timeout=10).json()
@@ -124,7 +123,7 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
     events = [e.kind for e in Registry(project / "registry").events()]
     # autumn drifts too (a new window): a second retrain request, after the off switch
     assert events == ["register", "promote", "retrain_requested", "switch_off",
-                      "retrain_requested", "promote"]
+                      "retrain_requested", "switch_on"]
 
 
 def _one_row(url: str) -> dict:
