@@ -94,11 +94,8 @@ def trace(registry: Registry, version: str, project: Project | None = None) -> d
     try:
         return _trace(registry, mv, project)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise RegistryError(
-            f"{registry.events_path}: the lineage or metadata recorded for {version} is "
-            f"malformed ({type(exc).__name__}: {exc}); the registry log was edited by hand — "
-            "restore it from a backup (it is append-only, never edit it)"
-        ) from exc
+        raise registry.hand_edited(f"the lineage or metadata recorded for {version} is "
+                                   f"malformed ({type(exc).__name__}: {exc})") from exc
 
 
 def _trace(registry: Registry, mv: ModelVersion, project: Project | None) -> dict[str, Any]:
