@@ -64,6 +64,10 @@ def _section(params: Mapping[str, Any], name: str, file: str) -> Mapping[str, An
     return section
 
 
+def _a(name: str) -> str:
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
 def type_name(value: Any) -> str:
     """A user-facing name for the type of ``value``."""
     names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping",
@@ -142,14 +146,14 @@ def check_type(name: str, default: Any, value: Any, *, where: str) -> Any:
         if not exc.path:
             raise ParamsError(
                 f"{where}: parameter '{name}' is {type_name(value)} {value!r} but the "
-                f"notebook's default is {type_name(default)} {default!r}; set it to a "
-                f"{type_name(default)} in params.yaml (or change the default in the "
+                f"notebook's default is {type_name(default)} {default!r}; set it to "
+                f"{_a(type_name(default))} in params.yaml (or change the default in the "
                 "parameters cell)"
             ) from None
         raise ParamsError(
             f"{where}: parameter '{name}' item {exc.path} is {type_name(exc.value)} "
             f"{exc.value!r} but the notebook's default {default!r} has {type_name(exc.default)}"
-            f" items there; make it a {type_name(exc.default)} in params.yaml (or change the "
+            f" items there; make it {_a(type_name(exc.default))} in params.yaml (or change the "
             "default in the parameters cell)"
         ) from None
 

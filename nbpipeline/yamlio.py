@@ -24,7 +24,7 @@ from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from nbpipeline.errors import NbpipelineError
 
-__all__ = ["YAMLError", "dump", "editor", "parse", "read"]
+__all__ = ["YAMLError", "dump", "editor", "error_line", "parse", "read"]
 
 
 def editor(sequence: int = 2, offset: int = 0) -> YAML:

@@ -237,3 +237,32 @@ def test_fuzzed_params_text_is_read_or_refused_in_one_line(
             stage_values(params, stage, declared)
     except ParamsError as exc:
         assert "\n" not in str(exc) and str(exc).startswith("params.yaml"), str(exc)
+
+
+@pytest.mark.parametrize("max_depth", [[-3, 8], [8, 0]])
+def test_a_search_value_that_cannot_fit_fails_the_train_stage(max_depth: list[int]) -> None:
+    """The example's (and the scaffold's) search cell, run on a small table: a max_depth of
+    the right type that scikit-learn refuses must fail the stage. GridSearchCV's default
+    error_score=nan dropped those fits and the stage "succeeded" (issue 16 sibling)."""
+    import time
+
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import GridSearchCV
+
+    from nbpipeline.modeling import build_model, search_folds
+    from nbpipeline.release.candidate import contract_from_params
+
+    cell = next(c.source for c in read_notebook(REPO / "notebooks" / "train.ipynb").cells
+                if "GridSearchCV(" in c.source and c.cell_type == "code")
+    frame = load_breast_cancer(as_frame=True).frame.iloc[:, [0, 1, 2, -1]]
+    kinds = {name: "number" for name in frame.columns[:3]}
+    contract = contract_from_params(frame, features=kinds, target="target", task="classification",
+                                    positive_label=1, description="", time_column=None)
+    names = {"pd": pd, "time": time, "GridSearchCV": GridSearchCV, "build_model": build_model,
+             "search_folds": search_folds, "contract": contract, "train": frame,
+             "target": "target", "max_depth": max_depth, "learning_rate": [0.1],
+             "search_rows": 300, "max_iter": 5, "min_samples_leaf": 5, "seed": 0,
+             "cv_folds": 2, "scoring": "roc_auc"}
+    with pytest.raises(ValueError, match="max_depth"):
+        exec(cell, names)

@@ -30,7 +30,7 @@ from nbpipeline.record import json_value
 from nbpipeline.release.registry import ProductionState, Registry
 
 SUMMARY_NAME = "last_run.json"
-STATE_KINDS = ("promote", "rollback", "switch_off")
+STATE_KINDS = ("promote", "rollback", "switch_off", "switch_on")
 
 
 @dataclass

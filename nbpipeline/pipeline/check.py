@@ -69,7 +69,7 @@ def check_project(project: Project) -> list[Problem]:
         params = None
     kernels = installed_kernels()
     for stage in dvc.notebook_stages().values():
-        problems += _check_declarations(project, stage)
+        problems += _check_declarations(project, stage, resolved=params is not None)
         nb = _check_notebook(project, stage, kernels, problems)
         if nb is not None:
             problems += _check_recorded(stage, nb)
@@ -163,7 +163,10 @@ def _numbers(items: list[int]) -> str:
     return shown + (f" and {len(items) - 8} more" if len(items) > 8 else "")
 
 
-def _check_declarations(project: Project, stage: NotebookStage) -> list[Problem]:
+def _check_declarations(project: Project, stage: NotebookStage, *,
+                        resolved: bool = True) -> list[Problem]:
+    """Notebook and reports declared; ``${}`` resolved (unless params.yaml is broken:
+    then every ``${paths.x}`` is unresolved and params.yaml's own line says why)."""
     problems = []
     where = f"stage '{stage.name}'"
     notebook = f"notebooks/{stage.runs}.ipynb"
@@ -176,7 +179,7 @@ def _check_declarations(project: Project, stage: NotebookStage) -> list[Problem]
         if not stage.declares_out(report):
             problems.append(Problem("dvc.yaml", f"{where}: {report} (written by nbp run) is "
                                     f"not among its outs; add `- {report}` under outs:"))
-    for text in stage.unresolved:
+    for text in stage.unresolved if resolved else ():
         problems.append(Problem("dvc.yaml", f"{where}: cannot resolve `{text}` (no such name in "
                                 "params.yaml or vars:); fix the reference"))
     return problems

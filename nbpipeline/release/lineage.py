@@ -103,8 +103,20 @@ def capture(project: Project) -> dict[str, Any]:
 
 
 def trace(registry: Registry, version: str, project: Project | None = None) -> dict[str, Any]:
-    """The chain version -> data -> params -> reports -> git revision, as a dict."""
+    """The chain version -> data -> params -> reports -> git revision, as a dict.
+
+    RegistryError (one line) when the registered record does not have the shape
+    registration wrote: the log was edited by hand.
+    """
     mv: ModelVersion = registry.get(version)
+    try:
+        return _trace(registry, mv, project)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise registry.hand_edited(f"the lineage or metadata recorded for {version} is "
+                                   f"malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _trace(registry: Registry, mv: ModelVersion, project: Project | None) -> dict[str, Any]:
     lineage = mv.lineage or {}
     stages = lineage.get("stages", {})
     data = {split: dict(info) for split, info in mv.metadata.get("data", {}).items()}
@@ -169,9 +181,10 @@ def render(chain: dict[str, Any]) -> str:
         lines.append(f"  gate        {verdict} vs champion {gate['champion_version'] or '(none)'}")
     lines.append("data")
     for split, info in chain["data"].items():
-        ids = [f"sha256 {info['sha256'][:12]}" if info.get("sha256") else "",
+        rows = info.get("rows")
+        ids = [f"sha256 {str(info['sha256'])[:12]}" if info.get("sha256") else "",
                f"dvc md5 {info['dvc_md5']}" if info.get("dvc_md5") else "",
-               f"{info['rows']:,} rows" if info.get("rows") else ""]
+               f"{rows:,} rows" if isinstance(rows, int) and rows else ""]
         lines.append(f"  {split:<11} {info.get('path', '?')}  {'  '.join(i for i in ids if i)}")
     lines.append("params (dvc.lock)")
     for stage, params in chain["params"].items():

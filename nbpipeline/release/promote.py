@@ -138,26 +138,37 @@ def retire(project: Project, *, reason: str, actor: str | None = None) -> Event:
     return Registry(project.registry).retire(reason=reason, actor=actor or default_actor())
 
 
+def _dig(record: Any, *keys: str) -> Any:
+    """``record[k1][k2]...``, or None where a level is missing or not a mapping (the
+    registry's metadata was written by a program, but a log can be edited by hand)."""
+    for key in keys:
+        record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
 def _metric_summary(metrics: dict[str, Any]) -> str:
-    golden, valid = metrics.get("golden", {}), metrics.get("valid", {})
     parts = []
-    for name in ("roc_auc", "average_precision", "r2", "rmse"):
-        if name in golden:
-            parts.append(f"golden {name} {golden[name]:.4f}")
-    for name in ("roc_auc", "r2"):
-        if name in valid:
-            parts.append(f"valid {name} {valid[name]:.4f}")
+    for part, names in (("golden", ("roc_auc", "average_precision", "r2", "rmse")),
+                        ("valid", ("roc_auc", "r2"))):
+        for name in names:
+            value = _dig(metrics, part, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                parts.append(f"{part} {name} {value:.4f}")
     return ", ".join(parts) or "-"
 
 
 def _data_version(metadata: dict[str, Any]) -> str:
-    data = metadata.get("data", {})
-    return " ".join(f"{k}:{v.get('sha256', '')[:8]}" for k, v in data.items()) or "-"
+    data = _dig(metadata, "data") or {}
+    return " ".join(f"{k}:{str(_dig(v, 'sha256') or '')[:8]}" for k, v in data.items()
+                    ) if isinstance(data, dict) and data else "-"
 
 
 def _all_params(mv: ModelVersion) -> dict[str, Any]:
-    stages = (mv.lineage or {}).get("stages") or {}
-    return model_params({n: s.get("params") or {} for n, s in stages.items()}, mv.metadata)
+    stages = _dig(mv.lineage, "stages")
+    return model_params({n: _dig(s, "params") or {}
+                         for n, s in (stages.items() if isinstance(stages, dict) else ())},
+                        {"params": _dig(mv.metadata, "params"),
+                         "search": {"best_params": _dig(mv.metadata, "search", "best_params")}})
 
 
 def _params(mv: ModelVersion, older: ModelVersion | None, shown: int = 4) -> str:
@@ -188,7 +199,7 @@ def models_rows(reg: Registry) -> list[dict[str, str]]:
             role = "champion (OFF)"
         gate = "forced" if mv.forced_reason else ("-" if mv.gate is None else
                                                    "passed" if mv.gate.get("passed") else "failed")
-        rev = str(mv.lineage.get("git", {}).get("rev") or mv.metadata.get("git_rev") or "-")
+        rev = str(_dig(mv.lineage, "git", "rev") or mv.metadata.get("git_rev") or "-")
         rows.append({
             "version": mv.version, "role": role, "file": (reg.damage(mv.version) or "ok").upper(),
             "gate": gate,

@@ -140,6 +140,11 @@ def _event(rec: Any) -> Event:
                                  f"{' or '.join(t.__name__ for t in types)}")
     if kind == "register" and not re.fullmatch(r"v[1-9][0-9]*", data["version"]):
         raise ValueError(f"version {data['version']!r} is not v<number>")
+    if kind == "register" and not re.fullmatch(r"[0-9a-f]{64}", data["sha256"]):
+        raise ValueError(f"sha256 {data['sha256']!r} is not 64 hex digits")
+    if kind == "register" and not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+                                      for v in data.get("files", {}).values()):
+        raise ValueError("data.files must map names to sha256 hashes (64 hex digits)")
     if kind in ("promote", "rollback") and data["role"] not in ROLES:
         raise ValueError(f"role {data['role']!r} is not one of {', '.join(ROLES)}")
     if kind == "promote" and data["role"] == "canary":
@@ -299,24 +304,23 @@ class Registry:
                 if events and event.seq <= events[-1].seq:
                     raise ValueError(f"seq {event.seq} after seq {events[-1].seq}")
             except (ValueError, KeyError, TypeError, RecursionError) as exc:
-                raise RegistryError(
-                    f"{self.events_path}: line {number} is not a valid event "
-                    f"({type(exc).__name__}: {exc}); the registry log was edited by hand — "
-                    "restore it from a backup (it is append-only, never edit it)"
-                ) from exc
+                raise self.hand_edited(f"line {number} is not a valid event "
+                                       f"({type(exc).__name__}: {exc})") from exc
             events.append(event)
         return events
+
+    def hand_edited(self, problem: str) -> RegistryError:
+        """The one error for a log that registration and promotion did not write."""
+        return RegistryError(f"{self.events_path}: {problem}; the registry log was edited by "
+                             "hand — restore it from a backup (it is append-only, never edit it)")
 
     def _replay(self, events: list[Event] | None = None) -> _Replay:
         replay = _Replay()
         for event in self.events() if events is None else events:
             version = event.data.get("version")
             if event.kind == "promote" and version not in replay.versions:
-                raise RegistryError(
-                    f"{self.events_path}: event seq {event.seq} promotes {version!r}, which no "
-                    "earlier event registered; the log was edited by hand — restore it from a "
-                    "backup (it is append-only, never edit it)"
-                )
+                raise self.hand_edited(f"event seq {event.seq} promotes {version!r}, which no "
+                                       "earlier event registered")
             replay.apply(event)
         return replay
 

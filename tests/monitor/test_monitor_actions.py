@@ -151,7 +151,7 @@ def test_bad_canary_is_rolled_back_while_champion_keeps_serving(project, models)
     assert [a for a in rerun.actions if a.kind == "rollback"] == []
 
 
-def test_roi_off_switch_engages_and_promote_lifts_it(project, models):
+def test_roi_off_switch_engages_and_nbp_on_lifts_it(project, models):
     root, conn = project
     reg = registry_with(root, models, canary=False)
     # autumn: 13-17% of flights delayed vs 24% in training, so false alarms cost more than
@@ -167,10 +167,10 @@ def test_roi_off_switch_engages_and_promote_lifts_it(project, models):
     assert state.switched_off and "ROI below 0%" in state.off_reason
     assert any(a.kind == "roi_low" for a in result.alarms)
 
-    # what `nbp promote` does to a switched-off champion: promote it again (lifts the switch)
-    reg.promote("v1", canary_fraction=None, reason="fixed the value model", actor="test")
+    # what `nbp on` does: lift the switch (a production change, like a promotion)
+    reg.switch_on(reason="fixed the value model", actor="test")
     assert not reg.state().switched_off
-    after = run_monitor(config(), root, registry=reg)  # old windows predate the promotion
+    after = run_monitor(config(), root, registry=reg)  # old windows predate the switch_on
     assert not [a for a in after.actions if a.kind == "switch_off"]
     assert not reg.state().switched_off
 

@@ -81,9 +81,8 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         answer = httpx.post(f"{url}/predict", json=row, timeout=10).json()
         assert answer["fallback"] is True and answer["role"] == "fallback"
 
-        write_gate(project, "v1")
-        lifted = nbp("promote", "--reason", "value model reviewed", cwd=project)
-        assert "v1" in lifted.stdout
+        lifted = nbp("on", "--reason", "value model reviewed", cwd=project)
+        assert "v1 serves again" in lifted.stdout
         assert not Registry(project / "registry").state().switched_off
         time.sleep(1.0)
         answer = httpx.post(f"{url}/predict", json=row, timeout=10).json()
@@ -92,8 +91,8 @@ def test_monitor_cli_no_traffic_then_replayed_drift(project):
         assert not [a for a in after.actions if a.kind == "switch_off"]
     events = [e.kind for e in Registry(project / "registry").events()]
     # autumn loses money (an alarm) and its inputs moved: a retrain request, after the off
-    # switch; December's moved inputs alone requested none
-    assert events == ["register", "promote", "switch_off", "retrain_requested", "promote"]
+    # switch; December's moved inputs alone requested none; `nbp on` lifted the switch
+    assert events == ["register", "promote", "switch_off", "retrain_requested", "switch_on"]
 
 
 def _one_row(url: str) -> dict:

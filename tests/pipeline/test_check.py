@@ -80,7 +80,7 @@ BREAKAGES = {
     "wrong type": (
         lambda p: edit(p.params_yaml, "  cv_folds: 3", "  cv_folds: three"),
         "params.yaml: [train]: parameter 'cv_folds' is str 'three' but the notebook's default "
-        "is int 3; set it to a int in params.yaml (or change the default in the parameters cell)",
+        "is int 3; set it to an int in params.yaml (or change the default in the parameters cell)",
     ),
     "section not in params list": (
         lambda p: edit(p.dvc_yaml, "      - common\n      - train\n", "      - common\n"),
@@ -253,3 +253,14 @@ def test_dvc_yaml_forms_are_problems_or_one_error_line(tmp_path: Path) -> None:
                 assert "\n" not in line and line.split(":")[0] in (
                     "dvc.yaml", "params.yaml", *(f"notebooks/{n}.ipynb" for n in (
                         "data", "train", "evaluate", "monitor"))), line
+
+
+def test_a_broken_params_yaml_is_one_problem_not_one_per_reference(tmp_path: Path) -> None:
+    project = example(tmp_path)
+    with open(project.params_yaml, "a") as fh:
+        fh.write("extra:\n  a: 1\n  a: 2\n")
+    assert [str(p) for p in check_project(project)] == [
+        f"params.yaml: params.yaml:{len(project.params_yaml.read_text().splitlines())}: "
+        "duplicate key 'extra.a' (also at line "
+        f"{len(project.params_yaml.read_text().splitlines()) - 1}); DVC refuses it too: keep "
+        "one of the two lines"]

@@ -77,7 +77,7 @@ def test_bad_params_are_reported_before_any_kernel_starts(mini_project: Path) ->
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "nbp: error: params.yaml [adds]: parameter 'a' is str 'two' but the notebook's default "
-        "is int 1; set it to a int in params.yaml (or change the default in the parameters cell)"
+        "is int 1; set it to an int in params.yaml (or change the default in the parameters cell)"
     )
     assert not (mini_project / "reports").exists()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -216,3 +218,107 @@ def test_concurrent_promotes_from_two_processes(reg: Registry, candidates: list[
     lines = reg.events_path.read_bytes().split(b"\n")
     assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
     assert reg.state().canary is not None
+
+
+def test_fuzzed_events_files_are_read_or_refused_in_one_line(
+    tmp_path_factory: pytest.TempPathFactory, candidates: list[Path],
+) -> None:
+    """A real log (register, promote, canary, switch off/on, rollback, alarm) with one line
+    replaced, dropped, repeated or edited — fields removed, retyped or set to odd values.
+    Reading it (state, versions, `nbp models`, `nbp lineage`) gives the state or one
+    RegistryError line naming events.jsonl; never a traceback, never a half-replayed state
+    (issue 16)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from nbpipeline.release.lineage import render, trace
+    from nbpipeline.release.promote import models_table
+
+    source = Registry(tmp_path_factory.mktemp("fuzz") / "registry")
+    for cand in candidates[:2]:
+        source.register(cand, PASSED, force_reason=None, actor="ana")
+    source.promote("v1", canary_fraction=None, reason="first", actor="ana")
+    source.promote("v2", canary_fraction=0.2, reason="try", actor="ana")
+    source.switch_off(reason="roi", actor="monitor")
+    source.switch_on(reason="fixed", actor="ana")
+    source.promote("v2", canary_fraction=None, reason="full", actor="ana")
+    source.append_event("alarm", reason="drift", actor="monitor", psi=0.3)
+    source.rollback(reason="worse", actor="ana")
+    lines = [json.loads(line) for line in source.events_path.read_text().splitlines()]
+    for record in lines[:2]:  # what a pipeline's registration records (small_candidate's lacks)
+        record["data"]["metadata"]["data"] = {"train": {
+            "path": "data/train.parquet", "sha256": "ab" * 32, "rows": 10}}
+        record["data"]["lineage"] = {"stages": {"data": {"cmd": "nbp run data", "params": {
+            "data": {"n": 1}}, "outs": [{"path": "data/train.parquet", "md5": "x"}]}},
+            "git": {"rev": "abc", "dirty": False}, "stale": []}
+    odd = (st.none() | st.booleans() | st.integers(-1, 3) | st.floats() | st.text(max_size=5)
+           | st.sampled_from(["v1", "v2", "v9", "V1", "v01", "champion", "canary", "x" * 64,
+                              "../../x", "0" * 64]) | st.lists(st.integers(), max_size=2))
+    # nested metadata/metrics/lineage/gate/files: the keys the readers look for, odd leaves
+    names = st.sampled_from(["golden", "valid", "git", "rev", "data", "sha256", "search",
+                             "best_params", "params", "passed", "roc_auc", "r2", "checks"])
+    nested = st.dictionaries(names, odd | st.dictionaries(names, odd | st.dictionaries(
+        names, odd, max_size=2), min_size=1, max_size=2), min_size=1, max_size=3)
+    kinds = st.sampled_from(["register", "promote", "rollback", "switch_off", "switch_on",
+                             "retire", "alarm"])
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        records = [json.loads(json.dumps(r)) for r in lines]
+        raw: str | None = None
+        for _ in range(data.draw(st.integers(1, 3))):
+            raw = _edit(data, records, data.draw(st.integers(0, len(records) - 1)), kinds,
+                        odd | nested) or raw
+        text = [json.dumps(r) for r in records]
+        if raw is not None:
+            text[0] = raw
+        reg = Registry(tmp_path_factory.mktemp("fuzz") / "registry")
+        reg.path.mkdir()
+        shutil.copytree(source.objects, reg.objects)
+        reg.events_path.write_text("\n".join(text) + "\n", errors="surrogateescape")
+        try:
+            reg.state()
+            models_table(reg)
+            for mv in reg.versions():
+                render(trace(reg, mv.version))
+        except RegistryError as exc:
+            assert "\n" not in str(exc) and str(reg.events_path) in str(exc), str(exc)
+
+    check()
+
+
+def _paths(record: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path inside ``record`` (mappings only), e.g. ('data', 'lineage', 'git')."""
+    if not isinstance(record, dict):
+        return []
+    return [p for k, v in record.items() for p in [(*prefix, k), *_paths(v, (*prefix, k))]]
+
+
+def _edit(data: Any, records: list[dict[str, Any]], at: int, kinds: Any,
+          odd: Any) -> str | None:
+    """Apply one drawn edit to ``records[at]``: a field anywhere in it (the real metadata
+    too) removed or set to an odd value, a line dropped or repeated; or a raw line."""
+    from hypothesis import strategies as st
+
+    edit = data.draw(st.sampled_from(["path", "path", "path", "kind", "drop", "repeat",
+                                      "raw"]))
+    if edit == "path":
+        *parents, last = data.draw(st.sampled_from(_paths(records[at])))
+        node = records[at]
+        for key in parents:
+            node = node[key]
+        if data.draw(st.booleans()):
+            node.pop(last)
+        else:
+            node[last] = data.draw(odd)
+    elif edit == "kind":
+        records[at]["kind"] = data.draw(kinds)
+    elif edit == "drop":
+        records.pop(at)
+    elif edit == "repeat":
+        records.insert(at, records[at])
+    else:
+        return str(data.draw(st.sampled_from(["[]", "1", "null", '"x"', "{", "\x00", "{}",
+                                              '{"seq": 1e400}', "\udcff"])))
+    return None

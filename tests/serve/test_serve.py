@@ -424,7 +424,11 @@ def test_damaged_model_file_is_kept_out_and_the_last_good_one_serves(
     stored = registry.object_path(mv.sha256)
     good = stored.read_bytes()
     stored.write_bytes(good[: len(good) // 2])
-    registry.promote(mv.version, canary_fraction=None, reason="try", actor="test")
+    # `promote` now refuses a damaged file (issue 16): write the event as if the file had
+    # been damaged between the promotion and the server's load
+    with registry._locked() as (fh, events):
+        registry._append(fh, events, "promote", "test", "try",
+                         {"version": mv.version, "role": "champion", "previous": "v1"})
     health = wait_for(lambda: (h := serving(served))["errors"] and h)
     assert health["status"] == "degraded" and health["champion"] == "v1"
     assert "champion v2 not loaded" in health["errors"][0] and "damaged" in health["errors"][0]
