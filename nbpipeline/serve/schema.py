@@ -185,15 +185,28 @@ class Feedback(BaseModel):
 
     request_id: Annotated[str, Field(strict=True, min_length=1, max_length=200)]
     # 0/1 for a classification decision (checked against the logged decision), any
-    # finite number for a regression's prediction
-    outcome: StrictInt | Annotated[StrictFloat, AllowInfNan(False)]
+    # finite number for a regression's prediction; an integer must fit the log's INTEGER
+    # column (a 400-digit one once made SQLite raise OverflowError: a 503)
+    outcome: Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] | Annotated[
+        StrictFloat, AllowInfNan(False)]
+
+
+OUTCOME_PROBLEM = "field 'outcome' must be a finite number (0 or 1 for a classification decision)"
 
 
 def parse_feedback(raw: bytes) -> Feedback:
-    """Validate a /feedback body; BodyError naming the bad field."""
+    """Validate a /feedback body; BodyError naming the bad field (one problem per field:
+    the outcome's two accepted types are not reported apart)."""
     try:
         return Feedback.model_validate_json(raw)
     except ValidationError as exc:
-        raise BodyError([
-            _problem(("body", *err["loc"]), _message(err), err["type"]) for err in exc.errors()
-        ]) from None
+        problems: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for err in exc.errors():
+            loc = ("body", *err["loc"])
+            if err["loc"][:1] == ("outcome",):
+                loc = ("body", "outcome")
+                err = {**err, "type": "finite_number"}
+                problems.setdefault(loc, _problem(loc, OUTCOME_PROBLEM, err["type"]))
+            else:
+                problems.setdefault(loc, _problem(loc, _message(err), err["type"]))
+        raise BodyError(list(problems.values())) from None

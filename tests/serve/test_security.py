@@ -65,3 +65,17 @@ def test_files_are_named_relative_to_the_project_or_by_their_variable(tmp_path: 
     assert damaged == "registry/objects/ab.skops: damaged"
     moved = names(f"check {tmp_path}/elsewhere/log.db.spool/x.seg")
     assert moved == "check $NBPIPELINE_PREDLOG.spool/x.seg"
+
+
+def test_feedback_outcomes_are_finite_numbers_that_fit_the_log() -> None:
+    """Sibling of issue 16's defects: a 400-digit integer outcome passed validation and made
+    SQLite raise OverflowError (a 503 for a body any client can send)."""
+    from nbpipeline.serve.schema import BodyError, parse_feedback
+
+    assert parse_feedback(b'{"request_id": "r", "outcome": 12.5}').outcome == 12.5
+    assert parse_feedback(b'{"request_id": "r", "outcome": -9223372036854775808}').outcome
+    for outcome in ("9" * 400, "1e400", "true", '"1"', "null", "NaN"):
+        with pytest.raises(BodyError) as caught:
+            parse_feedback(f'{{"request_id": "r", "outcome": {outcome}}}'.encode())
+        [problem] = caught.value.detail
+        assert problem["loc"] == ["body", "outcome"] and "finite number" in problem["msg"]
