@@ -26,7 +26,10 @@ LEAN_LAUNCHER = (
     "import sys\n"
     "del sys.path[0]  # not the cwd while ipykernel loads, as ipykernel_launcher\n"
     "sys.modules['debugpy'] = None\n"
-    "import ipykernel.debugger\n"
+    "try:\n"
+    "    import ipykernel.debugger\n"
+    "except ImportError:  # an ipykernel without a debugger (< 6)\n"
+    "    pass\n"
     "del sys.modules['debugpy']\n"
     "import ipykernel_launcher\n"
     "sys.argv[0] = ipykernel_launcher.__file__  # what code that looks at argv[0] expects\n"
@@ -95,9 +98,13 @@ def _older_than_grace(path: Path) -> bool:
 
 def lean_argv(argv: list[str]) -> list[str]:
     """A kernelspec's command with ``-m ipykernel_launcher`` replaced by
-    :data:`LEAN_LAUNCHER`; any other kernel's command as it is."""
-    if argv[1:3] == ["-m", "ipykernel_launcher"]:
-        return [argv[0], "-c", LEAN_LAUNCHER, *argv[3:]]
+    :data:`LEAN_LAUNCHER` (interpreter options before it kept); any other kernel's command
+    as it is."""
+    for i in range(1, len(argv) - 1):
+        if argv[i:i + 2] == ["-m", "ipykernel_launcher"]:
+            return [*argv[:i], "-c", LEAN_LAUNCHER, *argv[i + 2:]]
+        if not argv[i].startswith("-"):
+            break  # a script or module of its own: not ipykernel_launcher
     return list(argv)
 
 

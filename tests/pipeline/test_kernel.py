@@ -37,8 +37,11 @@ def test_stage_kernels_start_without_the_debugger_yet_can_import_it(tmp_path: Pa
 
     assert lean_argv(["/venv/bin/python", "-m", "ipykernel_launcher", "-f", "{c}"]) == [
         "/venv/bin/python", "-c", LEAN_LAUNCHER, "-f", "{c}"]
-    other = ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]
-    assert lean_argv(other) == other
+    assert lean_argv(["py", "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{c}"]) == [
+        "py", "-Xfrozen_modules=off", "-c", LEAN_LAUNCHER, "-f", "{c}"]
+    for other in (["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+                  ["python", "my_kernel.py", "-m", "ipykernel_launcher"]):
+        assert lean_argv(other) == other
     run_dir = RunDir()
     kernel = Kernel("python3", tmp_path, run_dir, dict(os.environ))
     try:
