@@ -3,6 +3,7 @@ nbpipeline's server extension) and `nbp sync` after `dvc exp run -S` keep what D
 
 from __future__ import annotations
 
+import difflib
 import json
 import shutil
 import time
@@ -78,6 +79,11 @@ def test_saving_a_stage_notebook_keeps_its_bytes_unless_code_changes(tmp_path: P
     _save(root, NOTEBOOK, _as_lab_saves_it(nb))
     saved = nbformat.read(source, as_version=4)
     assert saved.cells[2].source.endswith("print('more')")
+    diff = [line for line in difflib.unified_diff(
+        before.decode().splitlines(), source.read_text().splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert diff == ['-    "nbp.record.metric(label, total)"',  # what `git diff` shows: code
+                    '+    "nbp.record.metric(label, total)\\n",', '+    "print(\'more\')"']
     assert all(c.get("outputs") == [] and c.get("execution_count") is None
                for c in saved.cells if c.cell_type == "code")
     assert saved.metadata["kernelspec"]["display_name"] == "Python 3"  # as it was on disk
