@@ -185,7 +185,7 @@ def project_params(inferred: Inferred, *, target: str, time: str | None, source:
             "gate_min": 0.6 if classification else 0.1, "gate_min_improvement": 0.0,
             "gate_max_slice_regression": 0.05, "gate_min_slice_rows": 100,
             "gate_too_good": 0.99, "gate_max_jump": 0.1, "gate_leak_alone_share": 0.85,
-            "gate_leak_importance_share": 0.7, "slice_columns": slices,
+            "gate_leak_importance_share": 0.8, "slice_columns": slices,
             "importance_rows": 2000, "importance_repeats": 3,
         },
     }
