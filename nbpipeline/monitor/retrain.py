@@ -10,7 +10,8 @@ values may name the new data: ``{path}``, ``{rows}``, ``{start}`` and ``{end}`` 
 window's first and last request, ISO UTC). The experiment's evaluate stage gates the
 candidate against the champion; a candidate that passes goes to canary at
 ``retrain.canary`` (0: left to `nbp promote`). With fewer than ``retrain.min_feedback``
-labelled predictions of the champion there is nothing new to learn from, and nothing runs.
+labelled predictions of the champion, or exactly the rows the last retrain used, there is
+nothing new to learn from, and nothing runs.
 
 The project decides what the data stage does with the new rows (the example makes them the
 golden window and moves its older windows into train and valid).
@@ -18,6 +19,7 @@ golden window and moves its older windows into train and valid).
 
 from __future__ import annotations
 
+import io
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -148,6 +150,12 @@ def retrain(project: Project, log_path: Path, *, dvc: str = "dvc",
                              f"min_feedback: {settings.min_feedback:,}); no experiment started",
                              rows=len(frame))
     target = project.root / settings.data_path
+    if target.is_file() and pd.read_parquet(target).equals(
+            pd.read_parquet(io.BytesIO(frame.to_parquet(index=False)))):  # as it would read
+        return RetrainResult(False, f"retrain: nothing new to learn from: the {len(frame):,} "
+                             f"labelled predictions of champion {champion.version} are those "
+                             f"the last retrain used ({settings.data_path}); no experiment "
+                             "started", rows=len(frame))
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -72,7 +72,9 @@ def test_replay_with_feedback_monitor_experiment_gate_canary(tmp_path: Path) -> 
     state = registry.state()
     assert state.champion.version == "v1" and state.canary.version == "v2"  # type: ignore[union-attr]
     assert state.canary_fraction == 0.2
-    assert "exp run" not in sh("git", "status", "--short", cwd=root).stdout
+    # the same outcomes again: nothing new to learn from, no second experiment
+    again = retrain(Project(root), root / "logs" / "predictions.db", echo=print)
+    assert not again.started and "are those the last retrain used" in again.message
 
 
 def test_retrain_settings_name_the_field() -> None:
