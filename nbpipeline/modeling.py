@@ -295,7 +295,7 @@ def leakage_evidence(
 
     On a sample of ``rows`` rows of each split: the model's ``metric``, a constant
     prediction's (the mean outcome of ``fit_on``: chance), each feature's alone (a small
-    model of that one feature, fitted on the ``fit_on`` sample) and each feature's
+    model of that one feature, fitted on another sample of ``fit_on``) and each feature's
     permutation importance (drop in ``metric`` when it is shuffled). A feature that alone
     nearly matches the model, or that carries most of the importance, is likely known
     only after the outcome. JSON-ready: ``{split: {rows, model, chance, alone: {name:
@@ -306,9 +306,13 @@ def leakage_evidence(
     import numpy as np
     from sklearn.inspection import permutation_importance
 
+    fit = frames[fit_on].sample(min(rows, len(frames[fit_on])), random_state=seed)
+    # judged on other rows than the single-feature models learnt from: in-sample, one
+    # feature alone out-"scored" the whole model on a small sample (train ROC AUC 0.80 vs 0.78)
+    rest = {name: frame.drop(fit.index) if name == fit_on and len(frame) > len(fit) else frame
+            for name, frame in frames.items()}
     samples = {name: frame.sample(min(rows, len(frame)), random_state=seed)
-               for name, frame in frames.items()}
-    fit = samples[fit_on]
+               for name, frame in rest.items()}
     fit_truth = contract.outcome(fit[contract.target])
     prior = float(np.mean(fit_truth))
 

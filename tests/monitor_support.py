@@ -129,3 +129,23 @@ def nbp_serve(root: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def run_monitor_command(root: Any) -> tuple[int, list[str]]:
+    """`nbp monitor` in-process in project ``root`` (this venv's dvc on PATH, as a retrain
+    with ``retrain_action: dvc`` needs): its exit code and printed lines."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from nbpipeline.monitor.command import monitor_command
+    from nbpipeline.project import Project
+
+    lines: list[str] = []
+    before = os.environ["PATH"]
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{before}"
+    try:
+        code = monitor_command(Project(root), echo=lines.append)
+    finally:
+        os.environ["PATH"] = before
+    return code, lines

@@ -260,7 +260,8 @@ def test_a_search_value_that_cannot_fit_fails_the_train_stage(max_depth: list[in
     contract = contract_from_params(frame, features=kinds, target="target", task="classification",
                                     positive_label=1, description="", time_column=None)
     names = {"pd": pd, "time": time, "GridSearchCV": GridSearchCV, "build_model": build_model,
-             "fit_search": fit_search, "search_folds": search_folds, "contract": contract, "train": frame,
+             "fit_search": fit_search, "search_folds": search_folds, "contract": contract,
+             "train": frame,
              "target": "target", "max_depth": max_depth, "learning_rate": [0.1],
              "search_rows": 300, "max_iter": 5, "min_samples_leaf": 5, "seed": 0,
              "cv_folds": 2, "scoring": "roc_auc"}

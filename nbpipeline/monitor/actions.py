@@ -10,7 +10,8 @@
   fallback decision, flagged ``fallback``, until ``nbp promote`` lifts it.
 * **retrain trigger** — an input-drift alarm writes the marker file ``retrain_marker``
   (JSON: drifted features, window, time) and records a ``retrain_requested`` event;
-  with ``retrain_action: dvc``, ``nbp monitor`` then runs ``dvc repro`` (never inside a
+  with ``retrain_action: dvc``, ``nbp monitor`` then retrains on the champion's labelled
+  predictions with ``dvc exp run`` (:mod:`nbpipeline.monitor.retrain`; never inside a
   pipeline run, where DVC already holds its lock).
 """
 
@@ -123,4 +124,5 @@ def retrain_trigger(
                                action=cfg.retrain_action).seq
     return [Action("retrain_requested", reason, event_seq=seq,
                    detail=f"marker {cfg.retrain_marker}"
-                   + ("; `nbp monitor` runs `dvc repro`" if cfg.retrain_action == "dvc" else ""))]
+                   + ("; `nbp monitor` retrains with `dvc exp run`" if cfg.retrain_action == "dvc"
+                      else ""))]

@@ -3,16 +3,16 @@
 ``nbp monitor`` executes notebooks/monitor.ipynb through the runner (its executed notebook,
 reports/monitor.html, is the monitoring report), then reads the run's summary
 (``alarms/last_run.json``), prints every warning, alarm and action and the impact summary
-(quality, estimated quality, ROI, output drift, what to do), runs ``dvc repro`` when a
-retrain was requested with ``retrain_action: dvc``, and returns exit code
-:data:`ALARM_EXIT` when there are alarms, :data:`WARN_EXIT` when the inputs moved but
+(quality, estimated quality, ROI, output drift, what to do), retrains when a retrain was
+requested with ``retrain_action: dvc`` (:mod:`nbpipeline.monitor.retrain`: ``dvc exp run``
+on the champion's labelled predictions, or "nothing new to learn from"), and returns exit
+code :data:`ALARM_EXIT` when there are alarms, :data:`WARN_EXIT` when the inputs moved but
 nothing says the model suffers, 0 when quiet or when there is no traffic yet.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,16 +107,12 @@ def monitor_command(
     retrain = any(a["kind"] == "retrain_requested" for a in summary["actions"])
     if retrain and settings["retrain_action"] == "dvc" and exit_zero:
         echo("nbp: monitor: retraining requested; inside `dvc repro` only the marker "
-             f"{settings['retrain_marker']} is written - run `dvc repro` afterwards")
+             f"{settings['retrain_marker']} is written - run `nbp monitor` afterwards to retrain")
     elif retrain and settings["retrain_action"] == "dvc":
-        echo("nbp: monitor: retraining: dvc repro")
-        proc = subprocess.run(["dvc", "repro"], cwd=project.root, check=False)
-        if proc.returncode != 0:
-            raise MonitorError(
-                f"retraining (`dvc repro` in {project.root}) failed with exit code "
-                f"{proc.returncode}; see its output above; the request stays in "
-                f"{settings['retrain_marker']}"
-            )
+        from nbpipeline.monitor import retrain as retraining  # pandas: only when retraining
+
+        done = retraining.retrain(project, project.root / settings["predlog_path"], echo=echo)
+        echo(f"nbp: monitor: {done.message}")
     if exit_zero:
         return 0
     return {"alarm": ALARM_EXIT, "warn": WARN_EXIT}.get(summary.get("level", "ok"), 0)

@@ -46,7 +46,7 @@ DEFAULT_CRITERIA: dict[str, Any] = {
     "gate_max_jump": 0.1,  # so does a jump this large over the champion
     # leakage without a champion (train and valid, from modeling.leakage_evidence):
     "gate_leak_alone_share": 0.85,  # a feature alone reaching this share of the model's gain
-    "gate_leak_importance_share": 0.7,  # the top feature's share of permutation importance
+    "gate_leak_importance_share": 0.8,  # the top feature's share of permutation importance
 }
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
 

@@ -176,7 +176,7 @@ def project_params(inferred: Inferred, *, target: str, time: str | None, source:
                   "quarantine_path": "data/quarantine.parquet", "model_dir": "models/candidate"},
         "data": {"source": source, "datetime_columns": inferred.datetime_columns,
                  "required_columns": [target], "value_ranges": {}, "sample_fraction": 1.0,
-                 **_split_params(frame, time)},
+                 **_split_params(frame, time), "feedback_path": "", "feedback_rows": 0},
         "train": {"max_iter": 200, "max_depth": [3, 6], "learning_rate": [0.05, 0.1],
                   "min_samples_leaf": 20, "cv_folds": 3, "search_rows": 50000,
                   "scoring": "roc_auc" if classification else "r2", "reference_rows": 20000},
@@ -185,7 +185,7 @@ def project_params(inferred: Inferred, *, target: str, time: str | None, source:
             "gate_min": 0.6 if classification else 0.1, "gate_min_improvement": 0.0,
             "gate_max_slice_regression": 0.05, "gate_min_slice_rows": 100,
             "gate_too_good": 0.99, "gate_max_jump": 0.1, "gate_leak_alone_share": 0.85,
-            "gate_leak_importance_share": 0.7, "slice_columns": slices,
+            "gate_leak_importance_share": 0.8, "slice_columns": slices,
             "importance_rows": 2000, "importance_repeats": 3,
         },
     }
@@ -199,6 +199,11 @@ MONITOR_PARAMS = {"window_size": 1000, "min_rows": 200, "min_feedback": 100,
                   "value_model": {"tp": 1.0, "fp": -1.0, "tn": 0.0, "fn": 0.0},
                   "cost_per_prediction": 0.01, "roi_min": -1.0e9, "roi_max": 1.0e12,
                   "off_switch": False}
+# `nbp monitor` retrains on the champion's labelled predictions (docs/monitor.md) once
+# monitor.retrain_action is dvc; the data notebook makes them the golden window.
+RETRAIN_PARAMS = {"min_feedback": 1000, "data_path": "retrain/feedback.parquet",
+                  "set": {"data.feedback_path": "{path}", "data.feedback_rows": "{rows}"},
+                  "canary": 0.1}
 SERVE_PARAMS = {"fallback_prediction": 0, "fallback_probability": None, "poll_seconds": 0.5,
                 "retry_seconds": 10.0, "max_batch_rows": 1000}
 
@@ -320,6 +325,7 @@ def init_project(
     source = f"data/raw/{data.name}"
     params = project_params(inferred, target=target, time=time, source=source, frame=frame)
     params["monitor"] = {**MonitorConfig().as_dict(), **MONITOR_PARAMS}
+    params["retrain"] = dict(RETRAIN_PARAMS)
     if inferred.task == "regression":  # judged on feedback: R² (scale-free), not AUC
         params["monitor"]["quality_limits"] = {"r2": [0.0, 0.999]}
     if inferred.task == "classification":

@@ -105,14 +105,12 @@ def _one_row(url: str) -> dict:
     return json_row(frame.to_dict("records")[0], served_features(url))
 
 
-def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
-    import os
+def test_retrain_action_dvc_without_a_champion_has_nothing_new_to_learn_from(tmp_path):
+    """The retrain request is written, but no experiment runs: no champion served the
+    logged rows (the loop itself: tests/monitor/test_retrain.py)."""
+    from monitor_support import kinds, log_traffic, run_monitor_command
 
-    from monitor_support import kinds, log_traffic
-
-    from nbpipeline.monitor.command import monitor_command
     from nbpipeline.predlog import table as predlog
-    from nbpipeline.project import Project
 
     root = tmp_path / "retrain"
     (root / "notebooks").mkdir(parents=True)
@@ -131,16 +129,10 @@ def test_retrain_action_dvc_runs_dvc_repro_after_drift(tmp_path):
     log_traffic(conn, model, months([12], rows=WINDOW, seed=4), version="v1", shift=0.3)
     conn.close()
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
-    lines: list[str] = []
-    path_before = os.environ["PATH"]
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{path_before}"
-    try:
-        code = monitor_command(Project(root), echo=lines.append)
-    finally:
-        os.environ["PATH"] = path_before
+    code, lines = run_monitor_command(root)
     assert code == ALARM_EXIT, lines
-    assert any("retraining: dvc repro" in line for line in lines)
-    assert (root / "retrained.txt").read_text() == "ok"
+    assert any("retrain: nothing new to learn from: no champion" in line for line in lines)
+    assert not (root / "retrained.txt").exists()
     assert json.loads((root / "retrain" / "requested.json").read_text())["action"] == "dvc"
 
 

@@ -84,6 +84,15 @@ def test_binary_table_from_init_to_monitor_then_a_new_model_line(tmp_path: Path)
     nbp("check", cwd=root)
 
     sh("dvc", "repro", cwd=root)
+    # balance alone nearly matches the model: the gate suspects leakage until the project
+    # says that this dominant feature is honest (known before the outcome)
+    refused = {c["name"]: c for c in gate(root)["checks"] if not c["passed"]}
+    assert "leakage.feature_alone.valid" in refused, gate(root)["checks"]
+    assert refused["leakage.feature_alone.valid"]["detail"].startswith(
+        "suspected leakage: feature balance alone scores valid roc_auc")
+    params["evaluate"].update(gate_leak_alone_share=1.0, gate_leak_importance_share=1.0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc", "repro", cwd=root)
     assert gate(root)["passed"], gate(root)["checks"]
     assert json.loads((root / "metrics" / "evaluate.json").read_text())["golden"]["roc_auc"] > 0.8
     shown = sh("dvc", "metrics", "show", cwd=root)  # metrics only, monitoring's not missing
