@@ -38,7 +38,8 @@ def apply_experiment(project: Project, name: str) -> dict[str, Any]:
         raise RegistryError(f"`dvc exp apply {name}` could not run: {exc}") from exc
     if proc.returncode != 0:
         said = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        why = said[-1] if said else f"exit code {proc.returncode}"
+        errors = [line.removeprefix("ERROR:").strip() for line in said if line.startswith("ERROR")]
+        why = (errors or said or [f"exit code {proc.returncode}"])[0]
         raise RegistryError(
             f"`dvc exp apply {name}` failed: {why}; `dvc exp show` lists the experiments "
             "(commit or stash workspace changes the experiment would overwrite)"
