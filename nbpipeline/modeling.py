@@ -267,7 +267,7 @@ def _connect(address: str, source: str, timeout: float) -> Any:
     from distributed import Client
 
     try:
-        return Client(address, timeout=timeout, set_as_default=False)
+        client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(
@@ -275,6 +275,15 @@ def _connect(address: str, source: str, timeout: float) -> Any:
             f"{timeout:g} s: {reason}; start it (`dask scheduler`), fix the address, or set "
             "train.search_backend: local"
         ) from None
+    try:  # without workers the search would wait forever
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        client.close()
+        raise ClusterError(
+            f"the Dask scheduler at {address} (from {source}) has no workers after "
+            f"{timeout:g} s; start some (`dask worker {address}`)"
+        ) from None
+    return client
 
 
 @contextmanager
