@@ -209,6 +209,8 @@ class SearchPlan:
         """One line: where the fits ran, and on which workers how many tasks."""
         if not self.tasks:
             return f"search on {self.where}"
+        if not sum(self.tasks.values()):  # joblib runs in-process when there is 1 slot
+            return f"search in this process: {self.where} offers joblib a single thread"
         ran = ", ".join(f"{addr} {n} tasks ({self.threads.get(addr, '?')} thread(s) each)"
                         for addr, n in sorted(self.tasks.items()))
         return f"search on {self.where}: {ran}"
@@ -320,6 +322,9 @@ def search_on(
     address, source = ((scheduler, "train.dask_scheduler") if scheduler
                        else (os.environ.get(SCHEDULER_ENV, ""), f"${SCHEDULER_ENV}"))
     share = threads.current()
+    if not address and share < 2:  # a cluster of one worker would only add its start-up
+        yield SearchPlan("local", "this process (the stage's share of the cores is 1)", 1)
+        return
     if not address and no_scheduler == "joblib":
         plan = SearchPlan("joblib", f"{share} local joblib process(es)", share)
         with joblib.parallel_config(backend="loky", n_jobs=share, inner_max_num_threads=1):
@@ -342,7 +347,9 @@ def search_on(
                     dashboard_address=None, env=threads.environment(1)))
             client = stack.enter_context(Client(cluster, set_as_default=False))
             where = f"a Dask LocalCluster of {share} worker process(es)"
-        limits = _thread_shares(client)
+        # a LocalCluster's workers are this stage's share, one core each
+        limits = (_thread_shares(client) if address
+                  else dict.fromkeys(client.scheduler_info(n_workers=-1)["workers"], 1))
         client.run(_limit_threads, limits)
         before = client.run(_executed)
         plan = SearchPlan("dask", where, -1)
