@@ -344,7 +344,7 @@ def search_on(
             with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
                 cluster = stack.enter_context(LocalCluster(
                     n_workers=share, threads_per_worker=1, processes=True,
-                    dashboard_address=None, env=threads.environment(1)))
+                    dashboard_address=":0", env=threads.environment(1)))  # any free port
             client = stack.enter_context(Client(cluster, set_as_default=False))
             where = f"a Dask LocalCluster of {share} worker process(es)"
         # a LocalCluster's workers are this stage's share, one core each

@@ -105,7 +105,7 @@ def test_unknown_backend_names_the_param() -> None:
 def test_a_scheduler_without_workers_is_one_line_before_any_fit() -> None:
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         with pytest.raises(ClusterError, match="has no workers after 1 s; start some"):
             with search_on("dask", scheduler=cluster.scheduler_address, connect_timeout=1.0):
                 pytest.fail("the block (the fits) must not start")
