@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nbpipeline.errors import NbpipelineError
+from nbpipeline.errors import NbpipelineError, RegistryError
 from nbpipeline.project import find_project
 
 Handler = Callable[[argparse.Namespace], int]
@@ -37,12 +37,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import promote_candidate, promote_version
 
+    if args.version and args.exp:
+        raise RegistryError("--version and --exp exclude each other: give one")
     if args.version:
         done = promote_version(find_project(), args.version, canary=args.canary,
                                reason=args.reason)
     else:
+        experiment = None
+        if args.exp:
+            from nbpipeline.release.experiment import apply_experiment
+
+            experiment = apply_experiment(find_project(), args.exp)
+            print(f"nbp: applied experiment {args.exp} to the workspace (`dvc exp apply`)")
         done = promote_candidate(find_project(), canary=args.canary, force=args.force,
-                                 reason=args.reason)
+                                 reason=args.reason, experiment=experiment)
     share = f" for {args.canary:.0%} of traffic" if args.canary is not None else ""
     forced = f" (FORCED: {done.model.forced_reason})" if done.model.forced_reason else ""
     print(f"nbp: {done.model.version} ({done.model.sha256[:12]}) is now {done.role}{share}{forced}")
@@ -194,6 +202,9 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                        help="override a failed gate (needs --reason)")
     which.add_argument("--version", metavar="VERSION",
                        help="promote a registered version (e.g. v2) instead of the candidate")
+    promote.add_argument("--exp", metavar="NAME",
+                         help="first apply DVC experiment NAME (`dvc exp apply`), then promote "
+                         "its candidate; the lineage names the experiment")
     promote.add_argument("--reason", help="why (recorded in the registry)")
     promote.set_defaults(handler=_cmd_promote)
     rollback = sub.add_parser("rollback", help="restore the previous champion (or drop the canary)")

@@ -58,6 +58,10 @@ class MonitorError(NbpipelineError):
     """The monitor cannot read its inputs or act on its findings."""
 
 
+class ClusterError(NbpipelineError):
+    """A compute cluster (a Dask scheduler) cannot be reached or used."""
+
+
 class InitError(NbpipelineError):
     """``nbp init`` cannot make a project from these inputs."""
 

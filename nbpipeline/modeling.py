@@ -7,8 +7,13 @@ params.yaml ``common:``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+from nbpipeline.errors import ClusterError, ParamsError
 from nbpipeline.release.candidate import ModelContract
 
 # gate metric -> scikit-learn scorer name (for searches and permutation importance)
@@ -70,8 +75,9 @@ def fit_search(search: Any, X: Any, y: Any) -> Any:
     In JupyterLab one output line is updated in place after each fit ("search: 5/12 fits,
     31 s"); it ends as a line without times ("search: 12 fits (4 candidates x 3 folds)") so
     executed notebooks stay byte-stable. Fits are counted as the search scores them in this
-    process; with workers elsewhere (joblib/Dask back-ends) only the final line appears.
-    Outside IPython (a script) this is ``search.fit(X, y)``. Under ``nbp run`` the stage's
+    process, so a search whose ``n_jobs`` is not 1 (its fits run in other processes or on
+    Dask workers, which would be sent the counter) is plain ``search.fit(X, y)``, as it is
+    outside IPython (a script). Under ``nbp run`` the stage's
     own progress lines also report the cell every ~10 s.
     """
     import time
@@ -82,8 +88,9 @@ def fit_search(search: Any, X: Any, y: Any) -> Any:
 
     handle = _display_handle()
     scoring = search.scoring
-    if handle is None or not (scoring is None or isinstance(scoring, str) or callable(scoring)):
-        return search.fit(X, y)  # not in a notebook, or several metrics: nothing to wrap
+    if (handle is None or search.n_jobs not in (None, 1)
+            or not (scoring is None or isinstance(scoring, str) or callable(scoring))):
+        return search.fit(X, y)  # not in a notebook, fits elsewhere, or several metrics
     candidates = _candidate_count(search)
     folds = check_cv(search.cv, y, classifier=is_classifier(search.estimator)).get_n_splits(X, y)
     total = candidates * folds if candidates else None
@@ -341,3 +348,179 @@ def leakage_evidence(
                                                  strict=True)},
         }
     return evidence
+
+
+# --- Where a hyperparameter search's fits run: this process, or Dask through joblib ---------
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+SEARCH_BACKENDS = ("local", "dask")
+NO_SCHEDULER = ("cluster", "joblib")  # train.dask_local: a LocalCluster, or local joblib
+
+
+@dataclass
+class SearchPlan:
+    """Where a search runs: pass ``n_jobs`` to the search; :meth:`describe` says where it ran.
+
+    ``tasks`` (after the ``with`` block) holds the tasks each Dask worker ran for the
+    search, ``threads`` each worker's thread limit per task (its share of its host's cores).
+    """
+
+    backend: str
+    where: str
+    n_jobs: int
+    tasks: dict[str, int] = field(default_factory=dict)
+    threads: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: where the fits ran, and on which workers how many tasks."""
+        if not self.tasks:
+            return f"search on {self.where}"
+        if not sum(self.tasks.values()):  # joblib runs in-process when there is 1 slot
+            return f"search in this process: {self.where} offers joblib a single thread"
+        ran = ", ".join(f"{addr} {n} tasks ({self.threads.get(addr, '?')} thread(s) each)"
+                        for addr, n in sorted(self.tasks.items()))
+        return f"search on {self.where}: {ran}"
+
+    def record(self) -> dict[str, Any]:
+        """For the candidate's metadata (``search.backend``)."""
+        return {"backend": self.backend, "where": self.where, "tasks": dict(self.tasks),
+                "threads": dict(self.threads)}
+
+
+def _executed(dask_worker: Any) -> int:
+    """Tasks a Dask worker has run so far (runs on the worker)."""
+    return int(dask_worker.state.executed_count)
+
+
+def _cores() -> int:
+    """Cores a Dask worker process may use (runs on the worker)."""
+    from nbpipeline import threads
+
+    return threads.available_cores()
+
+
+def _openmp_threads() -> int:
+    """OpenMP threads a new fit in a Dask worker thread would use (runs on the worker)."""
+    from nbpipeline import threads
+
+    pools = [p for p in threads.threadpools() if p["user_api"] == "openmp"]
+    return int(pools[0]["num_threads"]) if pools else int(os.environ.get("OMP_NUM_THREADS", 0))
+
+
+def _limit_threads(share: dict[str, int], dask_worker: Any) -> None:
+    """Give a worker's fits ``share[address]`` threads: the variables OpenMP and BLAS read
+    when they load (sklearn loads its OpenMP with the first fit), and the BLAS pools now."""
+    from nbpipeline import threads
+
+    n = share.get(dask_worker.address, 1)
+    os.environ.update(threads.environment(n))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
+
+
+def _thread_shares(client: Any) -> dict[str, int]:
+    """Each worker's threads per task: its host's cores over the worker threads on that host."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    cores = client.run(_cores)
+    on_host: dict[str, int] = {}
+    for info in workers.values():
+        on_host[info["host"]] = on_host.get(info["host"], 0) + int(info["nthreads"])
+    return {addr: max(1, cores.get(addr, 1) // max(1, on_host[info["host"]]))
+            for addr, info in workers.items()}
+
+
+def _connect(address: str, source: str, timeout: float) -> Any:
+    """A Dask client of the scheduler at ``address``, or one clear error naming it."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address} (from {source}) within "
+            f"{timeout:g} s: {reason}; start it (`dask scheduler`), fix the address, or set "
+            "train.search_backend: local"
+        ) from None
+    try:  # without workers the search would wait forever
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        client.close()
+        raise ClusterError(
+            f"the Dask scheduler at {address} (from {source}) has no workers after "
+            f"{timeout:g} s; start some (`dask worker {address}`)"
+        ) from None
+    return client
+
+
+@contextmanager
+def search_on(
+    backend: str = "local", *, scheduler: str = "", no_scheduler: str = "cluster",
+    connect_timeout: float = 10.0,
+) -> Iterator[SearchPlan]:
+    """Run the joblib work inside the block (a scikit-learn search with ``n_jobs=plan.n_jobs``)
+    on ``backend``: ``local`` (this process, one fit at a time, each with the stage's threads)
+    or ``dask`` (joblib's Dask backend).
+
+    Dask's scheduler is ``scheduler``, else ``$DASK_SCHEDULER_ADDRESS``; with neither,
+    ``no_scheduler`` chooses a ``cluster`` (a LocalCluster of one single-threaded worker
+    process per core of this stage's share) or ``joblib`` (local worker processes, no Dask).
+    The scheduler is reached before the block starts: an unreachable one raises
+    :class:`ClusterError` naming the address before any fit. Fits are deterministic, so every
+    backend finds the same scores and best parameters.
+    """
+    # joblib and distributed are imported here, not at the top: `import distributed` takes
+    # ~1 s and most stages (and `nbp serve`) import this module without searching
+    import joblib
+
+    from nbpipeline import threads
+
+    if backend not in SEARCH_BACKENDS:
+        raise ParamsError(f"train.search_backend: {backend!r} is not one of "
+                          f"{', '.join(SEARCH_BACKENDS)}")
+    if no_scheduler not in NO_SCHEDULER:
+        raise ParamsError(f"train.dask_local: {no_scheduler!r} is not one of "
+                          f"{', '.join(NO_SCHEDULER)}")
+    if backend == "local":
+        yield SearchPlan("local", "this process", 1)
+        return
+    address, source = ((scheduler, "train.dask_scheduler") if scheduler
+                       else (os.environ.get(SCHEDULER_ENV, ""), f"${SCHEDULER_ENV}"))
+    share = threads.current()
+    if not address and share < 2:  # a cluster of one worker would only add its start-up
+        yield SearchPlan("local", "this process (the stage's share of the cores is 1)", 1)
+        return
+    if not address and no_scheduler == "joblib":
+        plan = SearchPlan("joblib", f"{share} local joblib process(es)", share)
+        with joblib.parallel_config(backend="loky", n_jobs=share, inner_max_num_threads=1):
+            yield plan
+        return
+    with ExitStack() as stack:
+        if address:
+            client = stack.enter_context(_connect(address, source, connect_timeout))
+            where = f"the Dask scheduler at {address}"
+        else:
+            import dask
+            from distributed import Client, LocalCluster
+
+            # One single-threaded worker process per core of this stage's share. The thread
+            # variables go to the workers only: Dask's default "pre-spawn-environ" is set in
+            # this process's os.environ (OMP_NUM_THREADS=1 stayed in the kernel afterwards).
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=share, threads_per_worker=1, processes=True,
+                    dashboard_address=":0", env=threads.environment(1)))  # any free port
+            client = stack.enter_context(Client(cluster, set_as_default=False))
+            where = f"a Dask LocalCluster of {share} worker process(es)"
+        # a LocalCluster's workers are this stage's share, one core each
+        limits = (_thread_shares(client) if address
+                  else dict.fromkeys(client.scheduler_info(n_workers=-1)["workers"], 1))
+        client.run(_limit_threads, limits)
+        before = client.run(_executed)
+        plan = SearchPlan("dask", where, -1)
+        with joblib.parallel_config(backend="dask", client=client):
+            yield plan
+        after = client.run(_executed)
+        plan.tasks = {addr: n - before.get(addr, 0) for addr, n in after.items()}
+        plan.threads = {addr: n for addr, n in client.run(_openmp_threads).items()}

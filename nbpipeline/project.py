@@ -16,6 +16,10 @@ from pathlib import Path
 from nbpipeline.errors import ProjectNotFoundError
 
 ROOT_ENV = "NBPIPELINE_ROOT"
+REGISTRY_ENV = "NBPIPELINE_REGISTRY"
+# Set by DVC for every stage command; for queued and --temp experiments it names the
+# parent repository's DVC root, not the executor's copy in .dvc/tmp/exps/ (dvc 3.x).
+DVC_ROOT_ENV = "DVC_ROOT"
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,27 @@ class Project:
 
     @property
     def registry(self) -> Path:
-        return Path(os.environ.get("NBPIPELINE_REGISTRY", self.root / "registry"))
+        """The model registry: ``$NBPIPELINE_REGISTRY``, else ``registry/`` of the project.
+
+        Queued and ``--temp`` DVC experiments run in a copy of the repository that lacks the
+        git-ignored ``registry/``; there it is the one of the repository they came from.
+        """
+        if REGISTRY_ENV in os.environ:
+            return Path(os.environ[REGISTRY_ENV])
+        return self.origin / "registry"
+
+    @property
+    def origin(self) -> Path:
+        """The project's directory in the repository a DVC experiment was started from
+        (the root itself, except inside a queued or ``--temp`` experiment's copy)."""
+        parent_dvc_root = os.environ.get(DVC_ROOT_ENV)
+        if not parent_dvc_root:
+            return self.root
+        here = self.root.resolve()
+        for dvc_root in (here, *here.parents):
+            if (dvc_root / ".dvc").is_dir():
+                return Path(parent_dvc_root) / here.relative_to(dvc_root)
+        return self.root
 
     def notebook(self, stage: str) -> Path:
         """Source notebook of ``stage``."""

@@ -11,7 +11,8 @@ from release_project import make_release_project
 
 # What `nbp run`, `nbp serve` and DVC put in a process's environment: no test inherits it.
 RUN_ENVIRONMENT = ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING",
-                   "NBPIPELINE_REGISTRY", "NBPIPELINE_PREDLOG", "DVC_STAGE", "NBP_DEBUG")
+                   "NBPIPELINE_REGISTRY", "NBPIPELINE_PREDLOG", "DVC_STAGE", "DVC_ROOT",
+                   "NBP_DEBUG")
 
 
 @pytest.fixture(autouse=True)

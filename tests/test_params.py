@@ -250,7 +250,7 @@ def test_a_search_value_that_cannot_fit_fails_the_train_stage(max_depth: list[in
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import GridSearchCV
 
-    from nbpipeline.modeling import build_model, fit_search, search_folds
+    from nbpipeline.modeling import build_model, fit_search, search_folds, search_on
     from nbpipeline.release.candidate import contract_from_params
 
     cell = next(c.source for c in read_notebook(REPO / "notebooks" / "train.ipynb").cells
@@ -264,6 +264,7 @@ def test_a_search_value_that_cannot_fit_fails_the_train_stage(max_depth: list[in
              "train": frame,
              "target": "target", "max_depth": max_depth, "learning_rate": [0.1],
              "search_rows": 300, "max_iter": 5, "min_samples_leaf": 5, "seed": 0,
-             "cv_folds": 2, "scoring": "roc_auc"}
+             "cv_folds": 2, "scoring": "roc_auc", "search_on": search_on,
+             "search_backend": "local", "dask_scheduler": "", "dask_local": "cluster"}
     with pytest.raises(ValueError, match="max_depth"):
         exec(cell, names)

@@ -151,6 +151,7 @@ def _trace(registry: Registry, mv: ModelVersion, project: Project | None) -> dic
                           "outs": {o["path"]: o.get("md5") for o in s.get("outs", [])}}
                    for name, s in stages.items()},
         "stale": lineage.get("stale", []),
+        "experiment": lineage.get("experiment"),
         "reports": reports,
         "git": git,
     }
@@ -179,6 +180,9 @@ def render(chain: dict[str, Any]) -> str:
     if gate is not None:
         verdict = "passed" if gate["passed"] else f"FAILED ({', '.join(gate['failed'])})"
         lines.append(f"  gate        {verdict} vs champion {gate['champion_version'] or '(none)'}")
+    experiment = chain.get("experiment")
+    if experiment:
+        lines.append(f"  experiment  {experiment['name']} (commit {experiment.get('rev') or '?'})")
     lines.append("data")
     for split, info in chain["data"].items():
         rows = info.get("rows")

@@ -71,8 +71,13 @@ def promote_candidate(
     force: bool = False,
     reason: str | None = None,
     actor: str | None = None,
+    experiment: dict[str, Any] | None = None,
 ) -> Promotion:
-    """Register models/candidate if its gate passed, then make it champion or canary."""
+    """Register models/candidate if its gate passed, then make it champion or canary.
+
+    ``experiment`` (name, rev: see :mod:`nbpipeline.release.experiment`) goes into the
+    lineage when the candidate came from a DVC experiment.
+    """
     actor = actor or default_actor()
     if force and not (reason and reason.strip()):
         raise RegistryError("--force needs --reason TEXT saying why the gate is overridden")
@@ -93,7 +98,8 @@ def promote_candidate(
     why = reason or "gate passed"
     model = reg.register(
         candidate, dict(gate.raw or {}), force_reason=forced, actor=actor, reason=why,
-        lineage=capture(project), extra_files=report_files(project),
+        lineage={**capture(project), **({"experiment": experiment} if experiment else {})},
+        extra_files=report_files(project),
     )
     event = reg.promote(model.version, canary_fraction=canary, reason=why, actor=actor)
     return Promotion(model, event, "champion" if canary is None else "canary")

@@ -179,7 +179,8 @@ def project_params(inferred: Inferred, *, target: str, time: str | None, source:
                  **_split_params(frame, time), "feedback_path": "", "feedback_rows": 0},
         "train": {"max_iter": 200, "max_depth": [3, 6], "learning_rate": [0.05, 0.1],
                   "min_samples_leaf": 20, "cv_folds": 3, "search_rows": 50000,
-                  "scoring": "roc_auc" if classification else "r2", "reference_rows": 20000},
+                  "scoring": "roc_auc" if classification else "r2", "search_backend": "local",
+                  "dask_scheduler": "", "dask_local": "cluster", "reference_rows": 20000},
         "evaluate": {
             "decision_threshold": 0.5, "gate_metric": "roc_auc" if classification else "r2",
             "gate_min": 0.6 if classification else 0.1, "gate_min_improvement": 0.0,
