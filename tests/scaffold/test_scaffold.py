@@ -15,9 +15,20 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-import yaml
 from projects import BIN, project_env, sh
 from serve_fixtures import free_port, wait_ready
+
+from nbpipeline import yamlio
+from nbpipeline.errors import NbpipelineError
+
+
+def read_params(root: Path) -> dict:
+    """params.yaml as DVC and nbp read it (YAML 1.2: PyYAML would read `Yes` as True)."""
+    return yamlio.read(root / "params.yaml", NbpipelineError)
+
+
+def write_params(root: Path, params: dict) -> None:
+    (root / "params.yaml").write_text(yamlio.dump(params))
 
 
 def default_table(path: Path) -> Path:
@@ -64,9 +75,9 @@ def gate(root: Path) -> dict:
 
 
 def set_features(root: Path, features: dict[str, str]) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = read_params(root)
     params["common"]["features"] = features
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)
 
 
 @pytest.mark.slow
@@ -76,7 +87,7 @@ def test_binary_table_from_init_to_monitor_then_a_new_model_line(tmp_path: Path)
                "--target", "default", cwd=tmp_path)
     assert "classification, positive label 'Yes'" in made.stdout
     assert "left out rownames: a row id" in made.stdout
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = read_params(root)
     assert params["common"]["features"] == {"student": "category", "balance": "number",
                                             "income": "number"}
     assert (root / ".git").is_dir() and (root / ".dvc").is_dir()
@@ -91,7 +102,7 @@ def test_binary_table_from_init_to_monitor_then_a_new_model_line(tmp_path: Path)
     assert refused["leakage.feature_alone.valid"]["detail"].startswith(
         "suspected leakage: feature balance alone scores valid roc_auc")
     params["evaluate"].update(gate_leak_alone_share=1.0, gate_leak_importance_share=1.0)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)
     sh("dvc", "repro", cwd=root)
     assert gate(root)["passed"], gate(root)["checks"]
     assert json.loads((root / "metrics" / "evaluate.json").read_text())["golden"]["roc_auc"] > 0.8
@@ -162,9 +173,9 @@ def test_regression_table_from_init_to_monitor(tmp_path: Path) -> None:
         assert health["scorers"]["v1"].startswith("compiled trees")
         replayed = nbp("replay", "--rows", "60", "--url", server.url, cwd=root)
         assert "60 outcomes sent" in replayed.stdout
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = read_params(root)
     params["monitor"].update(min_feedback=50)  # windows of 60 rows are too few for drift
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)
     monitored = nbp("monitor", cwd=root)
     assert "a regression model: input drift, quality on feedback" in monitored.stdout
     from nbpipeline.monitor.config import MonitorConfig
@@ -210,7 +221,7 @@ def test_init_with_a_time_column_splits_by_dates(tmp_path: Path) -> None:
     root = tmp_path / "economics"
     nbp("init", str(root), "--data", str(path), "--target", "unemploy", "--time", "date",
         cwd=tmp_path)
-    data = yaml.safe_load((root / "params.yaml").read_text())["data"]
+    data = read_params(root)["data"]
     assert data["valid_start"] < data["golden_start"] < data["end"]
     assert data["datetime_columns"] == ["date"]
     nbp("run", "data", cwd=root)
