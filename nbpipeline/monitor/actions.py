@@ -8,9 +8,14 @@
   (each with at least ``min_feedback`` outcomes) since the last production change, the
   model is switched off (``Registry.switch_off``): the server answers its configured
   fallback decision, flagged ``fallback``, until ``nbp promote`` lifts it.
-* **retrain trigger** — an input-drift alarm writes the marker file ``retrain_marker``
-  (JSON: drifted features, window, time) and records a ``retrain_requested`` event;
-  with ``retrain_action: dvc``, ``nbp monitor`` then retrains on the champion's labelled
+* **retrain trigger** — a run whose alarms show the model suffering (its outputs moved,
+  its estimated or realised quality or its ROI fell below the floor: ``IMPACT_KINDS``)
+  writes the marker file ``retrain_marker`` once per window (JSON: the reason, those
+  alarms, the drifted features with the statistic that fired, window, time) and records a
+  ``retrain_requested`` event. Inputs that moved alone (warnings), serving problems
+  (latency, errors), suspiciously high quality, a canary's own breaches and a run that
+  rolled a version back (the rollback answers its alarms) request none. With
+  ``retrain_action: dvc``, ``nbp monitor`` then retrains on the champion's labelled
   predictions with ``dvc exp run`` (:mod:`nbpipeline.monitor.retrain`; never inside a
   pipeline run, where DVC already holds its lock).
 """
@@ -26,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from nbpipeline.errors import RegistryError
-from nbpipeline.monitor.alarms import ROLLBACK_KINDS, Alarm
+from nbpipeline.monitor.alarms import IMPACT_KINDS, ROLLBACK_KINDS, Alarm
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.project import write_text_atomic
 from nbpipeline.release.registry import Registry
@@ -95,32 +100,41 @@ def off_switch(roi: pd.DataFrame, cfg: MonitorConfig, reg: Registry) -> list[Act
 
 
 def retrain_trigger(
-    alarms: list[Alarm], cfg: MonitorConfig, root: Path, reg: Registry | None
+    alarms: list[Alarm], cfg: MonitorConfig, root: Path, reg: Registry | None, *,
+    rolled_back: bool = False,
 ) -> list[Action]:
-    """Write the retrain marker (once per drifted window) and record the request."""
-    drifted = [a for a in alarms if a.kind == "input_drift"]
-    if not drifted or cfg.retrain_action == "none":
+    """Request a retrain when the alarms show the model suffering (see the module docstring):
+    write the marker (once per window) and record the request. ``rolled_back``: this run
+    rolled a version back, which answers its alarms (the next windows judge what serves)."""
+    impact = [a for a in alarms if a.kind in IMPACT_KINDS and a.role != "canary"]
+    if not impact or rolled_back or cfg.retrain_action == "none":
         return []
     marker = root / cfg.retrain_marker
-    window = drifted[0].window
+    windows = [a.window for a in impact if a.window is not None]
+    window = max(windows) if windows else None
     if marker.exists():
         try:
             if json.loads(marker.read_text(encoding="utf-8")).get("window") == window:
                 return []
         except ValueError:
             pass
-    features = sorted({a.subject for a in drifted})
-    reason = f"input drift in window {window}: {', '.join(features)}"
+    drifted = sorted((a for a in alarms if a.kind == "input_drift"), key=lambda a: a.subject)
+    features = [a.subject for a in drifted]
+    reason = (f"the model suffers in window {window}: "
+              + ", ".join(f"{a.kind} ({a.fired()})" for a in impact))
+    if drifted:
+        reason += "; inputs drifted: " + ", ".join(f"{a.subject} ({a.fired()})" for a in drifted)
     payload = {
         "requested": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason,
-        "window": window, "features": features, "action": cfg.retrain_action,
-        "psi": {a.subject: round(a.value, 4) for a in drifted},
+        "window": window, "action": cfg.retrain_action, "features": features,
+        "alarms": [a.to_dict() for a in impact], "drift": [a.to_dict() for a in drifted],
     }
     write_text_atomic(marker, json.dumps(payload, indent=2) + "\n")
     seq = None
     if reg is not None:
         seq = reg.append_event("retrain_requested", reason=reason, actor=ACTOR,
-                               features=features, window=window, marker=str(cfg.retrain_marker),
+                               alarms=sorted({a.kind for a in impact}), features=features,
+                               window=window, marker=str(cfg.retrain_marker),
                                action=cfg.retrain_action).seq
     return [Action("retrain_requested", reason, event_seq=seq,
                    detail=f"marker {cfg.retrain_marker}"

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 ROLLBACK_KINDS = ("quality_low", "latency", "error_rate")
 # kinds that only warn: the inputs moved, which alone does not mean the model suffers
 WARN_KINDS = ("input_drift",)
+# kinds that say the model itself suffers (its outputs moved, its quality or ROI is low):
+# what a retrain can mend — unlike latency or errors (the service) or suspiciously high
+# quality (leakage or a broken feedback feed: a human must look)
+IMPACT_KINDS = ("output_drift", "estimated_quality_low", "quality_low", "roi_low")
 # statistic names as alarms carry them (jsonl, webhook, report, widget)
 PSI, KS_D, CHI2_P, ROI = "PSI", "KS D", "chi-square p", "ROI %"
 
@@ -85,6 +89,11 @@ class Alarm:
     def line(self) -> str:
         """One printable line."""
         return alarm_line(self.to_dict())
+
+    def fired(self) -> str:
+        """The statistic that fired against its limit, e.g. ``PSI 0.412 above 0.25``."""
+        name = self.statistic or self.subject
+        return f"{name} {self.value:.4g} {self.direction} {self.limit:.4g}"
 
 
 def alarm_line(record: dict[str, Any]) -> str:

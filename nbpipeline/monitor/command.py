@@ -3,9 +3,11 @@
 ``nbp monitor`` executes notebooks/monitor.ipynb through the runner (its executed notebook,
 reports/monitor.html, is the monitoring report), then reads the run's summary
 (``alarms/last_run.json``), prints every warning, alarm and action and the impact summary
-(quality, estimated quality, ROI, output drift, what to do), retrains when a retrain was
-requested with ``retrain_action: dvc`` (:mod:`nbpipeline.monitor.retrain`: ``dvc exp run``
-on the champion's labelled predictions, or "nothing new to learn from"), and returns exit
+(quality, estimated quality, ROI, output drift, what to do). When the run requested a
+retrain (its alarms show the model suffering: output drift, estimated or realised quality
+or ROI below the floor — see :func:`nbpipeline.monitor.actions.retrain_trigger`) and
+``retrain_action`` is ``dvc``, it retrains (:mod:`nbpipeline.monitor.retrain`: ``dvc exp
+run`` on the champion's labelled predictions, or "nothing new to learn from"), and returns exit
 code :data:`ALARM_EXIT` when there are alarms, :data:`WARN_EXIT` when the inputs moved but
 nothing says the model suffers, 0 when quiet or when there is no traffic yet.
 """

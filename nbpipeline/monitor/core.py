@@ -5,7 +5,8 @@ DVC ``monitor`` stage). It never raises because of what it *finds*: findings bec
 (level ``warn`` for input drift, ``alarm`` for impact) and actions; it raises MonitorError
 only when its inputs or settings are unusable.
 The summary (``alarms/last_run.json``) is how ``nbp monitor`` learns the outcome of the
-notebook run (to print alarms, run ``dvc repro`` if asked, and exit non-zero).
+notebook run (to print alarms, retrain with ``dvc exp run`` when a retrain was requested
+and ``retrain_action`` is ``dvc``, and exit non-zero).
 """
 
 from __future__ import annotations
@@ -194,8 +195,10 @@ def run_monitor(
                 result.actions += act.rollbacks(result.alarms, reg)
             if reg is not None and cfg.off_switch:
                 result.actions += act.off_switch(roi_since, cfg, reg)
-            if result.level == "alarm":  # inputs that moved alone do not call for a retrain
-                result.actions += act.retrain_trigger(result.alarms, cfg, root, reg)
+            # only alarms showing the model suffering request one (not moved inputs alone)
+            rolled_back = any(a.kind == "rollback" for a in result.actions)
+            result.actions += act.retrain_trigger(result.alarms, cfg, root, reg,
+                                                  rolled_back=rolled_back)
         result.status = {"ok": "ok", "warn": "warnings", "alarm": "alarms"}[result.level]
         if reg is not None:
             result.state = _state_dict(reg.state())

@@ -18,7 +18,8 @@ from candidates import flights_candidate
 from monitor_support import kinds, log_traffic, months
 
 from nbpipeline.monitor import MonitorConfig, run_monitor
-from nbpipeline.monitor.alarms import AlarmLog
+from nbpipeline.monitor.actions import retrain_trigger
+from nbpipeline.monitor.alarms import IMPACT_KINDS, Alarm, AlarmLog
 from nbpipeline.predlog import table as predlog
 from nbpipeline.release.registry import Registry
 
@@ -109,6 +110,19 @@ def test_december_with_an_output_shift_is_an_alarm_and_requests_a_retrain(projec
     marker = json.loads((root / "retrain" / "requested.json").read_text())
     assert {"temp", "dewp"} <= set(marker["features"]) and marker["window"] == 0
     assert [a.kind for a in result.actions] == ["retrain_requested"]
+    # the request follows from the impact, and names the drift with the statistic that fired
+    reason = result.actions[0].reason
+    assert reason.startswith("the model suffers in window 0: output_drift (PSI "), reason
+    assert "; inputs drifted: " in reason and "temp (" in reason, reason
+    assert "psi" not in marker and marker["alarms"][0]["kind"] == "output_drift"
+    assert {a["kind"] for a in marker["alarms"]} <= {"output_drift", "estimated_quality_low",
+                                                     "quality_low", "roi_low"}, marker
+    for record in marker["drift"]:
+        assert record["kind"] == "input_drift" and record["statistic"] in ("PSI", "KS D",
+                                                                         "chi-square p")
+        assert f"{record['subject']} ({record['statistic']} " in reason
+        value, limit = record["value"], record["limit"]
+        assert value > limit if record["direction"] == "above" else value < limit, record
     assert result.lines()[-1].startswith("what to do: ")
     assert "retrain" in result.impact["advice"] or "outputs moved" in result.impact["advice"]
 
@@ -147,6 +161,10 @@ def test_bad_canary_is_rolled_back_while_champion_keeps_serving(project, models)
     assert state.champion.version == "v1" and state.canary is None and not state.switched_off
     last = reg.events()[-1]
     assert last.kind == "rollback" and last.actor == "nbp-monitor" and "roc_auc" in last.reason
+    # the canary's bad outputs also lowered the estimate over all traffic, but the rollback
+    # answers that: no retrain of the champion
+    assert "estimated_quality_low" in {a.kind for a in result.alarms}, result.lines()
+    assert [a.kind for a in result.actions] == ["rollback"]
     rerun = run_monitor(config(window_size=2000), root, registry=reg)
     assert [a for a in rerun.actions if a.kind == "rollback"] == []
 
@@ -166,6 +184,11 @@ def test_roi_off_switch_engages_and_nbp_on_lifts_it(project, models):
     state = reg.state()
     assert state.switched_off and "ROI below 0%" in state.off_reason
     assert any(a.kind == "roi_low" for a in result.alarms)
+    # the model loses money: a retrain is requested, for that reason
+    request = [a for a in result.actions if a.kind == "retrain_requested"]
+    assert len(request) == 1 and "roi_low (ROI % " in request[0].reason, result.lines()
+    event = [e for e in reg.events() if e.kind == "retrain_requested"][-1]
+    assert "roi_low" in event.data["alarms"] and event.reason == request[0].reason
 
     # what `nbp on` does: lift the switch (a production change, like a promotion)
     reg.switch_on(reason="fixed the value model", actor="test")
@@ -200,7 +223,7 @@ def test_suspiciously_good_quality_alarms_but_does_not_roll_back(project, models
     high = {a.subject for a in result.alarms if a.kind == "quality_high"}
     assert {"accuracy", "roc_auc"} <= high, result.lines()
     assert reg.state().canary.version == "v2"
-    assert not [a for a in result.actions if a.kind == "rollback"]
+    assert result.actions == []  # no rollback, and no retrain: a human must look
 
 
 def test_slow_champion_without_predecessor_is_refused_and_recorded(project, models):
@@ -214,6 +237,43 @@ def test_slow_champion_without_predecessor_is_refused_and_recorded(project, mode
     refused = [a for a in result.actions if a.kind == "refused"]
     assert refused and "no previous champion" in refused[0].reason
     assert reg.state().champion.version == "v1"
+
+
+def test_a_slow_server_while_inputs_moved_requests_no_retrain(project, models):
+    """Latency is the service's problem and moved inputs alone are a warning: an alarm-level
+    run, but nothing says the model suffers, so no retrain."""
+    root, conn = project
+    log_traffic(conn, models["good"][0], months([12], rows=WINDOW, seed=12), version="v1",
+                latency_ms=900.0)
+    result = run_monitor(config(), root)
+    found = {a.kind for a in result.alarms}
+    assert result.level == "alarm" and {"latency", "input_drift"} <= found, result.lines()
+    assert not found & set(IMPACT_KINDS), result.lines()
+    assert result.actions == [] and not (root / "retrain" / "requested.json").exists()
+
+
+def test_a_retrain_is_requested_once_per_window_by_impact_alarms_only(tmp_path):
+    def alarm(kind, window=4, role=None, statistic="", value=0.5, limit=0.6, direction="below"):
+        return Alarm(kind, kind, value, limit, direction, window, "m", None, role, statistic)
+
+    serving = [alarm("latency", value=900.0, limit=250.0, direction="above"),
+               alarm("error_rate", value=0.2, limit=0.05, direction="above"),
+               alarm("quality_high", value=0.99, limit=0.9, direction="above"),
+               alarm("quality_low", role="canary"), alarm("input_drift", statistic="PSI")]
+    assert retrain_trigger(serving, config(), tmp_path, None) == []
+    roi = alarm("roi_low", window=3, statistic="ROI %", value=-12.34, limit=0.0)
+    assert retrain_trigger([roi], config(), tmp_path, None, rolled_back=True) == []
+    first = retrain_trigger([*serving, roi], config(), tmp_path, None)
+    assert [a.reason for a in first] == [
+        "the model suffers in window 3: roi_low (ROI % -12.34 below 0); inputs drifted: "
+        "input_drift (PSI 0.5 below 0.6)"]
+    marker = json.loads((tmp_path / "retrain" / "requested.json").read_text())
+    assert marker["window"] == 3 and marker["features"] == ["input_drift"]
+    assert retrain_trigger([roi], config(), tmp_path, None) == []  # same window: once
+    later = retrain_trigger([alarm("quality_low", role="champion")], config(), tmp_path, None)
+    assert [a.reason for a in later] == ["the model suffers in window 4: quality_low "
+                                         "(quality_low 0.5 below 0.6)"]
+    assert retrain_trigger([roi], config(retrain_action="none"), tmp_path / "x", None) == []
 
 
 class _Hook(BaseHTTPRequestHandler):
