@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from projects import REPO, init_repo, make_example_project, sh
 
+from nbpipeline.notebook import read_notebook
 from nbpipeline.pipeline.stages import NotebookStage
 from nbpipeline.pipeline.trace import Trace, Tracer, describe, ignored, untraced_env
 
@@ -191,6 +192,9 @@ def test_example_data_stage_passes_tracing_under_dvc(tmp_path: Path) -> None:
     # live progress passes through DVC: a line per code cell, on stderr
     progress = [ln for ln in proc.stderr.splitlines()
                 if ln.startswith("nbp run data: cell ") and " done in " in ln]
-    assert progress[0].startswith("nbp run data: cell 1/9 done in ")
-    assert progress[-1].startswith("nbp run data: cell 9/9 done in ")
+    # the notebook's code cells and papermill's injected parameters cell
+    cells = 1 + sum(c.cell_type == "code"
+                    for c in read_notebook(root / "notebooks" / "data.ipynb").cells)
+    assert progress[0].startswith(f"nbp run data: cell 1/{cells} done in ")
+    assert progress[-1].startswith(f"nbp run data: cell {cells}/{cells} done in ")
     assert any(ln.endswith(" s: Quarantine invalid rows") for ln in progress)
