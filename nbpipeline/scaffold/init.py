@@ -248,9 +248,9 @@ def _dvc_yaml(task: str) -> dict[str, Any]:
                               "${paths.valid_path}",
                               "${paths.golden_path}", "${paths.model_dir}"],
                      "params": ["common", "evaluate"],
-                     "outs": ["metrics/gate.json", "reports/evaluate.ipynb",
-                              "reports/evaluate.html"],
-                     "metrics": ["metrics/evaluate.json"],
+                     "outs": ["metrics/gate.json", "metrics/evaluate.json",
+                              "reports/evaluate.ipynb", "reports/evaluate.html"],
+                     "metrics": ["metrics/evaluate.headline.json"],
                      "plots": plots},
     }}
 
