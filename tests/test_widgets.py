@@ -85,6 +85,13 @@ def test_widgets_build_in_process(project):
     plots.plot_quality(ax, view.result.analysis, view.config)
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels and all(re.fullmatch(r"\d\d:\d\d:\d\d", label) for label in labels), labels
+    for draw in (plots.plot_estimated,  # the monitor report's other window axes: dates too
+                 lambda ax, analysis, cfg: plots.plot_roi(ax, view.result.roi, cfg, analysis)):
+        ax = Figure().add_subplot()
+        draw(ax, view.result.analysis, view.config)
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert ax.get_xlabel() == "window start (UTC)", ax.get_xlabel()
+        assert labels and all(re.fullmatch(r"\d\d:\d\d:\d\d", label) for label in labels), labels
     before = view.quality_plot.value
     view.metric.value = "brier"
     assert view.quality_plot.value != before

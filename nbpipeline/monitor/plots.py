@@ -82,8 +82,10 @@ def plot_quality(ax: Any, analysis: Analysis, cfg: MonitorConfig, metric: str = 
     return ax
 
 
-def plot_roi(ax: Any, roi: pd.DataFrame, cfg: MonitorConfig) -> Any:
-    """ROI % per window with the off-switch threshold."""
+def plot_roi(ax: Any, roi: pd.DataFrame, cfg: MonitorConfig,
+             analysis: Analysis | None = None) -> Any:
+    """ROI % per window with the off-switch threshold (windows labelled by their start time
+    when ``analysis`` is given)."""
     ax.set_title("ROI per window (%)")
     if roi.empty:
         ax.text(0.5, 0.5, "no feedback yet", ha="center", va="center", transform=ax.transAxes)
@@ -94,6 +96,8 @@ def plot_roi(ax: Any, roi: pd.DataFrame, cfg: MonitorConfig) -> Any:
     ax.set_xlabel("window")
     ax.set_ylabel("ROI %")
     _integer_x(ax)
+    if analysis is not None:
+        _time_axis(ax, analysis)
     ax.legend(fontsize="small")
     return ax
 
@@ -116,8 +120,7 @@ def plot_estimated(ax: Any, analysis: Analysis, cfg: MonitorConfig, metric: str 
         ax.axhline(base, color="grey", linestyle=":", label=f"reference {base:.3f}")
         ax.axhline(base - cfg.max_estimated_drop, color="red", linestyle="--",
                    label=f"alarm below {base - cfg.max_estimated_drop:.3f}")
-    ax.set_xlabel("window")
     ax.set_ylabel(metric)
-    _integer_x(ax)
+    _time_axis(ax, analysis)
     ax.legend(fontsize="small")
     return ax
