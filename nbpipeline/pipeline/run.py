@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nbpipeline import lean, threads
-from nbpipeline.errors import NotebookError, StageError, StageFailedError
+from nbpipeline.errors import NbpipelineError, NotebookError, StageError, StageFailedError
 from nbpipeline.notebook import (
     first_unexpected_error,
     kernel_language,
@@ -263,7 +263,12 @@ def run_stage(
     started = time.perf_counter()
     plan = plan_stage(project, stage)
     timings = {"plan": time.perf_counter() - started}
-    declared = load_stage(project, stage) if trace else None
+    try:  # one read of dvc.yaml: the tracer checks its deps/outs, the record hashes them
+        declared = load_stage(project, stage, plan.params)
+    except NbpipelineError:
+        if trace:
+            raise
+        declared = None  # untraced, a broken dvc.yaml only leaves the hashes out
     reports = project.reports
     reports.mkdir(parents=True, exist_ok=True)
     running = reports / f".{stage}.running.ipynb"
@@ -281,7 +286,8 @@ def run_stage(
     env = {**os.environ, STAGE_ENV: stage, ROOT_ENV: str(project.root), RUNNING_ENV: "1",
            **threads.environment(ran_with.threads), threads.SLOT_HELD_ENV: "1",
            threads.RECORD_ENV: str(run_dir.path / "threads.json")}
-    tracer = Tracer(project.root, stage, run_dir.path / "trace.log") if declared else None
+    tracer = (Tracer(project.root, stage, run_dir.path / "trace.log")
+              if trace and declared else None)
     env.update((tracer.start() if tracer else None) or {})
     trace_result = None
     cells = Progress(stage, progress)
@@ -338,7 +344,7 @@ def run_stage(
     reporting = time.perf_counter()
     ran = thread_record or {**asdict(ran_with), "threadpools": None}  # kernel's record, if any
     strip_volatile(nb)
-    record = summarise_run(project, stage, nb, ran, plan.parameters, started)
+    record = summarise_run(project, stage, nb, ran, plan.parameters, started, declared)
     nb.metadata.setdefault("papermill", {})["output_path"] = project.rel(report)
     nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
     write_notebook(nb, report)

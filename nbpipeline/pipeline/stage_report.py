@@ -42,7 +42,7 @@ from nbpipeline.notebook import (
     notebook_parameters,
 )
 from nbpipeline.pipeline.gitinfo import git_output
-from nbpipeline.pipeline.stages import load_stage
+from nbpipeline.pipeline.stages import NotebookStage
 from nbpipeline.project import Project
 from nbpipeline.record import VERDICT_MIME, file_sha256, flatten, run_record, run_record_block
 
@@ -75,16 +75,12 @@ def _tree_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_hashes(project: Project, stage: str) -> dict[str, dict[str, str]]:
+def file_hashes(project: Project, declared: NotebookStage | None) -> dict[str, dict[str, str]]:
     """sha256 of the data and model files the stage declares in dvc.yaml, as ``{"read":
     {path: sha256} (deps), "written": {...} (outs)}`` (notebooks, reports, metrics and plots
     left out); a folder hashes its files' names and hashes. Empty when dvc.yaml does not
-    define the stage."""
+    define the stage (``declared`` is None)."""
     hashes: dict[str, dict[str, str]] = {"read": {}, "written": {}}
-    try:
-        declared = load_stage(project, stage)
-    except NbpipelineError:
-        return hashes
     if declared is None:
         return hashes
     for kind, paths in (("read", declared.deps), ("written", declared.outs)):
@@ -160,10 +156,12 @@ def _summary_markdown(stage: str, params: Mapping[str, Any], defaults: Mapping[s
 
 
 def summarise_run(project: Project, stage: str, nb: Any, thread_record: dict[str, Any],
-                  parameters: Mapping[str, Any], started: float) -> dict[str, Any]:
+                  parameters: Mapping[str, Any], started: float,
+                  declared: NotebookStage | None) -> dict[str, Any]:
     """Put the summary cell first in the executed ``nb``; return the run's record.
 
-    ``started`` is the run's start on :func:`time.perf_counter`'s clock.
+    ``started`` is the run's start on :func:`time.perf_counter`'s clock; ``declared`` the
+    dvc.yaml stage (None without one), whose deps and outs are hashed.
     """
     seconds = time.perf_counter() - started
     began = datetime.fromtimestamp(time.time() - seconds, UTC)
@@ -176,7 +174,7 @@ def summarise_run(project: Project, stage: str, nb: Any, thread_record: dict[str
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         metrics = {}
-    hashes = file_hashes(project, stage)
+    hashes = file_hashes(project, declared)
     git = git_output(project.root, "rev-parse", "--short", "HEAD")
     text = _summary_markdown(stage, {**defaults, **parameters}, defaults, hashes["read"], git,
                              metrics if isinstance(metrics, dict) else {}, verdicts(nb))

@@ -177,11 +177,12 @@ class DvcYaml:
     (nbpipeline.yamlio: both read YAML 1.2, as DVC does).
     """
 
-    def __init__(self, project: Project, *, editable: bool = False) -> None:
+    def __init__(self, project: Project, *, editable: bool = False,
+                 params: dict[str, Any] | None = None) -> None:
         self.project = project
         self.file: YamlDoc | None = None
         self._plain: dict[str, Any] = {}
-        self._params: dict[str, Any] | None = None  # params.yaml, read once
+        self._params = params  # params.yaml, read once (or as the caller already read it)
         if editable:
             from nbpipeline.pipeline.yamledit import YamlDoc
 
@@ -288,9 +289,11 @@ def param_refs(entries: Any) -> list[ParamRef]:
     return refs
 
 
-def load_stage(project: Project, stage: str) -> NotebookStage | None:
-    """The dvc.yaml stage that runs ``nbp run <stage>``, or None if there is none."""
-    stages = DvcYaml(project).notebook_stages()
+def load_stage(project: Project, stage: str,
+               params: dict[str, Any] | None = None) -> NotebookStage | None:
+    """The dvc.yaml stage that runs ``nbp run <stage>``, or None if there is none
+    (``params``: params.yaml as the caller already read it)."""
+    stages = DvcYaml(project, params=params).notebook_stages()
     if stage in stages and stages[stage].runs == stage:
         return stages[stage]
     return next((s for s in stages.values() if s.runs == stage), None)
