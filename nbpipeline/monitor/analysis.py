@@ -55,6 +55,7 @@ class Analysis:
     baseline: dict[str, float] = field(default_factory=dict)  # the estimate on the reference
     calibration: Calibration | None = None
     reference_name: str = ""  # what drift was judged against, for messages
+    outcomes: OutcomeGroups | None = None  # labelled decisions grouped (the A/B bootstrap)
 
     @property
     def has_traffic(self) -> bool:
@@ -270,6 +271,7 @@ def analyze(
         baseline=base, calibration=calibration,
         reference_name=(f"the previous {cfg.reference_windows} windows"
                         if cfg.reference == "rolling" else ref.name),
+        outcomes=outcomes,
     )
 
 

@@ -106,6 +106,8 @@ def monitor_command(
     if summary["status"] != "no traffic yet":
         for line in summary_lines(summary["impact"]):
             echo(f"nbp: monitor: {line}")
+    if summary.get("ab"):
+        echo(f"nbp: monitor: {summary['ab']['sentence']}")
     retrain = any(a["kind"] == "retrain_requested" for a in summary["actions"])
     if retrain and settings["retrain_action"] == "dvc" and exit_zero:
         echo("nbp: monitor: retraining requested; inside `dvc repro` only the marker "

@@ -65,6 +65,11 @@ class MonitorConfig:
     off_switch: bool = True
     retrain_action: str = "marker"
     retrain_marker: str = "retrain/requested.json"
+    # canary against champion on live outcomes (nbpipeline.monitor.abtest)
+    ab_alpha: float = 0.05
+    ab_power: float = 0.8
+    ab_min_effect: float = 0.02
+    canary_auto: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -139,3 +144,14 @@ class MonitorConfig:
         if self.roi_min > self.roi_max:
             raise bad("roi_min", f"is above roi_max ({self.roi_max})")
         check_value_model(self.value_model, self.cost_per_prediction)
+        for name in ("ab_alpha", "ab_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                raise bad(name, "must be a probability strictly between 0 and 1 (e.g. "
+                          f"{MonitorConfig.__dataclass_fields__[name].default})")
+        if (isinstance(self.ab_min_effect, bool) or not isinstance(self.ab_min_effect, int | float)
+                or not self.ab_min_effect > 0):
+            raise bad("ab_min_effect", "must be > 0: the smallest difference in the gate metric "
+                      "worth acting on (e.g. 0.02 of ROC AUC)")
+        if not isinstance(self.canary_auto, bool):
+            raise bad("canary_auto", "must be true or false")

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from nbpipeline.errors import RegistryError
+from nbpipeline.monitor import abtest
 from nbpipeline.monitor import actions as act
 from nbpipeline.monitor import alarms as al
 from nbpipeline.monitor import impact as im
@@ -49,6 +50,7 @@ class MonitorResult:
     webhook_error: str | None = None
     since_window: int | None = None
     impact: dict[str, Any] = field(default_factory=dict)
+    ab: abtest.ABResult | None = None  # the serving canary against the champion
 
     @property
     def level(self) -> str:
@@ -72,6 +74,7 @@ class MonitorResult:
             "actions": [a.to_dict() for a in self.actions],
             "webhook_error": self.webhook_error,
             "missing_features": self.analysis.missing_features,
+            "ab": self.ab.to_dict() if self.ab is not None else None,
         })
 
     def lines(self) -> list[str]:
@@ -81,7 +84,7 @@ class MonitorResult:
         out = [a.line() for a in self.alarms] + [a.line() for a in self.actions]
         if self.webhook_error:
             out.append(f"WARNING {self.webhook_error}")
-        return out + im.summary_lines(self.impact)
+        return out + im.summary_lines(self.impact) + ([self.ab.sentence()] if self.ab else [])
 
 
 def _epoch(iso: str) -> float:
@@ -199,6 +202,9 @@ def run_monitor(
             rolled_back = any(a.kind == "rollback" for a in result.actions)
             result.actions += act.retrain_trigger(result.alarms, cfg, root, reg,
                                                   rolled_back=rolled_back)
+        result.ab = abtest.compare(analysis.outcomes, state, cfg)
+        if result.ab is not None and act_on_alarms and cfg.canary_auto and reg is not None:
+            result.actions += abtest.carry_out(result.ab, reg)
         result.status = {"ok": "ok", "warn": "warnings", "alarm": "alarms"}[result.level]
         if reg is not None:
             result.state = _state_dict(reg.state())

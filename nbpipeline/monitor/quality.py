@@ -53,12 +53,16 @@ class OutcomeCounts:
 
 def binned_auc(pos_hist: np.ndarray, neg_hist: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties within a bin counted half."""
-    n_pos, n_neg = pos_hist.sum(), neg_hist.sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    neg_below = np.cumsum(neg_hist) - neg_hist
-    wins = np.sum(pos_hist * neg_below) + 0.5 * np.sum(pos_hist * neg_hist)
-    return float(wins / (n_pos * n_neg))
+    return float(binned_auc_many(pos_hist[None, :], neg_hist[None, :])[0])
+
+
+def binned_auc_many(pos_hist: np.ndarray, neg_hist: np.ndarray) -> np.ndarray:
+    """:func:`binned_auc` of each row of [n, PROB_BINS] histograms (NaN without both classes)."""
+    n_pos, n_neg = pos_hist.sum(axis=-1), neg_hist.sum(axis=-1)
+    neg_below = np.cumsum(neg_hist, axis=-1) - neg_hist
+    wins = np.sum(pos_hist * neg_below, axis=-1) + 0.5 * np.sum(pos_hist * neg_hist, axis=-1)
+    pairs = (n_pos * n_neg).astype(float)
+    return np.divide(wins, pairs, out=np.full(len(pairs), np.nan), where=pairs > 0)
 
 
 def _ratio(num: float, den: float) -> float:

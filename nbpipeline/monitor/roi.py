@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from nbpipeline.errors import MonitorError
 from nbpipeline.monitor.quality import OutcomeCounts
 
@@ -43,3 +45,13 @@ def roi_figures(
     cost = (c.n - c.values) * cost_per_prediction  # decisions only (not regression values)
     roi = (value - cost) / cost * 100 if cost else float("nan")
     return {"value": float(value), "cost": float(cost), "roi_pct": float(roi)}
+
+
+def roi_pct_many(
+    counts: Mapping[str, np.ndarray], value_model: Mapping[str, float], cost_per_prediction: float
+) -> np.ndarray:
+    """ROI % of many sets of decisions at once: ``counts`` maps tp/fp/tn/fn to arrays."""
+    value = sum(np.asarray(counts[k], dtype=float) * float(value_model[k]) for k in OUTCOMES)
+    cost = sum(np.asarray(counts[k], dtype=float) for k in OUTCOMES) * cost_per_prediction
+    return np.divide(value - cost, cost, out=np.full(np.shape(cost), np.nan),
+                     where=cost > 0) * 100

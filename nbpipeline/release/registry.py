@@ -10,7 +10,8 @@ Layout of a registry directory (``project.registry``, default ``<root>/registry`
 Nothing is ever rewritten: the production state (champion, canary, off switch) is
 derived by replaying the events, so a state is always explained by its history.
 Event kinds with a meaning for the state: ``register``, ``promote``, ``rollback``,
-``switch_off``, ``switch_on``, ``retire``. Any other kind (alarms, retrain triggers) is
+``switch_off``, ``switch_on``, ``retire``. Any other kind (alarms, retrain triggers, the
+monitor's ``ab_verdict`` with the figures behind a canary it promoted or rolled back) is
 kept and shown but does not change the state. Each line is checked against the fields
 its kind needs (``EVENT_FIELDS``) when the log is read: a hand-edited log is refused
 with the line that is wrong, never half-replayed.
@@ -47,6 +48,7 @@ from nbpipeline.release.candidate import (
 )
 
 __all__ = [
+    "AB_VERDICT",
     "ACTOR_ENV",
     "Event",
     "ModelVersion",
@@ -60,11 +62,14 @@ EVENTS_FILE = "events.jsonl"
 OBJECTS_DIR = "objects"
 ROLES = ("champion", "canary")
 STATE_KINDS = ("register", "promote", "rollback", "retire", "switch_off", "switch_on")
-# The fields each state-changing event needs in ``data`` (name -> accepted types).
+AB_VERDICT = "ab_verdict"  # the monitor's A/B figures behind the promote/rollback event_seq
+# The fields each state-changing (or ab_verdict) event needs in ``data`` (name -> types).
 EVENT_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "register": {"version": (str,), "sha256": (str,)},
     "promote": {"version": (str,), "role": (str,)},
     "rollback": {"role": (str,)},
+    AB_VERDICT: {"verdict": (str,), "canary": (str,), "champion": (str,), "metric": (str,),
+                 "figures": (dict,), "event_seq": (int,)},
 }
 OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "metadata": (dict,), "metrics": (dict,), "gate": (dict, type(None)), "lineage": (dict,),
