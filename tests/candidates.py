@@ -111,15 +111,17 @@ def synthetic_candidate(directory: Path, *, c: float = 1.0, seed: int = 0,
 
 
 def flights_candidate(directory: Path, *, rows: int = 12000, seed: int = 0,
-                      shuffled_labels: bool = False) -> tuple[Any, dict[str, Any]]:
-    """The example's model shape fitted on real January-August flights; (model, metadata).
+                      shuffled_labels: bool = False,
+                      months: list[int] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The example's model shape fitted on real January-August flights (or ``months``);
+    (model, metadata).
 
     ``shuffled_labels`` fits on permuted outcomes: a real model that has learnt nothing
     (ROC AUC about 0.5), i.e. a bad release.
     """
     from flights import TARGET, contract, month_rows
 
-    train = month_rows(list(range(1, 9)), rows=rows, seed=seed)
+    train = month_rows(months or list(range(1, 9)), rows=rows, seed=seed)
     labels = train[TARGET]
     if shuffled_labels:
         labels = labels.sample(frac=1.0, random_state=seed).to_numpy()

@@ -138,11 +138,11 @@ def _interval(diffs: np.ndarray, alpha: float) -> tuple[float, float, float]:
 
 
 def compare_arms(champion: Arm, canary: Arm, metric: str, cfg: MonitorConfig,
-                 seed: int | list[int] = SEED) -> dict[str, Any]:
+                 seed: int | list[int] = SEED, resamples: int = RESAMPLES) -> dict[str, Any]:
     """Both arms' gate metric and ROI, their differences (canary - champion) with
     intervals, and the outcomes in each arm."""
     rng = np.random.default_rng(seed)
-    a, b = resample(champion, rng), resample(canary, rng)
+    a, b = resample(champion, rng, resamples), resample(canary, rng, resamples)
     observed = np.stack([champion.count, canary.count])
     mean_a = np.divide(champion.brier, champion.count, out=np.zeros(CELLS),
                        where=champion.count > 0)
