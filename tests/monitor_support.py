@@ -103,16 +103,18 @@ def write_gate(root: Path, champion: str | None) -> None:
     (root / "metrics" / "gate.json").write_text(json.dumps(gate))
 
 
-def flights_project(root: Path, **monitor: Any) -> dict[str, Any]:
+def flights_project(root: Path, *, candidate: bool = True, **monitor: Any) -> dict[str, Any]:
     """The example's dvc.yaml and params.yaml (``monitor`` settings overridden, a fast-polling
-    server) around a small real candidate in ``root``; returns the monitor settings."""
+    server) around a small real candidate in ``root`` (none without ``candidate``: the
+    registry's models are served and monitored); returns the monitor settings."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["monitor"].update(monitor)
     params["serve"] = {"poll_seconds": 0.2, "fallback_prediction": 0}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    flights_candidate(root / "models" / "candidate", rows=8000, seed=0)
+    if candidate:
+        flights_candidate(root / "models" / "candidate", rows=8000, seed=0)
     return params["monitor"]
 
 
