@@ -2,7 +2,8 @@
 
     from nbpipeline.widgets import model_browser, monitor_view
     model_browser()     # registry versions, roles, metrics, gate checks; compare two
-    monitor_view()      # drift and quality over time (plots) + the latest alarms
+    monitor_view()      # drift and quality over time (plots), the latest alarms, and the
+                        # serving canary against the champion (A/B verdict)
 
 Both read the project found from the working directory (or the ``root`` given); they
 only read (the monitoring view analyses the log without alarming or acting).
@@ -189,12 +190,13 @@ class MonitorView(w.VBox):
         self.quality_plot = w.Image(format="png")
         self.status = w.HTML()
         self.alarms = w.HTML()
+        self.ab = w.HTML()
         self.button = w.Button(description="Refresh", icon="refresh")
         self.button.on_click(lambda _b: self.refresh())
         self.metric.observe(lambda _c: self._draw_quality(), names="value")
         super().__init__([
             w.HTML("<h3>Monitoring</h3>"), w.HBox([self.button, self.metric]), self.status,
-            w.HBox([self.drift_plot, self.quality_plot]), self.alarms,
+            w.HBox([self.drift_plot, self.quality_plot]), self.alarms, self.ab,
         ])
         self.result: Any = None
         self.refresh()
@@ -232,6 +234,7 @@ class MonitorView(w.VBox):
             ["level", "kind", "version", "subject", "statistic", "value", "direction",
              "limit", "message"], rows) if rows else "<p>no warnings or alarms</p>"
         ) + "<p>" + html.escape(self.result.impact.get("advice", "")) + "</p>"
+        self.ab.value = ab_html(self.result.ab)
 
     def _draw_drift(self) -> None:
         from matplotlib.figure import Figure
@@ -252,6 +255,31 @@ class MonitorView(w.VBox):
         fig = Figure(figsize=(6, 3.5))
         plots.plot_quality(fig.add_subplot(), self.result.analysis, self.config, self.metric.value)
         self.quality_plot.value = _png(fig)
+
+
+def ab_html(ab: Any) -> str:
+    """The canary against the champion: the verdict sentence, then per window and overall
+    the outcomes, the gate metric of each arm and their difference with its interval."""
+    if ab is None:
+        return "<p>no canary serving: nothing to compare (A/B)</p>"
+    level = f"{1 - ab.alpha:.0%}"
+
+    def row(label: Any, f: dict[str, Any]) -> list[Any]:
+        interval = ("–" if f["low"] is None or f["low"] != f["low"]
+                    else f"{f['low']:+.3f} to {f['high']:+.3f}")
+        roi = ("–" if f["roi_low"] is None or f["roi_low"] != f["roi_low"]
+               else f"{f['roi_difference']:+.1f} ({f['roi_low']:+.1f} to {f['roi_high']:+.1f})")
+        return [label, f["canary_outcomes"], f["champion_outcomes"], f["champion"],
+                f["canary"], Difference(ab.metric, f["champion"], f["canary"]), interval, roi]
+
+    rows = [row(int(r["window"]), r) for r in ab.windows.to_dict("records")]
+    rows.append(row("all", ab.overall))
+    header = ["window", "canary outcomes", "champion outcomes", f"champion {ab.metric}",
+              f"canary {ab.metric}", "difference", f"{level} interval",
+              f"ROI points ({level} interval)"]
+    return (f"<b>canary {html.escape(ab.canary)} vs champion {html.escape(ab.champion)} "
+            f"(A/B): {html.escape(ab.verdict)}</b><p>{html.escape(ab.sentence())}</p>"
+            + _table(header, rows))
 
 
 def model_browser(root: Path | str | None = None) -> ModelBrowser:

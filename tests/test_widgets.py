@@ -97,6 +97,30 @@ def test_widgets_build_in_process(project):
     assert view.quality_plot.value != before
 
 
+def test_monitor_view_shows_the_canary_against_the_champion(project, tmp_path):
+    from nbpipeline.widgets import monitor_view
+
+    root = tmp_path / "ab"
+    shutil.copytree(project, root)
+    reg = Registry(root / "registry")
+    idle = monitor_view(root)  # v2 serves as canary but has answered nothing yet
+    assert "canary v2 vs champion v1 (A/B): keep collecting" in idle.ab.value
+    assert "the canary has 0 outcomes" in idle.ab.value
+    conn = predlog.connect(root / "logs" / "predictions.db")
+    t0 = time.time() + 500
+    for i, (version, role) in enumerate([("v1", "champion"), ("v2", "canary")]):
+        model, _ = reg.load(version)
+        log_traffic(conn, model, months([5], rows=400, seed=10 + i), version=version,
+                    role=role, ts0=t0 + i * 0.001, spacing=0.01)
+    conn.close()
+    view = monitor_view(root)
+    assert "canary v2 vs champion v1 (A/B)" in view.ab.value
+    assert "on 400 canary / 400 champion outcomes" in view.ab.value
+    assert "champion roc_auc" in view.ab.value and ">all<" in view.ab.value
+    assert view.result.ab.verdict in ("promote", "roll back", "keep collecting")
+    assert view.result.ab.verdict in view.ab.value
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium")
 def test_widgets_render_in_jupyterlab(project, tmp_path):

@@ -41,7 +41,7 @@ from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.quality import binned_auc_many
 from nbpipeline.monitor.roi import roi_pct_many
 from nbpipeline.monitor.scan import PROB_BINS, OutcomeGroups
-from nbpipeline.release.gate import LOWER_IS_BETTER
+from nbpipeline.release.gate import DEFAULT_CRITERIA, LOWER_IS_BETTER
 from nbpipeline.release.registry import AB_VERDICT, ProductionState, Registry
 
 RESAMPLES = 2000
@@ -260,14 +260,14 @@ def _finite(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def gate_metric(state: ProductionState, cfg: MonitorConfig) -> str:
+def gate_metric(state: ProductionState) -> str:
     """The metric evaluate's gate judged the canary by (its registry entry), else the
-    champion's; one the monitor can compute from outcomes, else the first quality limit."""
+    champion's, if the monitor can compute it from outcomes; else the gate's default."""
     for mv in (state.canary, state.champion):
         metric = (mv.gate or {}).get("metric") if mv is not None else None
         if metric in METRICS:
             return str(metric)
-    return next((m for m in cfg.quality_limits if m in METRICS), "roc_auc")
+    return str(DEFAULT_CRITERIA["gate_metric"])
 
 
 def compare(groups: OutcomeGroups | None, state: ProductionState | None,
@@ -275,7 +275,7 @@ def compare(groups: OutcomeGroups | None, state: ProductionState | None,
     """Canary vs champion on the labelled decisions in ``groups``; None without a canary."""
     if state is None or state.canary is None or state.champion is None or groups is None:
         return None
-    metric = gate_metric(state, cfg)
+    metric = gate_metric(state)
     champ_arms = arms(groups, state.champion.version, "champion")
     canary_arms = arms(groups, state.canary.version, "canary")
     rows = []
