@@ -218,10 +218,19 @@ class ABResult:
 
     def figures_text(self) -> str:
         f, level = self.overall, f"{1 - self.alpha:.0%}"
-        return (f"{self.metric} {f['difference']:+.3f} ({level} CI {f['low']:+.3f} to "
-                f"{f['high']:+.3f}), ROI {f['roi_difference']:+.1f} points ({level} CI "
-                f"{f['roi_low']:+.1f} to {f['roi_high']:+.1f}) on {f['canary_outcomes']:,} "
-                f"canary / {f['champion_outcomes']:,} champion outcomes")
+
+        def figure(name: str, spec: str, unit: str = "") -> str:
+            value = f[name]
+            low, high = (f[name.replace("difference", end)] for end in ("low", "high"))
+            if not math.isfinite(value):
+                return "n/a"
+            interval = (f" ({level} CI {low:{spec}} to {high:{spec}})"
+                        if math.isfinite(low) else "")
+            return f"{value:{spec}}{unit}{interval}"
+
+        return (f"{self.metric} {figure('difference', '+.3f')}, ROI "
+                f"{figure('roi_difference', '+.1f', ' points')} on "
+                f"{f['canary_outcomes']:,} canary / {f['champion_outcomes']:,} champion outcomes")
 
     def sentence(self) -> str:
         """The console line: figures, verdict, reason, and what to run."""
@@ -272,8 +281,11 @@ def gate_metric(state: ProductionState) -> str:
 
 def compare(groups: OutcomeGroups | None, state: ProductionState | None,
             cfg: MonitorConfig) -> ABResult | None:
-    """Canary vs champion on the labelled decisions in ``groups``; None without a canary."""
+    """Canary vs champion on the labelled decisions in ``groups``; None without a canary
+    (or for a regression canary: no probabilities, no decisions to compare)."""
     if state is None or state.canary is None or state.champion is None or groups is None:
+        return None
+    if state.canary.metadata.get("task") == "regression":
         return None
     metric = gate_metric(state)
     champ_arms = arms(groups, state.champion.version, "champion")

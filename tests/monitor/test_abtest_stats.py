@@ -129,3 +129,28 @@ def test_the_verdict_rules() -> None:
 def test_ab_settings_name_the_field(field: str, value: object, message: str) -> None:
     with pytest.raises(MonitorError, match=f"^params.yaml {message}"):
         MonitorConfig.from_params({field: value})
+
+
+def test_only_a_serving_classification_canary_is_compared() -> None:
+    from nbpipeline.monitor.scan import OutcomeGroups
+    from nbpipeline.release.registry import ModelVersion, ProductionState
+
+    def version(name: str, task: str) -> ModelVersion:
+        return ModelVersion(name, "0" * 64, "", "test", "", {"task": task}, {}, None, None)
+
+    one = np.array([0])
+    groups = OutcomeGroups(one, ["v2"], ["canary"], one + 1, one + 1, one + 50, one + 300,
+                           np.array([0.25]))
+    state = ProductionState(version("v1", "classification"), version("v2", "classification"),
+                            0.5, False, None, "t")
+    ab = abtest.compare(groups, state, CFG)
+    assert ab is not None and ab.verdict == abtest.COLLECT
+    assert ab.overall["canary_outcomes"] == 300 and ab.overall["champion_outcomes"] == 0
+    assert "the champion has 0 outcomes" in ab.reason and ab.command is None
+    assert ab.sentence().startswith("A/B canary v2 vs champion v1: roc_auc n/a, ROI n/a on "
+                                    "300 canary / 0 champion outcomes; verdict: keep collecting")
+    regression = ProductionState(version("v1", "regression"), version("v2", "regression"),
+                                 0.5, False, None, "t")
+    assert abtest.compare(groups, regression, CFG) is None
+    no_canary = ProductionState(version("v1", "classification"), None, 0.0, False, None, "t")
+    assert abtest.compare(groups, no_canary, CFG) is None
