@@ -277,9 +277,11 @@ def ab_html(ab: Any) -> str:
     header = ["window", "canary outcomes", "champion outcomes", f"champion {ab.metric}",
               f"canary {ab.metric}", "difference", f"{level} interval",
               f"ROI points ({level} interval)"]
+    needed = ("n/a" if ab.still_needed is None else f"{ab.still_needed:,}")
     return (f"<b>canary {html.escape(ab.canary)} vs champion {html.escape(ab.champion)} "
             f"(A/B): {html.escape(ab.verdict)}</b><p>{html.escape(ab.sentence())}</p>"
-            + _table(header, rows))
+            + _table(header, rows) + f"<p>outcomes still needed to detect a {ab.metric} "
+            f"difference of {ab.min_effect:g} with {ab.power:.0%} power: {needed}</p>")
 
 
 def model_browser(root: Path | str | None = None) -> ModelBrowser:

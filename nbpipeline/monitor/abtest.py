@@ -204,6 +204,8 @@ class ABResult:
     verdict: str
     reason: str
     alpha: float
+    power: float
+    min_effect: float
     done: str = ""  # what carry_out did (the registry events)
 
     @property
@@ -305,7 +307,7 @@ def compare(groups: OutcomeGroups | None, state: ProductionState | None,
     columns = ["window", *overall]
     return ABResult(state.champion.version, state.canary.version, state.canary_fraction,
                     metric, pd.DataFrame(rows, columns=columns), overall, still, verdict,
-                    reason, cfg.ab_alpha)
+                    reason, cfg.ab_alpha, cfg.ab_power, cfg.ab_min_effect)
 
 
 def carry_out(ab: ABResult, reg: Registry) -> list[Action]:

@@ -114,7 +114,9 @@ def test_a_worse_canary_gets_roll_back_with_the_command_to_run(served) -> None:
     summary = json.loads((root / "alarms" / "last_run.json").read_text())
     assert summary["ab"]["verdict"] == "roll back" and summary["ab"]["command"] == command
     assert summary["ab"]["overall"]["high"] < 0
-    assert "A/B canary v3 vs champion v2" in (root / "reports" / "monitor.html").read_text()
+    report = (root / "reports" / "monitor.html").read_text()
+    assert "A/B canary v3 vs champion v2" in report
+    assert "outcomes still needed to detect a roc_auc difference of 0.02 with 80% power" in report
 
     done = nbp(*shlex.split(command)[1:], cwd=root)
     assert "canary" in done.stdout
