@@ -1,0 +1,174 @@
+"""The record of scheduled runs (``logs/schedule/runs.jsonl``) and what it says of their health.
+
+Each scheduled tick (``nbp schedule tick``, see :mod:`nbpipeline.schedule.tick`) appends one
+JSON line when it ends: when it started and ended, the exit code of ``nbp monitor``, its
+status, the log file holding its output (``logs/schedule/<UTC time>.log``) and the period
+it was scheduled at (so the record says by itself when the next run was due). Lines are
+appended under an exclusive flock and fsync'd; a damaged line is skipped by readers.
+While a tick runs it holds an flock on ``logs/schedule/lock`` (the file says since when),
+which is what keeps two ticks from overlapping and tells readers a run is in progress.
+
+:func:`health` judges the record at a moment: the last finished run *failed* (an exit code
+other than 0 and ``nbp monitor``'s two exit codes for findings) or runs were *missed* (none
+within two periods, and at least a minute, of the previous one). ``nbp monitor`` turns
+those into alarms (nbpipeline.monitor.scheduled); ``nbp report`` shows them on the index.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RUNS_DIR = "logs/schedule"  # relative to the project root
+RUNS_FILE = "runs.jsonl"
+LOCK_FILE = "lock"
+# `nbp monitor`'s exit codes for findings (nbpipeline.monitor.command ALARM_EXIT, WARN_EXIT):
+# the run worked and found something; any other non-zero code is a failed run
+FINDING_EXITS = {3: "alarms", 4: "warnings"}
+MISSED_PERIODS = 2  # no run within this many periods of the previous one: missed
+MISSED_MIN_SECONDS = 60.0  # ... and at least this long (a 2 s test period is not missed by jitter)
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """One line of runs.jsonl: a tick that ran ``nbp monitor`` (or was skipped)."""
+
+    start: str  # ISO UTC
+    end: str
+    exit: int | None  # None: skipped (the previous run still held the lock)
+    status: str  # ok | alarms | warnings | failed | skipped
+    log: str  # the run's log, relative to the project root ("" when skipped)
+    every: float  # the period it was scheduled at, in seconds
+    command: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @staticmethod
+    def status_of(exit_code: int | None) -> str:
+        """The status a tick records for ``nbp monitor``'s exit code."""
+        if exit_code is None:
+            return "skipped"
+        return "ok" if exit_code == 0 else FINDING_EXITS.get(exit_code, "failed")
+
+
+def runs_dir(root: Path) -> Path:
+    """Where the scheduled runs' logs, record and lock live."""
+    return Path(root) / RUNS_DIR
+
+
+def append_run(root: Path, run: ScheduledRun) -> None:
+    """Append ``run`` to runs.jsonl (locked, fsync'd)."""
+    path = runs_dir(root) / RUNS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fh.write(json.dumps(asdict(run), sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def read_runs(root: Path) -> list[ScheduledRun]:
+    """Every recorded run, oldest first; damaged lines are skipped."""
+    path = runs_dir(root) / RUNS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    names = set(ScheduledRun.__dataclass_fields__)
+    out = []
+    for line in lines:
+        try:
+            data = json.loads(line)
+            out.append(ScheduledRun(**{k: v for k, v in data.items() if k in names}))
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+def running_since(root: Path) -> datetime | None:
+    """When the tick now holding the lock started; None when no tick runs."""
+    path = runs_dir(root) / LOCK_FILE
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return _when(json.loads(fh.read())["start"])
+            except (ValueError, KeyError, TypeError):
+                return datetime.now(UTC)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return None
+
+
+def _when(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+@dataclass(frozen=True)
+class ScheduleHealth:
+    """What the record says at ``now``: the last runs, a failure, a gap of missed runs."""
+
+    every: float
+    runs: list[ScheduledRun]
+    running: datetime | None
+    failed: list[ScheduledRun]  # the failed runs since the last one that worked, oldest first
+    missed_from: datetime | None  # the gap of missed runs: from the last activity ...
+    missed_to: datetime | None  # ... to the run that ended it (or now)
+
+    @property
+    def missed_periods(self) -> float:
+        if self.missed_from is None or self.missed_to is None:
+            return 0.0
+        return (self.missed_to - self.missed_from).total_seconds() / self.every
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.missed_from is None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready figures (for the report)."""
+        return {"every": self.every, "ok": self.ok, "failed": len(self.failed),
+                "missed_from": self.missed_from and self.missed_from.isoformat(),
+                "missed_to": self.missed_to and self.missed_to.isoformat()}
+
+
+def health(root: Path, now: datetime | None = None) -> ScheduleHealth | None:
+    """Judge the scheduled runs of the project at ``root`` (None: nothing scheduled ever ran).
+
+    While a tick runs (the monitor it started calls this), the gap judged is the one before
+    that tick began: a scheduler that came back after a day reports the day it missed.
+    """
+    runs = read_runs(root)
+    running = running_since(root)
+    if not runs:
+        return None
+    now = now or datetime.now(UTC)
+    every = float(runs[-1].every)
+    failed: list[ScheduledRun] = []
+    for run in reversed(runs):
+        if run.status == "skipped":
+            continue
+        if not run.failed:
+            break
+        failed.insert(0, run)
+    last = max(_when(runs[-1].end), _when(runs[-1].start))
+    point = running if running is not None and running >= last else now
+    gap = (point - last).total_seconds()
+    limit = max(MISSED_PERIODS * every, MISSED_MIN_SECONDS)
+    missed = gap > limit
+    return ScheduleHealth(every, runs, running, failed, last if missed else None,
+                          point if missed else None)
