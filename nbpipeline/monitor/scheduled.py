@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from nbpipeline.monitor.alarms import Alarm
-from nbpipeline.schedule.runs import health
+from nbpipeline.schedule.runs import health, period_text
 
 FAILED, MISSED = "schedule_failed", "schedule_missed"
 
@@ -46,7 +46,7 @@ def schedule_alarms(root: Path, now: datetime | None = None) -> list[Alarm]:
             round(found.missed_periods, 2), 2.0, "above", None,
             f"no scheduled monitor run from {_at(found.missed_from)} to "
             f"{_at(found.missed_to)} ({found.missed_periods:.1f} periods of "
-            f"{found.every:g}s): check that cron, the systemd timer or `nbp schedule run` "
-            "is still running (logs/schedule/runs.jsonl).",
+            f"{period_text(found.every)}): check that cron, the systemd timer or "
+            "`nbp schedule run` is still running (logs/schedule/runs.jsonl).",
             statistic="periods without a run"))
     return alarms

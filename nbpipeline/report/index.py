@@ -31,6 +31,7 @@ from nbpipeline.release.lineage import model_params, read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
 from nbpipeline.report.previous import PreviousRun, previous_run, read_json
 from nbpipeline.schedule.runs import health as schedule_health
+from nbpipeline.schedule.runs import period_text
 
 __all__ = ["build_index"]
 
@@ -384,7 +385,7 @@ def _schedule_section(project: Project) -> str:
     if found.running is not None:
         state += " " + _badge("none", f"running since {found.running.isoformat()[11:19]} UTC")
     return (f'<div class="card"><h2>Scheduled monitor runs</h2><p class="muted">every '
-            f"{found.every:g} s (<code>nbp schedule</code>); latest log {link(latest)}"
+            f"{period_text(found.every)} (<code>nbp schedule</code>); latest log {link(latest)}"
             f"</p><p>{state}</p>{_table(['started (UTC)', 'status', 'exit', 'log'], rows)}</div>")
 
 

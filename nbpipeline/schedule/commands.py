@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from nbpipeline.errors import ScheduleError
+from nbpipeline.params import load_params
 from nbpipeline.project import Project
 from nbpipeline.schedule import entry
 from nbpipeline.schedule.runs import RUNS_DIR, RUNS_FILE
@@ -19,6 +20,12 @@ from nbpipeline.schedule.tick import run_forever, tick
 
 def _note(text: str) -> None:
     print(f"nbp: schedule: {text}", file=sys.stderr)
+
+
+def _retrain_action(project: Project) -> object:
+    """params.yaml ``monitor.retrain_action`` as written (the monitor validates it)."""
+    section = load_params(project.params_yaml).get("monitor")
+    return section.get("retrain_action") if isinstance(section, dict) else None
 
 
 def schedule_command(
@@ -41,27 +48,31 @@ def schedule_command(
                             "period (--every): give one of them")
     logs = (f"each run logs to {RUNS_DIR}/<UTC time>.log and appends to {RUNS_DIR}/{RUNS_FILE}"
             " (`nbp report` links them; `nbp monitor` alarms on failed or missed runs)")
+    done = _print_or_install(schedule, systemd=systemd, install=install, echo=echo, note=note)
+    note(done + logs)
+    if _retrain_action(project) != "dvc":
+        note("monitor.retrain_action is not `dvc`: scheduled runs leave the retrain marker but "
+             "do not retrain; set it to `dvc` to close the loop (docs/monitor.md, Retraining)")
+    return 0
+
+
+def _print_or_install(schedule: entry.Schedule, *, systemd: bool, install: bool,
+                      echo: Callable[[str], None], note: Callable[[str], None]) -> str:
+    """Print or install the entry; returns what was done, for the closing note."""
     if systemd:
-        units = schedule.systemd_units()
         if install:
             for path in entry.write_units(schedule):
                 note(f"wrote {path}")
             entry.enable_timer(schedule)
-            note(f"enabled {schedule.name}.timer: `nbp monitor` every {schedule.every_text}; "
-                 + logs)
-            return 0
-        for name, text in units.items():
+            return f"enabled {schedule.name}.timer: `nbp monitor` every {schedule.every_text}; "
+        for name, text in schedule.systemd_units().items():
             echo(f"# ~/.config/systemd/user/{name}\n{text}")
-        note(f"`nbp monitor` every {schedule.every_text} in {schedule.root}; install with "
-             f"--install (or write these files and `systemctl --user enable --now "
-             f"{schedule.name}.timer`); " + logs)
-        return 0
-    line = schedule.cron_line()
+        return (f"`nbp monitor` every {schedule.every_text} in {schedule.root}; install with "
+                f"--install (or write these files and `systemctl --user enable --now "
+                f"{schedule.name}.timer`); ")
     if install:
         entry.install_cron(schedule)
-        note(f"installed in your crontab: `nbp monitor` every {schedule.every_text}; " + logs)
-        return 0
-    echo(line.rstrip("\n"))
-    note(f"`nbp monitor` every {schedule.every_text} in {schedule.root}; add the lines above "
-         "with `crontab -e` (or --install); " + logs)
-    return 0
+        return f"installed in your crontab: `nbp monitor` every {schedule.every_text}; "
+    echo(schedule.cron_line().rstrip("\n"))
+    return (f"`nbp monitor` every {schedule.every_text} in {schedule.root}; add the lines "
+            "above with `crontab -e` (or --install); ")

@@ -30,12 +30,11 @@ from typing import Any
 from nbpipeline.errors import ScheduleError
 from nbpipeline.params import load_params
 from nbpipeline.project import Project, write_text_atomic
-from nbpipeline.schedule.runs import RUNS_DIR
+from nbpipeline.schedule.runs import RUNS_DIR, UNITS, period_text
 
 SECTION = "schedule"  # params.yaml section read by `nbp schedule` only (not a stage's)
 DEFAULT_EVERY = "1h"
 PASSED_ENV = ("NBP_", "DASK_")  # prefixes of variables the entry carries when they are set
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MARK = "# nbp schedule:"  # the comment line above our crontab entry (one per project)
 
 
@@ -59,16 +58,9 @@ def cron_fields(seconds: float) -> str:
         return "0 * * * *" if hours == 1 else f"0 */{int(hours)} * * *"
     if seconds == 86400:
         return "0 0 * * *"
-    raise ScheduleError(f"cron cannot run every {_every_text(seconds)} evenly: choose a period "
+    raise ScheduleError(f"cron cannot run every {period_text(seconds)} evenly: choose a period "
                         "that divides an hour or a day (1m..30m, 1h..12h, 1d), give the time "
                         "fields with --cron, or use --systemd (any period)")
-
-
-def _every_text(seconds: float) -> str:
-    for unit, size in reversed(UNITS.items()):
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{int(seconds / size)}{unit}"
-    return f"{seconds:g}s"
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ class Schedule:
 
     @property
     def every_text(self) -> str:
-        return _every_text(self.every)
+        return period_text(self.every)
 
     @property
     def name(self) -> str:

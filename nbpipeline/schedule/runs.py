@@ -34,6 +34,17 @@ MISSED_PERIODS = 2  # no run within this many periods of the previous one: misse
 MISSED_MIN_SECONDS = 60.0  # ... and at least this long (a 2 s test period is not missed by jitter)
 
 
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}  # of a period: 30s, 15m, 1h, 1d
+
+
+def period_text(seconds: float) -> str:
+    """A period as ``nbp schedule --every`` takes it: 90 -> ``90s``, 3600 -> ``1h``."""
+    for unit, size in reversed(UNITS.items()):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds:g}s"
+
+
 @dataclass(frozen=True)
 class ScheduledRun:
     """One line of runs.jsonl: a tick that ran ``nbp monitor`` (or was skipped)."""
