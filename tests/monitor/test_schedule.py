@@ -145,7 +145,7 @@ def test_systemd_units_written_and_verified(project, monkeypatch, capsys, tmp_pa
 
 
 def test_health_failed_missed_and_alarms(project):
-    root, now = project, datetime(2026, 11, 30, 12, tzinfo=UTC)
+    root, now = project, datetime.now(UTC) - timedelta(hours=3)  # run_monitor: 3 h later
     assert health(root, now) is None and FINDING_EXITS == {ALARM_EXIT: "alarms",
                                                            WARN_EXIT: "warnings"}
     append_run(root, _run(now - timedelta(hours=3), 0))
@@ -189,7 +189,7 @@ def test_runner_runs_the_entry_a_failure_is_reported_by_the_next_tick(project):
     env = project_env()
 
     def runner() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(NBP), "schedule", "run", "--every", "1s", "--ticks", "1"],
+        return subprocess.run([str(NBP), "schedule", "run", "--every", "0.5s", "--ticks", "1"],
                               cwd=project, env=env, capture_output=True, text=True, timeout=180,
                               stdin=subprocess.DEVNULL)
 
