@@ -119,6 +119,27 @@ def test_install_without_cron_says_what_is_missing(project, monkeypatch, capsys,
     assert "no `crontab` command" in err and "crontab -e" in err and "nbp schedule run" in err
 
 
+def test_install_replaces_the_projects_previous_cron_entry(project, monkeypatch, capsys,
+                                                           tmp_path):
+    # no cron here: a stand-in `crontab` keeping the table in a file (-l lists, - replaces)
+    bin_dir, table = tmp_path / "bin", tmp_path / "crontab.txt"
+    bin_dir.mkdir()
+    (bin_dir / "crontab").write_text(
+        f'#!/bin/sh\nif [ "$1" = -l ]; then cat {table} 2>/dev/null || exit 1; '
+        f"else cat > {table}; fi\n")
+    (bin_dir / "crontab").chmod(0o755)
+    table.write_text("MAILTO=ana\n0 3 * * * backup\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.chdir(project)
+    assert main(["schedule", "--every", "1h", "--install"]) == 0
+    assert main(["schedule", "--every", "15m", "--install"]) == 0
+    assert "installed in your crontab" in capsys.readouterr().err
+    lines = table.read_text().splitlines()
+    assert lines[:2] == ["MAILTO=ana", "0 3 * * * backup"]  # the user's own lines kept
+    assert lines[2] == f"# nbp schedule: {project.resolve()}" and len(lines) == 4
+    assert lines[3].startswith("*/15 * * * * cd ")  # the 1h entry replaced, not added to
+
+
 def test_systemd_units_written_and_verified(project, monkeypatch, capsys, tmp_path):
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
