@@ -4,7 +4,8 @@ Entry point: :func:`run_monitor` (called by notebooks/monitor.ipynb, hence by
 ``nbp monitor`` and the DVC ``monitor`` stage). Modules, bottom-up: reference (binning),
 scan (SQL over the prediction log), drift / quality / roi (statistics), analysis (tables),
 alarms (limits, alarm log, webhook), actions (rollback, off switch, retrain trigger),
-core (one run), replay (real rows through a running server), command (``nbp monitor``).
+core (one run), replay (real rows through a running server), command (``nbp monitor``),
+scheduled (failed or missed ``nbp schedule`` runs as alarms).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One self-contained HTML file (inline CSS and SVG, no scripts, no external assets
 every stage's executed notebook (``reports/<stage>.html``) with when it ran (its run record,
 not file mtimes), its params and metrics against the previous run, the gate decision, the
 candidate against the production champion (every parameter, the gate metric first) and the
-registry's recent events.
+registry's recent events, and the scheduled monitor runs (``nbp schedule``: health, logs).
 
 The previous run is the one committed at git HEAD (nbpipeline.report.previous).
 """

@@ -113,7 +113,7 @@ class Schedule:
         )
         timer = (
             f"[Unit]\nDescription=run {self.name}.service every {self.every_text}\n\n"
-            f"[Timer]\nOnActiveSec={int(self.every)}s\nOnUnitActiveSec={int(self.every)}s\n"
+            f"[Timer]\nOnActiveSec={self.every:g}s\nOnUnitActiveSec={self.every:g}s\n"
             f"AccuracySec=1s\nUnit={self.name}.service\n\n[Install]\nWantedBy=timers.target\n"
         )
         return {f"{self.name}.service": service, f"{self.name}.timer": timer}
