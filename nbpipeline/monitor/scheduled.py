@@ -44,9 +44,13 @@ def schedule_alarms(root: Path, now: datetime | None = None) -> list[Alarm]:
         alarms.append(Alarm(
             MISSED, f"since {found.missed_from.isoformat(timespec='seconds')}",
             round(found.missed_periods, 2), 2.0, "above", None,
-            f"no scheduled monitor run from {_at(found.missed_from)} to "
+            f"no scheduled monitor run finished from {_at(found.missed_from)} to "
             f"{_at(found.missed_to)} ({found.missed_periods:.1f} periods of "
-            f"{period_text(found.every)}): check that cron, the systemd timer or "
-            "`nbp schedule run` is still running (logs/schedule/runs.jsonl).",
+            f"{period_text(found.every)}): "
+            + (f"the run started at {_at(found.running)} is still going (hung? see "
+               "logs/schedule/lock for its pid)." if found.running is not None
+               and found.running < found.missed_to else
+               "check that cron, the systemd timer or `nbp schedule run` is still running "
+               "(logs/schedule/runs.jsonl)."),
             statistic="periods without a run"))
     return alarms

@@ -22,7 +22,6 @@ import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 RUNS_DIR = "logs/schedule"  # relative to the project root
 RUNS_FILE = "runs.jsonl"
@@ -146,22 +145,14 @@ class ScheduleHealth:
             return 0.0
         return (self.missed_to - self.missed_from).total_seconds() / self.every
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed and self.missed_from is None
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready figures (for the report)."""
-        return {"every": self.every, "ok": self.ok, "failed": len(self.failed),
-                "missed_from": self.missed_from and self.missed_from.isoformat(),
-                "missed_to": self.missed_to and self.missed_to.isoformat()}
-
 
 def health(root: Path, now: datetime | None = None) -> ScheduleHealth | None:
     """Judge the scheduled runs of the project at ``root`` (None: nothing scheduled ever ran).
 
-    While a tick runs (the monitor it started calls this), the gap judged is the one before
-    that tick began: a scheduler that came back after a day reports the day it missed.
+    A gap is judged from the end of the last run that was not skipped. While a tick runs
+    (the monitor it started calls this), the gap judged is the one before that tick began:
+    a scheduler that came back after a day reports the day it missed. A run going on for
+    longer than the limit (hung: the ticks after it only skip) is judged up to ``now``.
     """
     runs = read_runs(root)
     running = running_since(root)
@@ -176,10 +167,12 @@ def health(root: Path, now: datetime | None = None) -> ScheduleHealth | None:
         if not run.failed:
             break
         failed.insert(0, run)
-    last = max(_when(runs[-1].end), _when(runs[-1].start))
-    point = running if running is not None and running >= last else now
-    gap = (point - last).total_seconds()
+    done = [r for r in runs if r.status != "skipped"] or runs
+    last = _when(done[-1].end)
     limit = max(MISSED_PERIODS * every, MISSED_MIN_SECONDS)
-    missed = gap > limit
+    judged_at_start = running is not None and running >= last and (
+        (now - running).total_seconds() <= limit)
+    point = running if judged_at_start and running is not None else now
+    missed = (point - last).total_seconds() > limit
     return ScheduleHealth(every, runs, running, failed, last if missed else None,
                           point if missed else None)

@@ -22,6 +22,7 @@ from nbpipeline.cli import main
 from nbpipeline.monitor.command import ALARM_EXIT, WARN_EXIT
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.core import run_monitor
+from nbpipeline.monitor.scheduled import schedule_alarms
 from nbpipeline.project import Project
 from nbpipeline.report.index import build_index
 from nbpipeline.schedule.entry import cron_fields, make_schedule, parse_every
@@ -201,6 +202,24 @@ def test_tick_skips_while_the_previous_run_holds_the_lock(project):
     assert [(r.status, r.exit, r.log) for r in read_runs(project)] == [("skipped", None, "")]
     assert running_since(project) is None
     assert not list(folder.glob("*.log"))  # the monitor did not run
+
+
+@pytest.mark.parametrize("ended_ago, running_ago, missed, why", [
+    (1.5, 0.01, False, ""),  # the monitor inside a tick: the gap before that tick, 1.5 h
+    (3.0, 0.01, True, "check that cron"),  # the scheduler came back after 3 h
+    (3.0, 2.5, True, "is still going (hung?"),  # a run hung for 2.5 h; later ticks only skip
+])
+def test_missed_while_a_tick_runs(project, ended_ago, running_ago, missed, why):
+    now = datetime.now(UTC)
+    append_run(project, _run(now - timedelta(hours=ended_ago, seconds=5), 0))
+    with open(runs_dir(project) / LOCK_FILE, "w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        start = (now - timedelta(hours=running_ago)).isoformat()
+        held.write(json.dumps({"pid": os.getpid(), "start": start}))
+        held.flush()
+        alarms = schedule_alarms(project, now)
+    assert [a.kind for a in alarms] == (["schedule_missed"] if missed else [])
+    assert not missed or why in alarms[0].message
 
 
 @pytest.mark.slow
