@@ -11,13 +11,15 @@ which is what keeps two ticks from overlapping and tells readers a run is in pro
 :func:`health` judges the record at a moment: the last finished run *failed* (an exit code
 other than 0 and ``nbp monitor``'s two exit codes for findings) or runs were *missed* (none
 within two periods, and at least a minute, of the previous one). ``nbp monitor`` turns
-those into alarms (nbpipeline.monitor.scheduled); ``nbp report`` shows them on the index.
+those into alarms (nbpipeline.monitor.scheduled); ``nbp report`` shows them on the index;
+the model server's ``GET /health`` shows them too (nbpipeline.schedule.status).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -68,6 +70,9 @@ class ScheduledRun:
         return "ok" if exit_code == 0 else FINDING_EXITS.get(exit_code, "failed")
 
 
+_FIELDS = set(ScheduledRun.__dataclass_fields__)
+
+
 def runs_dir(root: Path) -> Path:
     """Where the scheduled runs' logs, record and lock live."""
     return Path(root) / RUNS_DIR
@@ -87,22 +92,73 @@ def append_run(root: Path, run: ScheduledRun) -> None:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def read_runs(root: Path) -> list[ScheduledRun]:
-    """Every recorded run, oldest first; damaged lines are skipped."""
+@dataclass(frozen=True)
+class RunsRecord:
+    """What runs.jsonl holds: the runs that could be read, and what could not."""
+
+    runs: list[ScheduledRun]
+    damaged: int = 0  # lines skipped: not JSON, not a run, or a time or period unreadable
+    error: str | None = None  # the file exists but cannot be read (named relative to the root)
+
+
+def _parse(raw: bytes) -> ScheduledRun | None:
+    """One line of runs.jsonl as a run, or None if it is damaged."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        run = ScheduledRun(**{k: v for k, v in data.items() if k in _FIELDS})
+        for when in (run.start, run.end):  # health() reads them: a bad one is damage here
+            _when(when)
+    except (ValueError, TypeError, AttributeError):  # also: not UTF-8, not an object
+        return None
+    texts = (run.start, run.end, run.status, run.log, run.command)
+    exit_ok = run.exit is None or (isinstance(run.exit, int) and not isinstance(run.exit, bool))
+    every_ok = isinstance(run.every, int | float) and not isinstance(run.every, bool) and (
+        math.isfinite(run.every) and run.every > 0)
+    return run if exit_ok and every_ok and all(isinstance(t, str) for t in texts) else None
+
+
+def read_record(root: Path) -> RunsRecord:
+    """runs.jsonl as it is now; damaged lines are counted and skipped, never raised."""
     path = runs_dir(root) / RUNS_FILE
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    names = set(ScheduledRun.__dataclass_fields__)
-    out = []
-    for line in lines:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return RunsRecord([])
+    except OSError as exc:
+        return RunsRecord([], error=f"cannot read {RUNS_DIR}/{RUNS_FILE}: {exc.strerror or exc}")
+    runs, damaged = [], 0
+    for raw in filter(bytes.strip, lines):
+        run = _parse(raw)
+        if run is None:
+            damaged += 1
+        else:
+            runs.append(run)
+    return RunsRecord(runs, damaged)
+
+
+def read_runs(root: Path) -> list[ScheduledRun]:
+    """Every recorded run, oldest first; damaged lines are skipped."""
+    return read_record(root).runs
+
+
+class CachedRecord:
+    """runs.jsonl read again only when it changed (its size, mtime or inode): for readers
+    asked often, such as the model server's ``GET /health``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._key: tuple[int, int, int] | None = None
+        self._record = RunsRecord([])
+
+    def read(self) -> RunsRecord:
         try:
-            data = json.loads(line)
-            out.append(ScheduledRun(**{k: v for k, v in data.items() if k in names}))
-        except (ValueError, TypeError):
-            continue
-    return out
+            st = os.stat(runs_dir(self.root) / RUNS_FILE)
+        except OSError:
+            return read_record(self.root)  # absent (or unreadable: says why); nothing cached
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key != self._key:
+            self._record, self._key = read_record(self.root), key
+        return self._record
 
 
 def running_since(root: Path) -> datetime | None:
@@ -118,14 +174,16 @@ def running_since(root: Path) -> datetime | None:
         except BlockingIOError:
             try:
                 return _when(json.loads(fh.read())["start"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # also: not UTF-8, not an object
                 return datetime.now(UTC)
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return None
 
 
 def _when(iso: str) -> datetime:
-    return datetime.fromisoformat(iso)
+    """An ISO time from the record; one without a zone is UTC (the record writes UTC)."""
+    when = datetime.fromisoformat(iso)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -138,6 +196,7 @@ class ScheduleHealth:
     failed: list[ScheduledRun]  # the failed runs since the last one that worked, oldest first
     missed_from: datetime | None  # the gap of missed runs: from the last activity ...
     missed_to: datetime | None  # ... to the run that ended it (or now)
+    missed_after: float = 0.0  # seconds without a finished run that count as missed
 
     @property
     def missed_periods(self) -> float:
@@ -146,15 +205,17 @@ class ScheduleHealth:
         return (self.missed_to - self.missed_from).total_seconds() / self.every
 
 
-def health(root: Path, now: datetime | None = None) -> ScheduleHealth | None:
+def health(root: Path, now: datetime | None = None,
+           record: RunsRecord | None = None) -> ScheduleHealth | None:
     """Judge the scheduled runs of the project at ``root`` (None: nothing scheduled ever ran).
 
     A gap is judged from the end of the last run that was not skipped. While a tick runs
     (the monitor it started calls this), the gap judged is the one before that tick began:
     a scheduler that came back after a day reports the day it missed. A run going on for
     longer than the limit (hung: the ticks after it only skip) is judged up to ``now``.
+    ``record``: runs.jsonl as already read (default: read it now).
     """
-    runs = read_runs(root)
+    runs = (record or read_record(root)).runs
     running = running_since(root)
     if not runs:
         return None
@@ -175,4 +236,4 @@ def health(root: Path, now: datetime | None = None) -> ScheduleHealth | None:
     point = running if judged_at_start and running is not None else now
     missed = (point - last).total_seconds() > limit
     return ScheduleHealth(every, runs, running, failed, last if missed else None,
-                          point if missed else None)
+                          point if missed else None, limit)

@@ -32,6 +32,7 @@ from nbpipeline.schedule.runs import (
     ScheduledRun,
     append_run,
     health,
+    read_record,
     read_runs,
     running_since,
     runs_dir,
@@ -257,3 +258,20 @@ def test_runner_runs_the_entry_a_failure_is_reported_by_the_next_tick(project):
     page = build_index(Project(project), compare_previous=False).read_text()
     assert "Scheduled monitor runs" in page and ">failed<" in page and ">alarms<" in page
     assert f'href="../{worked.log}"' in page and f'href="../{failed.log}"' in page
+
+
+@pytest.mark.parametrize("damage", [
+    b"[1]", b"\xff\xfe", b'{"start": "x", "end": "y", "exit": 1, "status": "failed", "log": "",'
+    b' "every": 60}', b'{"start": "2026-11-30T10:00:00+00:00", "end": "2026-11-30T10:00:05+00:00"'
+    b', "exit": 1, "status": "failed", "log": "", "every": 0}'])
+def test_a_damaged_runs_record_is_skipped_not_raised(project, damage):
+    """Regression: a line holding a list, bytes that are not UTF-8, a time that is not ISO or
+    a period of 0 crashed `nbp monitor` (and `nbp report`) instead of being skipped."""
+    now = datetime.now(UTC)
+    append_run(project, _run(now - timedelta(hours=3), 1))
+    with (runs_dir(project) / "runs.jsonl").open("ab") as fh:
+        fh.write(damage + b"\n")
+    naive = _run(now.replace(tzinfo=None) - timedelta(minutes=10), 0)  # a zone-less time is UTC
+    append_run(project, naive)
+    assert read_record(project).damaged == 1 and read_runs(project)[-1] == naive
+    assert schedule_alarms(project, now) == []  # the last run (10 min ago) worked
