@@ -1,11 +1,11 @@
 """The health of the scheduled runs (``nbp schedule``) as alarms of the monitor run.
 
 A failed scheduled run (``schedule_failed``: ``nbp monitor`` exited with an error, e.g. a
-broken setting) and missed runs (``schedule_missed``: none within two periods of the last)
-are alarms of the next monitor run: printed by ``nbp monitor``, in its report, in the alarm
-log and sent to the webhook. They are level ``alarm`` (the watch itself is unwell) but
-neither roll back nor request a retrain. Their subject names the failed run or the gap, so
-each is logged once.
+broken setting) and missed runs (``schedule_missed``: none within two periods of the last,
+or ``schedule.missed_after``) are alarms of the next monitor run: printed by ``nbp
+monitor``, in its report, in the alarm log and sent to the webhook. They are level
+``alarm`` (the watch itself is unwell) but neither roll back nor request a retrain. Their
+subject names the failed run or the gap, so each is logged once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from nbpipeline.monitor.alarms import Alarm
-from nbpipeline.schedule.runs import health, period_text
+from nbpipeline.schedule.runs import health, own_tick, period_text
 
 FAILED, MISSED = "schedule_failed", "schedule_missed"
 
@@ -27,7 +27,7 @@ def _at(when: datetime | str) -> str:
 def schedule_alarms(root: Path, now: datetime | None = None) -> list[Alarm]:
     """Alarms for the last failed scheduled runs and for missed ones (none if all is well
     or if nothing was ever scheduled)."""
-    found = health(root, now)
+    found = health(root, now, tick=own_tick())
     if found is None:
         return []
     alarms = []

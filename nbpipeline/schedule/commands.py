@@ -37,7 +37,7 @@ def schedule_command(
     """Print or install the entry (no ``action``), or run a ``tick`` or the ``run`` loop."""
     schedule = entry.make_schedule(project, every=every, cron=cron)
     if action == "tick":
-        return tick(project, schedule.every, echo=echo)
+        return tick(project, schedule.every, missed_after=schedule.missed_after, echo=echo)
     if action == "run":
         if ticks is not None and ticks < 1:
             raise ScheduleError(f"--ticks {ticks}: give a number of ticks >= 1 (or leave it "

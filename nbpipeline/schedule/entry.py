@@ -30,7 +30,7 @@ from typing import Any
 from nbpipeline.errors import ScheduleError
 from nbpipeline.params import load_params
 from nbpipeline.project import Project, write_text_atomic
-from nbpipeline.schedule.runs import RUNS_DIR, UNITS, period_text
+from nbpipeline.schedule.runs import MISSED_MIN_SECONDS, RUNS_DIR, UNITS, period_text
 
 SECTION = "schedule"  # params.yaml section read by `nbp schedule` only (not a stage's)
 DEFAULT_EVERY = "1h"
@@ -72,6 +72,7 @@ class Schedule:
     nbp: Path
     env: dict[str, str]
     cron: str = ""  # cron time fields given by the user ("" = derived from ``every``)
+    missed_after: float | None = None  # params.yaml schedule.missed_after (None: the default)
 
     @property
     def every_text(self) -> str:
@@ -148,9 +149,9 @@ def make_schedule(project: Project, *, every: str | None = None, cron: str | Non
                   environ: Mapping[str, str] | None = None) -> Schedule:
     """The project's schedule: options first, then params.yaml ``schedule:``, then 1h."""
     section: Any = load_params(project.params_yaml).get(SECTION) or {}
-    if not isinstance(section, Mapping) or set(section) - {"every", "cron"}:
+    if not isinstance(section, Mapping) or set(section) - {"every", "cron", "missed_after"}:
         raise ScheduleError(f"params.yaml schedule: {section!r} may only set `every` (e.g. "
-                            "1h) and `cron` (five time fields)")
+                            "1h), `cron` (five time fields) and `missed_after` (e.g. 3h)")
     period = parse_every(every or section.get("every") or DEFAULT_EVERY)
     fields = (cron or section.get("cron") or "").strip()
     if fields and len(fields.split()) != 5:
@@ -158,7 +159,25 @@ def make_schedule(project: Project, *, every: str | None = None, cron: str | Non
                             "weekday), e.g. --cron '*/15 * * * *'")
     nbp = own_nbp()
     return Schedule(project.root.resolve(), period, nbp,
-                    passed_env(os.environ if environ is None else environ, nbp), fields)
+                    passed_env(os.environ if environ is None else environ, nbp), fields,
+                    _missed_after(section.get("missed_after"), period))
+
+
+def _missed_after(text: object, every: float) -> float | None:
+    """params.yaml ``schedule.missed_after`` in seconds (None when not set)."""
+    if text in (None, ""):
+        return None
+    how = ("write a number and a unit s, m, h or d (e.g. 3h), or leave it out for two "
+           f"periods, at least {period_text(MISSED_MIN_SECONDS)}")
+    try:
+        seconds = parse_every(str(text))
+    except ScheduleError:
+        raise ScheduleError(f"params.yaml schedule.missed_after {text!r}: {how}") from None
+    if seconds < every:
+        raise ScheduleError(f"params.yaml schedule.missed_after {text!r} is shorter than the "
+                            f"period {period_text(every)}, so every run would count as missed; "
+                            f"{how}")
+    return seconds
 
 
 def install_cron(schedule: Schedule) -> str:

@@ -33,6 +33,9 @@ LOCK_FILE = "lock"
 FINDING_EXITS = {3: "alarms", 4: "warnings"}
 MISSED_PERIODS = 2  # no run within this many periods of the previous one: missed
 MISSED_MIN_SECONDS = 60.0  # ... and at least this long (a 2 s test period is not missed by jitter)
+# set by a tick for the `nbp monitor` it runs (its start): that monitor judges the gap before
+# its own tick, however long it has been running (the tick asking is not hung)
+TICK_ENV = "NBP_SCHEDULE_TICK"
 
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}  # of a period: 30s, 15m, 1h, 1d
@@ -57,6 +60,9 @@ class ScheduledRun:
     log: str  # the run's log, relative to the project root ("" when skipped)
     every: float  # the period it was scheduled at, in seconds
     command: str = ""
+    # seconds without a finished run that count as missed (params.yaml schedule.missed_after);
+    # None: MISSED_PERIODS periods, at least MISSED_MIN_SECONDS
+    missed_after: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -112,9 +118,13 @@ def _parse(raw: bytes) -> ScheduledRun | None:
         return None
     texts = (run.start, run.end, run.status, run.log, run.command)
     exit_ok = run.exit is None or (isinstance(run.exit, int) and not isinstance(run.exit, bool))
-    every_ok = isinstance(run.every, int | float) and not isinstance(run.every, bool) and (
-        math.isfinite(run.every) and run.every > 0)
-    return run if exit_ok and every_ok and all(isinstance(t, str) for t in texts) else None
+    seconds_ok = all(_positive(v) for v in (run.every, run.missed_after or 1.0))
+    return run if exit_ok and seconds_ok and all(isinstance(t, str) for t in texts) else None
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and (
+        math.isfinite(value) and value > 0)
 
 
 def read_record(root: Path) -> RunsRecord:
@@ -205,14 +215,23 @@ class ScheduleHealth:
         return (self.missed_to - self.missed_from).total_seconds() / self.every
 
 
-def health(root: Path, now: datetime | None = None,
-           record: RunsRecord | None = None) -> ScheduleHealth | None:
+def own_tick() -> datetime | None:
+    """The start of the tick that runs this process (``$NBP_SCHEDULE_TICK``), if any."""
+    try:
+        return _when(os.environ[TICK_ENV])
+    except (KeyError, ValueError):
+        return None
+
+
+def health(root: Path, now: datetime | None = None, record: RunsRecord | None = None,
+           tick: datetime | None = None) -> ScheduleHealth | None:
     """Judge the scheduled runs of the project at ``root`` (None: nothing scheduled ever ran).
 
     A gap is judged from the end of the last run that was not skipped. While a tick runs
     (the monitor it started calls this), the gap judged is the one before that tick began:
     a scheduler that came back after a day reports the day it missed. A run going on for
-    longer than the limit (hung: the ticks after it only skip) is judged up to ``now``.
+    longer than the limit (hung: the ticks after it only skip) is judged up to ``now``,
+    unless it is ``tick``, the one the caller runs in (:func:`own_tick`).
     ``record``: runs.jsonl as already read (default: read it now).
     """
     runs = (record or read_record(root)).runs
@@ -230,9 +249,9 @@ def health(root: Path, now: datetime | None = None,
         failed.insert(0, run)
     done = [r for r in runs if r.status != "skipped"] or runs
     last = _when(done[-1].end)
-    limit = max(MISSED_PERIODS * every, MISSED_MIN_SECONDS)
+    limit = runs[-1].missed_after or max(MISSED_PERIODS * every, MISSED_MIN_SECONDS)
     judged_at_start = running is not None and running >= last and (
-        (now - running).total_seconds() <= limit)
+        running == tick or (now - running).total_seconds() <= limit)
     point = running if judged_at_start and running is not None else now
     missed = (point - last).total_seconds() > limit
     return ScheduleHealth(every, runs, running, failed, last if missed else None,

@@ -27,6 +27,7 @@ from nbpipeline.project import Project
 from nbpipeline.schedule.entry import Schedule, own_nbp
 from nbpipeline.schedule.runs import (
     LOCK_FILE,
+    TICK_ENV,
     ScheduledRun,
     append_run,
     read_runs,
@@ -58,8 +59,11 @@ def _prune(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def tick(project: Project, every: float, *, echo: Callable[[str], None] = print) -> int:
-    """Run ``nbp monitor`` once under the lock; record it; return its exit code."""
+def tick(project: Project, every: float, *, missed_after: float | None = None,
+         echo: Callable[[str], None] = print) -> int:
+    """Run ``nbp monitor`` once under the lock; record it (with the period and the gap
+    that counts as missed, so the record says when the next run is due); return its
+    exit code."""
     folder = runs_dir(project.root)
     folder.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
@@ -71,7 +75,8 @@ def tick(project: Project, every: float, *, echo: Callable[[str], None] = print)
             lock.seek(0)
             holder = lock.read().strip()
             append_run(project.root, ScheduledRun(_iso(started), _iso(datetime.now(UTC)), None,
-                                                  "skipped", "", every, " ".join(command)))
+                                                  "skipped", "", every, " ".join(command),
+                                                  missed_after))
             echo(f"nbp: schedule: skipped: the previous run still holds {project.rel(lock.name)}"
                  f" ({holder or 'no details'})")
             return 0
@@ -81,6 +86,7 @@ def tick(project: Project, every: float, *, echo: Callable[[str], None] = print)
         lock.flush()
         log = _log_path(folder, started)
         env = {k: v for k, v in os.environ.items() if k not in STAGE_ENV}
+        env[TICK_ENV] = _iso(started)
         clock = time.monotonic()
         with open(log, "w", encoding="utf-8") as out:
             out.write(f"nbp schedule tick: {' '.join(command)} in {project.root} at "
@@ -97,7 +103,7 @@ def tick(project: Project, every: float, *, echo: Callable[[str], None] = print)
                       f"{time.monotonic() - clock:.1f} s\n")
         run = ScheduledRun(_iso(started), _iso(datetime.now(UTC)), code,
                            ScheduledRun.status_of(code), project.rel(log), every,
-                           " ".join(command))
+                           " ".join(command), missed_after)
         append_run(project.root, run)
     _prune(folder)
     echo(f"nbp: schedule: {run.status} (exit code {code}); log {run.log}")

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from nbpipeline.schedule.entry import cron_fields, make_schedule, parse_every
 from nbpipeline.schedule.runs import (
     FINDING_EXITS,
     LOCK_FILE,
+    TICK_ENV,
     ScheduledRun,
     append_run,
     health,
@@ -223,10 +225,36 @@ def test_missed_while_a_tick_runs(project, ended_ago, running_ago, missed, why):
     assert not missed or why in alarms[0].message
 
 
+def test_the_monitor_inside_a_long_tick_judges_the_gap_before_it(project, monkeypatch):
+    """A tick running for longer than the limit is hung to everyone else, but not to the
+    monitor it runs: that one judges the gap before its own tick (1.5 h: not missed)."""
+    now = datetime.now(UTC)
+    append_run(project, _run(now - timedelta(hours=4, seconds=5), 0))
+    start = (now - timedelta(hours=2.5)).isoformat(timespec="seconds")
+    with open(runs_dir(project) / LOCK_FILE, "w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write(json.dumps({"pid": os.getpid(), "start": start}))
+        held.flush()
+        assert "is still going (hung?" in schedule_alarms(project, now)[0].message
+        monkeypatch.setenv(TICK_ENV, start)
+        assert schedule_alarms(project, now) == []
+
+
+def test_missed_after_is_checked(project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    for value, message in [("soon", "schedule.missed_after 'soon': write a number"),
+                           ("30m", "shorter than the period 1h, so every run would count")]:
+        _set_params(project, "schedule", {"every": "1h", "missed_after": value})
+        assert main(["schedule"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_runner_runs_the_entry_a_failure_is_reported_by_the_next_tick(project):
     """Real processes: `nbp schedule run` runs the generated entry's command on its next tick;
-    a broken monitor setting fails that run; the next tick's monitor reports it."""
+    a broken monitor setting fails that run; the next tick's monitor reports it, and the
+    gap between them too (schedule.missed_after 1s)."""
     env = project_env()
 
     def runner() -> subprocess.CompletedProcess[str]:
@@ -237,14 +265,17 @@ def test_runner_runs_the_entry_a_failure_is_reported_by_the_next_tick(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     broken = {**params["monitor"], "window_sise": 100}
     _set_params(project, "monitor", broken)
+    _set_params(project, "schedule", {"missed_after": "1s"})
     first = runner()
     assert first.returncode == 1, first.stdout + first.stderr
     [failed] = read_runs(project)
-    assert (failed.status, failed.exit) == ("failed", 1)
+    assert (failed.status, failed.exit, failed.missed_after) == ("failed", 1, 1.0)
     assert "unknown setting(s) window_sise" in (project / failed.log).read_text()
     assert "tick 1: exit code 1, failed, log logs/schedule/" in first.stdout
 
     _set_params(project, "monitor", params["monitor"])  # fixed; the next tick runs the monitor
+    gap = datetime.fromisoformat(failed.end) + timedelta(seconds=2) - datetime.now(UTC)
+    time.sleep(max(0.0, gap.total_seconds()))  # more than missed_after without a run
     second = runner()
     assert second.returncode == ALARM_EXIT, second.stdout + second.stderr
     worked = read_runs(project)[-1]
@@ -253,6 +284,9 @@ def test_runner_runs_the_entry_a_failure_is_reported_by_the_next_tick(project):
     assert "nbp: monitor: no traffic yet" in log
     assert "ALARM schedule_failed: 1 scheduled monitor run(s) failed" in log
     assert failed.log in log and "exit code 3 after" in log
+    # missed, judged up to the second tick's start (not "hung": the monitor runs in it)
+    assert "ALARM schedule_missed: no scheduled monitor run finished from" in log
+    assert "check that cron" in log
     assert "schedule_failed" in (project / "reports" / "monitor.html").read_text()
 
     page = build_index(Project(project), compare_previous=False).read_text()
