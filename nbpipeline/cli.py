@@ -192,6 +192,36 @@ def _add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     replay.set_defaults(handler=_cmd_replay)
 
 
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from nbpipeline.schedule.commands import schedule_command
+
+    return schedule_command(find_project(), action=args.schedule_command, every=args.every,
+                            cron=args.cron, systemd=args.systemd, install=args.install,
+                            ticks=args.ticks)
+
+
+def _add_schedule_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    schedule = sub.add_parser("schedule", help="print (or --install) a cron entry or systemd "
+                              "user timer that runs `nbp monitor` (and its retrain) on a period")
+    schedule.set_defaults(handler=_cmd_schedule, ticks=None)
+    actions = schedule.add_subparsers(dest="schedule_command", metavar="[ACTION]")
+    tick = actions.add_parser("tick", help="one scheduled run: `nbp monitor` under the lock, "
+                              "logged to logs/schedule/ (what the entry runs)")
+    run = actions.add_parser("run", help="run the entry's command every period in the "
+                             "foreground (for containers and supervisors without cron)")
+    run.add_argument("--ticks", type=int, metavar="N", help="stop after N ticks")
+    for parser in (schedule, tick, run):  # given before or after the action
+        parser.add_argument("--every", metavar="PERIOD", default=None if parser is schedule
+                            else argparse.SUPPRESS, help="e.g. 15m, 1h, 1d (default: "
+                            "params.yaml schedule.every, else 1h)")
+    schedule.add_argument("--cron", metavar="FIELDS", help="cron's five time fields (default: "
+                          "derived from the period)")
+    schedule.add_argument("--systemd", action="store_true", help="a systemd user timer and "
+                          "service instead of a cron line")
+    schedule.add_argument("--install", action="store_true", help="install it (crontab, or "
+                          "~/.config/systemd/user and `systemctl --user enable --now`)")
+
+
 def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     promote = sub.add_parser("promote", help="register models/candidate if its gate passed; "
                              "make it champion (or canary)")
@@ -332,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_release_commands(sub)
     _add_serve_command(sub)
     _add_monitor_commands(sub)
+    _add_schedule_command(sub)
     return parser
 
 

@@ -66,3 +66,9 @@ class InitError(NbpipelineError):
     """``nbp init`` cannot make a project from these inputs."""
 
     exit_code = 2
+
+
+class ScheduleError(NbpipelineError):
+    """``nbp schedule`` cannot build, install or run the scheduled monitor."""
+
+    exit_code = 2

@@ -5,7 +5,8 @@ Entry point: :func:`run_monitor` (called by notebooks/monitor.ipynb, hence by
 scan (SQL over the prediction log), drift / quality / roi (statistics), analysis (tables),
 alarms (limits, alarm log, webhook), actions (rollback, off switch, retrain trigger),
 abtest (the canary against the champion: A/B verdict), core (one run), replay (real
-rows through a running server), command (``nbp monitor``).
+rows through a running server), command (``nbp monitor``), scheduled (failed or missed
+``nbp schedule`` runs as alarms).
 """
 
 from __future__ import annotations

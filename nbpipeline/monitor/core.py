@@ -27,6 +27,7 @@ from nbpipeline.monitor import impact as im
 from nbpipeline.monitor.analysis import Analysis, analyze, empty_analysis
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.reference import Reference, load_reference, slice_reference
+from nbpipeline.monitor.scheduled import schedule_alarms
 from nbpipeline.project import write_text_atomic
 from nbpipeline.record import json_value
 from nbpipeline.release.registry import ProductionState, Registry
@@ -80,7 +81,8 @@ class MonitorResult:
     def lines(self) -> list[str]:
         """Human-readable report lines (printed by the notebook and by `nbp monitor`)."""
         if self.status == "no traffic yet":
-            return ["no traffic yet: the prediction log has no predictions to monitor"]
+            return ["no traffic yet: the prediction log has no predictions to monitor",
+                    *(a.line() for a in self.alarms)]  # only a scheduled run's (nbp schedule)
         out = [a.line() for a in self.alarms] + [a.line() for a in self.actions]
         if self.webhook_error:
             out.append(f"WARNING {self.webhook_error}")
@@ -176,6 +178,7 @@ def run_monitor(
         ref, source = choose_reference(cfg, root, reg)
         analysis = analyze(cfg, ref, root / cfg.predlog_path)
     state = reg.state() if reg is not None else None
+    schedule = schedule_alarms(root)  # a failed or missed scheduled run (nbp schedule)
     result = MonitorResult("no traffic yet", analysis, al.roi_series(analysis, cfg),
                            reference_source=source, state=_state_dict(state))
     if analysis.has_traffic:
@@ -188,6 +191,7 @@ def run_monitor(
             + al.traffic_alarms(analysis, cfg, bool(state and state.switched_off))
             + al.quality_alarms(analysis, cfg, since)
             + al.roi_alarms(roi_since, cfg)
+            + schedule
         )
         if log_alarms:
             result.new_alarms = al.AlarmLog(root / cfg.alarm_log).append(result.alarms)
@@ -208,6 +212,10 @@ def run_monitor(
         result.status = {"ok": "ok", "warn": "warnings", "alarm": "alarms"}[result.level]
         if reg is not None:
             result.state = _state_dict(reg.state())
+    elif schedule:  # no traffic to judge, but the scheduled runs are unwell
+        result.alarms = schedule
+        if log_alarms:
+            result.new_alarms = al.AlarmLog(root / cfg.alarm_log).append(schedule)
     result.impact = im.impact(analysis, result.roi, cfg, result.alarms)
     if write_summary:
         path = (root / cfg.alarm_log).parent / SUMMARY_NAME

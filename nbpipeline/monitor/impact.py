@@ -98,6 +98,8 @@ def _fix(alarm: Alarm, figures: dict[str, Any]) -> str:
                 "inputs; retrain if estimated or realised quality follows")
     if kind in ("quality_high", "roi_high"):
         return f"{alarm.statistic} is suspiciously high: check the feedback feed for leaked labels"
+    if kind.startswith("schedule_"):  # the message says what to read and fix
+        return alarm.message.rstrip(".")
     return f"{alarm.message.rstrip('.')}: check the server and the model"
 
 

@@ -4,7 +4,7 @@ One self-contained HTML file (inline CSS and SVG, no scripts, no external assets
 every stage's executed notebook (``reports/<stage>.html``) with when it ran (its run record,
 not file mtimes), its params and metrics against the previous run, the gate decision, the
 candidate against the production champion (every parameter, the gate metric first) and the
-registry's recent events.
+registry's recent events, and the scheduled monitor runs (``nbp schedule``: health, logs).
 
 The previous run is the one committed at git HEAD (nbpipeline.report.previous).
 """
@@ -30,6 +30,8 @@ from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import model_params, read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
 from nbpipeline.report.previous import PreviousRun, previous_run, read_json
+from nbpipeline.schedule.runs import health as schedule_health
+from nbpipeline.schedule.runs import period_text
 
 __all__ = ["build_index"]
 
@@ -357,6 +359,36 @@ def _slices_section(project: Project, gate: dict[str, Any]) -> str:
             f"slices under {int(min_rows):,} rows are not judged by the gate</p>{table}</div>")
 
 
+def _schedule_section(project: Project) -> str:
+    """The scheduled monitor runs (nbp schedule): their health, the last runs, their logs."""
+    found = schedule_health(project.root)
+    if found is None:
+        return ""
+
+    def link(log: str) -> str:
+        href = Path(os.path.relpath(project.root / log, project.reports)).as_posix()
+        return f'<a href="{escape(href)}">{escape(Path(log).name)}</a>' if log else "–"
+
+    kinds = {"ok": "pass", "alarms": "warn", "warnings": "warn", "skipped": "none"}
+    rows = [[escape(r.start[:19].replace("T", " ")), _badge(kinds.get(r.status, "fail"), r.status),
+             _fmt(r.exit), link(r.log)] for r in reversed(found.runs[-8:])]
+    problems = []
+    if found.failed:
+        last = found.failed[-1]
+        problems.append(_badge("fail", f"{len(found.failed)} failed") + f" last exit code "
+                        f"{last.exit}, see {link(last.log)}")
+    if found.missed_from is not None:
+        problems.append(_badge("fail", "missed") + f" no run for {found.missed_periods:.1f} "
+                        f"periods since {escape(found.missed_from.isoformat()[:19])} UTC")
+    latest = next((r.log for r in reversed(found.runs) if r.log), "")
+    state = "<br>".join(problems) or _badge("pass", "healthy")
+    if found.running is not None:
+        state += " " + _badge("none", f"running since {found.running.isoformat()[11:19]} UTC")
+    return (f'<div class="card"><h2>Scheduled monitor runs</h2><p class="muted">every '
+            f"{period_text(found.every)} (<code>nbp schedule</code>); latest log {link(latest)}"
+            f"</p><p>{state}</p>{_table(['started (UTC)', 'status', 'exit', 'log'], rows)}</div>")
+
+
 def _gate_first(keys: list[str], metric: str | None) -> list[str]:
     """``keys`` with the gate metric's entries first (golden before valid), the rest as given."""
     def rank(key: str) -> tuple[int, int]:
@@ -451,6 +483,7 @@ def build_index(project: Project, *, compare_previous: bool = True) -> Path:
         f"<div>{_curves_section(project, gate.champion_version if gate else None)}"
         f"{_importance_section(project)}</div></div>"
         f"{_champion_section(project, decision, reg)}"
+        f"{_schedule_section(project)}"
         f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}'
         f"{cards}"
     )

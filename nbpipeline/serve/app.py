@@ -23,6 +23,7 @@ from nbpipeline.errors import NbpipelineError
 from nbpipeline.predlog.table import LOG_ENV
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
+from nbpipeline.schedule.status import ScheduleStatus
 from nbpipeline.serve.handlers import (
     ServerState,
     feedback_response,
@@ -65,6 +66,8 @@ def create_app(
         names=PathNames.of(project.root, {"NBPIPELINE_REGISTRY": registry.path,
                                           LOG_ENV: settings.log_path}),
     )
+
+    schedule = ScheduleStatus(project.root, state.names)  # `nbp schedule`'s runs, for /health
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,8 +117,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
-        """Liveness, what serves, and the last model/log/registry error."""
-        return json_response(200, health_body(state))
+        """Liveness, what serves, the last model/log/registry error, scheduled monitor runs."""
+        return json_response(200, {**health_body(state), "schedule": schedule.section()})
 
     @app.get("/ready")
     async def ready() -> Response:
