@@ -27,7 +27,6 @@ scikit-learn at load) can be explained; any other shape gets :class:`NotExplaina
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from scipy.special import expit
 
+from nbpipeline.release.candidate import ModelContract
 from nbpipeline.serve.handlers import (
     ROW_BYTES,
     BodyTooLarge,
@@ -166,18 +166,20 @@ class FrameExplanations:
     examples: Any  # DataFrame: row, feature, value, contribution (top features of each row)
     base_value: float
     link: str
+    method: str = METHOD
 
 
-def explain_frame(model: Any, names: Sequence[str], kinds: Mapping[str, str], frame: Any, *,
-                  task: str = "classification", rows: int = 2000, examples: int = 3,
-                  top: int = 5, seed: int = 0) -> FrameExplanations:
+def explain_frame(model: Any, contract: ModelContract, frame: Any, *, rows: int = 2000,
+                  examples: int = 3, top: int = 5, seed: int = 0) -> FrameExplanations:
     """Mean |contribution| per feature on a sample of ``frame`` (``rows`` rows) and the
     ``top`` contributions of ``examples`` rows, by the method the server answers with.
     NotExplainable if the model is not one the server can explain."""
     import pandas as pd
 
+    names = contract.names
+    kinds = {feature.name: feature.kind for feature in contract.features}
     sample = frame.sample(min(rows, len(frame)), random_state=seed) if len(frame) else frame
-    scorer, how = compile_scorer(model, names, kinds, sample, task)
+    scorer, how = compile_scorer(model, names, kinds, sample, contract.task)
     explainer = explainer_for(scorer, how)
     records = [{k: (None if v is None or v != v else v) for k, v in r.items()}
                for r in sample[list(names)].to_dict("records")]

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from candidates import CATEGORIES, NUMBERS, synthetic_candidate, synthetic_rows
+from candidates import CATEGORIES, NUMBERS, SYNTHETIC, synthetic_candidate, synthetic_rows
 from serve_fixtures import make_project, register, running_server, sample_row, wait_for
 from test_scorer import KINDS, NAMES, _regressor, _shared_model, any_row, rows_of, with_gaps
 
@@ -106,13 +106,13 @@ def _logistic() -> Any:
 def test_explain_frame_gives_global_importance_and_example_rows() -> None:
     model, _ = _shared_model()
     golden = with_gaps(synthetic_rows(300, seed=9), seed=10)
-    found = explain_frame(model, NAMES, KINDS, golden, rows=200, examples=3, top=2)
+    found = explain_frame(model, SYNTHETIC, golden, rows=200, examples=3, top=2)
     assert list(found.importance["feature"])[0] == "hour"
     assert set(found.importance["feature"]) == set(NAMES)
     assert list(found.examples.columns) == ["row", "feature", "value", "contribution"]
     assert found.examples.groupby("row").size().tolist() == [2, 2, 2]
     with pytest.raises(NotExplainable):
-        explain_frame(_logistic(), NAMES, KINDS, golden)
+        explain_frame(_logistic(), SYNTHETIC, golden)
 
 
 # ---------------------------------------------------------------- served
