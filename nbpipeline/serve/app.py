@@ -115,9 +115,9 @@ def create_app(
         return await explain_response(state, request)
 
     @app.get("/decisions/{request_id}/explanation")
-    async def decision_explanation(request_id: str) -> Response:
+    async def decision_explanation(request: Request, request_id: str) -> Response:
         """A logged decision (by its request_id) and every feature's contribution."""
-        return await decision_explanation_response(state, request_id)
+        return await decision_explanation_response(state, request, request_id)
 
     @app.post("/feedback")
     async def feedback(request: Request) -> Response:

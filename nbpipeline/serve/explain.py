@@ -45,6 +45,7 @@ from nbpipeline.serve.handlers import (
     _validate,
     json_response,
     refused,
+    unauthorized,
 )
 from nbpipeline.serve.holder import ServedModel
 from nbpipeline.serve.routing import ROUTING_HEADER
@@ -265,10 +266,17 @@ async def explain_response(state: ServerState, request: Request) -> Response:
     return json_response(200, body)
 
 
-async def decision_explanation_response(state: ServerState, request_id: str) -> Response:
+async def decision_explanation_response(
+    state: ServerState, request: Request, request_id: str
+) -> Response:
     """GET /decisions/{request_id}/explanation: the logged decision, explained by the
-    model version that made it (served now, or loaded from the registry)."""
+    model version that made it (served now, or loaded from the registry). It reads logged
+    features back, so the token guards it as it guards feedback (request ids are not
+    secrets)."""
     endpoint = "/decisions/{request_id}/explanation"
+    refusal = unauthorized(state, request, endpoint)
+    if refusal is not None:
+        return refusal
     shown = request_id if len(request_id) <= 64 else request_id[:64] + "..."
     if state.writer is None:
         _count(state, endpoint, 409)

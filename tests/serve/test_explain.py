@@ -33,9 +33,13 @@ def extreme_rows(base: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def assert_sums(model: Any, rows: list[dict[str, Any]], task: str) -> Any:
-    scorer, how = compile_scorer(model, NAMES, KINDS, task=task)
-    found = explainer_for(scorer, how).explain(rows)
+def assert_sums(model: Any, rows: list[dict[str, Any]], task: str,
+                scorer: Compiled | None = None) -> Any:
+    if scorer is None:
+        compiled, how = compile_scorer(model, NAMES, KINDS, task=task)
+        assert isinstance(compiled, Compiled), how
+        scorer = compiled
+    found = explainer_for(scorer).explain(rows)
     expected = raw_scores(model, rows, task)
     assert np.array_equal(found.raw, expected)  # the raw score itself: bit for bit
     total = found.base_value + found.contributions.sum(axis=1)
@@ -69,7 +73,7 @@ def test_contributions_sum_to_the_raw_score_for_any_row() -> None:
     @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(any_row(scorer, NAMES, KINDS, CATEGORIES), min_size=1, max_size=6))
     def sums(rows: list[dict[str, Any]]) -> None:
-        assert_sums(model, rows, "classification")
+        assert_sums(model, rows, "classification", scorer)
 
     sums()
 
@@ -121,6 +125,7 @@ def test_explain_and_a_logged_decisions_explanation_through_a_real_server(
     tmp_path: Path
 ) -> None:
     from nbpipeline.release.registry import Registry
+    from nbpipeline.serve.security import Access
 
     project = make_project(tmp_path / "proj")
     registry = Registry(project.registry)
@@ -129,19 +134,21 @@ def test_explain_and_a_logged_decisions_explanation_through_a_real_server(
     rows = [sample_row(), sample_row(carrier="never-seen", temp=None),
             sample_row(hour=-1e9, distance=1e308)]
     expected = raw_scores(model, rows, "classification")
-    with running_server(project) as url:
+    token = {"authorization": "Bearer s3cret"}  # logged features are read back: guarded
+    with running_server(project, access=Access(token="s3cret")) as url:
         one = httpx.post(f"{url}/explain", json=rows[0], timeout=10).json()
         many = httpx.post(f"{url}/explain", json={"rows": rows}, timeout=10).json()
         predicted = httpx.post(f"{url}/predict", json=rows[1], timeout=10).json()
+        decision = f"{url}/decisions/{predicted['request_id']}/explanation"
         # asked at once: the lookup waits for the spooled row to reach the log
-        logged = httpx.get(f"{url}/decisions/{predicted['request_id']}/explanation",
-                           timeout=10).json()
-        unknown = httpx.get(f"{url}/decisions/nope-123/explanation", timeout=10)
+        logged = httpx.get(decision, headers=token, timeout=10).json()
+        no_token = httpx.get(decision, timeout=10)
+        unknown = httpx.get(f"{url}/decisions/nope-123/explanation", headers=token, timeout=10)
         bad = httpx.post(f"{url}/explain", json=sample_row(hour="x"), timeout=10)
         register(registry, synthetic_candidate(tmp_path / "linear", c=1.0), champion=True)
         wait_for(lambda: httpx.get(f"{url}/health", timeout=5).json()["champion"] == "v2")
         refused = httpx.post(f"{url}/explain", json=rows[0], timeout=10)
-        old = httpx.get(f"{url}/decisions/{predicted['request_id']}/explanation", timeout=10)
+        old = httpx.get(decision, headers=token, timeout=10)
     assert one["method"] == METHOD and one["link"] == "logit" and one["model_version"] == "v1"
     answers = [one, *many["explanations"], logged]
     for answer, raw in zip(answers, [expected[0], *expected, expected[1]], strict=True):
@@ -151,6 +158,7 @@ def test_explain_and_a_logged_decisions_explanation_through_a_real_server(
     assert logged["probability"] == predicted["probability"] == logged["logged"]["probability"]
     assert logged["prediction"] == predicted["prediction"]
     assert logged["features"]["temp"] is None and logged["role"] == "champion"
+    assert no_token.status_code == 401 and "token" in no_token.json()["detail"]
     assert unknown.status_code == 404 and "'nope-123'" in unknown.json()["detail"]
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "hour"]
     assert refused.status_code == 409
