@@ -27,6 +27,7 @@ scikit-learn at load) can be explained; any other shape gets :class:`NotExplaina
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,7 @@ def _node_expectations(forest: Any) -> np.ndarray:
 
 
 _explainers: dict[int, tuple[Any, TreeExplainer]] = {}  # id(scorer) -> (scorer, explainer)
+_lock = threading.Lock()
 
 
 def explainer_for(scorer: Any, how: str = "") -> TreeExplainer:
@@ -149,13 +151,14 @@ def explainer_for(scorer: Any, how: str = "") -> TreeExplainer:
     if not isinstance(scorer, Compiled):
         reason = f"; this model scores with {how}" if how else ""
         raise NotExplainable(NEEDS_TREES + reason)
-    cached = _explainers.get(id(scorer))
-    if cached is None or cached[0] is not scorer:
-        if len(_explainers) >= 8:  # models come and go with the registry: keep a few
-            _explainers.pop(next(iter(_explainers)))
-        cached = (scorer, TreeExplainer(scorer))
-        _explainers[id(scorer)] = cached
-    return cached[1]
+    with _lock:  # worker threads explain at once
+        cached = _explainers.get(id(scorer))
+        if cached is None or cached[0] is not scorer:
+            if len(_explainers) >= 8:  # models come and go with the registry: keep a few
+                _explainers.pop(next(iter(_explainers)))
+            cached = (scorer, TreeExplainer(scorer))
+            _explainers[id(scorer)] = cached
+        return cached[1]
 
 
 # ---------------------------------------------------------------------- evaluate notebook

@@ -61,6 +61,7 @@ def test_contributions_sum_to_the_raw_score_on_golden_and_extreme_rows(task: str
             golden[0]), NAMES, KINDS))[:, 1], rtol=0, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_contributions_sum_to_the_raw_score_for_any_row() -> None:
     """Property: any finite number, split edges, missing, unseen or known categories."""
     from hypothesis import HealthCheck, given, settings
