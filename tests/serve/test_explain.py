@@ -150,6 +150,12 @@ def test_explain_and_a_logged_decisions_explanation_through_a_real_server(
         wait_for(lambda: httpx.get(f"{url}/health", timeout=5).json()["champion"] == "v2")
         refused = httpx.post(f"{url}/explain", json=rows[0], timeout=10)
         old = httpx.get(decision, headers=token, timeout=10)
+        registry.switch_off(reason="incident", actor="test")
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=5).json()["switched_off"])
+        off = httpx.post(f"{url}/explain", json=rows[0], timeout=10)
+        fallback = httpx.post(f"{url}/predict", json=rows[0], timeout=10).json()
+        unexplained = httpx.get(f"{url}/decisions/{fallback['request_id']}/explanation",
+                                headers=token, timeout=10)
     assert one["method"] == METHOD and one["link"] == "logit" and one["model_version"] == "v1"
     answers = [one, *many["explanations"], logged]
     for answer, raw in zip(answers, [expected[0], *expected, expected[1]], strict=True):
@@ -165,3 +171,6 @@ def test_explain_and_a_logged_decisions_explanation_through_a_real_server(
     assert refused.status_code == 409
     assert refused.json()["detail"].startswith("explanations need a tree model")
     assert old.status_code == 200 and old.json()["model_version"] == "v1"  # retired: loaded
+    assert old.json()["contributions"] == logged["contributions"]
+    assert off.status_code == 409 and "switched off" in off.json()["detail"]
+    assert unexplained.status_code == 409 and "fallback answer" in unexplained.json()["detail"]
