@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,7 @@ from nbpipeline.serve.handlers import (
 from nbpipeline.serve.holder import ServedModel
 from nbpipeline.serve.routing import ROUTING_HEADER
 from nbpipeline.serve.schema import BodyError
-from nbpipeline.serve.scorer import CHUNK_ROWS, Compiled, Rows, compile_scorer
+from nbpipeline.serve.scorer import CHUNK_ROWS, Compiled, Forest, Rows, compile_scorer
 
 METHOD = "tree_path_dependent"
 NEEDS_TREES = ("explanations need a tree model the server compiles (a HistGradientBoosting "
@@ -77,13 +78,15 @@ class Explanations:
         """The model's output: P(positive) for a classifier, the prediction for a regressor."""
         return np.asarray(expit(self.raw) if self.link == "logit" else self.raw)
 
-    def row(self, i: int) -> dict[str, Any]:
-        """Row ``i`` as the JSON the endpoints answer (without the decision fields)."""
+    def row(self, i: int, order: Sequence[str] = ()) -> dict[str, Any]:
+        """Row ``i`` as the JSON the endpoints answer (without the decision fields); the
+        contributions of features ``order`` first, in that order (0 for a feature no tree
+        sees), then any other."""
+        found = dict(zip(self.names, map(float, self.contributions[i]), strict=True))
         return {
             "method": METHOD, "link": self.link, "base_value": self.base_value,
             "raw_score": float(self.raw[i]),
-            "contributions": {n: float(c) for n, c in zip(self.names, self.contributions[i],
-                                                          strict=True)},
+            "contributions": {**{n: found.get(n, 0.0) for n in order}, **found},
         }
 
 
@@ -126,7 +129,7 @@ class TreeExplainer:
         return forest.total(at), found.reshape(n, width)
 
 
-def _node_expectations(forest: Any) -> np.ndarray:
+def _node_expectations(forest: Forest) -> np.ndarray:
     """Each node's expected value: its leaves' values weighted by their training rows."""
     here = np.arange(len(forest.value))
     leaf = forest.left == here
@@ -211,7 +214,7 @@ def _answer(served: ServedModel, role: str, found: Explanations, i: int) -> dict
     else:
         prediction, probability = int(output >= served.threshold), output
     return {"model_version": served.version, "role": role, "prediction": prediction,
-            "probability": probability, **found.row(i)}
+            "probability": probability, **found.row(i, served.schema.names)}
 
 
 def _explain(served: ServedModel, rows: Rows) -> Explanations:

@@ -12,7 +12,13 @@ from candidates import CATEGORIES, NUMBERS, SYNTHETIC, synthetic_candidate, synt
 from serve_fixtures import make_project, register, running_server, sample_row, wait_for
 from test_scorer import KINDS, NAMES, _regressor, _shared_model, any_row, rows_of, with_gaps
 
-from nbpipeline.serve.explain import METHOD, NotExplainable, explain_frame, explainer_for
+from nbpipeline.serve.explain import (
+    METHOD,
+    Explanations,
+    NotExplainable,
+    explain_frame,
+    explainer_for,
+)
 from nbpipeline.serve.scorer import EXTREMES, Compiled, compile_scorer, frame_of
 
 SUM_TOLERANCE = 1e-9
@@ -86,6 +92,14 @@ def test_a_feature_the_trees_never_split_on_contributes_nothing() -> None:
     model = boosting_model(data, max_iter=10)
     found = assert_sums(model, rows_of(synthetic_rows(50, seed=2)), "classification")
     assert np.all(found.contributions[:, NAMES.index("temp")] == 0.0)
+
+
+def test_an_answer_lists_contributions_in_the_schema_order_with_unused_features_at_0() -> None:
+    found = Explanations(("b", "a"), 0.5, np.array([1.0]), np.array([[0.25, 0.25]]), "logit")
+    answer = found.row(0, ["a", "b", "c"])
+    assert answer["contributions"] == {"a": 0.25, "b": 0.25, "c": 0.0}
+    assert list(answer["contributions"]) == ["a", "b", "c"]
+    assert answer["method"] == METHOD and answer["raw_score"] == 1.0
 
 
 def test_a_model_of_another_shape_is_not_explained_and_says_why() -> None:
