@@ -2,7 +2,7 @@
 
 Endpoints (see docs/serve.md): POST /predict, POST /feedback, GET /health, GET /ready,
 GET /metrics, GET /schema; their work is in nbpipeline/serve/handlers.py (POST /explain and
-GET /decisions/{request_id}/explanation: nbpipeline/serve/explain.py). Every endpoint
+GET /decisions/{request_id}/explanation: nbpipeline/serve/explain_routes.py). Every endpoint
 is ``async``; model calls (and the spooling of their log rows) run on the predictor
 thread and SQLite on the log writer thread, so the event loop only parses, validates,
 routes and answers.
@@ -24,7 +24,7 @@ from nbpipeline.errors import NbpipelineError
 from nbpipeline.predlog.table import LOG_ENV
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
-from nbpipeline.serve.explain import decision_explanation_response, explain_response
+from nbpipeline.serve.explain_routes import decision_explanation_response, explain_response
 from nbpipeline.serve.handlers import (
     ServerState,
     feedback_response,

@@ -77,7 +77,7 @@ def test_contributions_sum_to_the_raw_score_for_any_row() -> None:
     scorer, _how = compile_scorer(model, NAMES, KINDS)
     assert isinstance(scorer, Compiled)
 
-    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(any_row(scorer, NAMES, KINDS, CATEGORIES), min_size=1, max_size=6))
     def sums(rows: list[dict[str, Any]]) -> None:
         assert_sums(model, rows, "classification", scorer)
