@@ -160,6 +160,7 @@ def test_explain_and_a_logged_decisions_explanation_through_a_real_server(
         no_token = httpx.get(decision, timeout=10)
         unknown = httpx.get(f"{url}/decisions/nope-123/explanation", headers=token, timeout=10)
         bad = httpx.post(f"{url}/explain", json=sample_row(hour="x"), timeout=10)
+        fuzz(url, model, token)
         register(registry, synthetic_candidate(tmp_path / "linear", c=1.0), champion=True)
         wait_for(lambda: httpx.get(f"{url}/health", timeout=5).json()["champion"] == "v2")
         refused = httpx.post(f"{url}/explain", json=rows[0], timeout=10)
@@ -188,3 +189,32 @@ def test_explain_and_a_logged_decisions_explanation_through_a_real_server(
     assert old.json()["contributions"] == logged["contributions"]
     assert off.status_code == 409 and "switched off" in off.json()["detail"]
     assert unexplained.status_code == 409 and "fallback answer" in unexplained.json()["detail"]
+
+
+def fuzz(url: str, model: Any, token: dict[str, str]) -> None:
+    """Any valid row explains (summing to its raw score); any id gets a 4xx, never a 5xx."""
+    from urllib.parse import quote
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scorer, _how = compile_scorer(model, NAMES, KINDS)
+    assert isinstance(scorer, Compiled)
+
+    rows = any_row(scorer, NAMES, KINDS, CATEGORIES).map(  # the schema: a category is text
+        lambda row: {k: "" if v is None and k in CATEGORIES else v for k, v in row.items()})
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(row=rows, request_id=st.text(max_size=80))
+    def explained(row: dict[str, Any], request_id: str) -> None:
+        response = http.post("/explain", json=row)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        raw = raw_scores(model, [row], "classification")[0]
+        assert answer["raw_score"] == float(raw)
+        assert abs(answer["base_value"] + sum(answer["contributions"].values()) - raw) <= 1e-9
+        lookup = http.get(f"/decisions/{quote(request_id, safe='')}/explanation", headers=token)
+        assert 400 <= lookup.status_code < 500, lookup.text
+
+    with httpx.Client(base_url=url, timeout=10) as http:
+        explained()
