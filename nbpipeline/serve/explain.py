@@ -181,7 +181,8 @@ def explain_frame(model: Any, contract: ModelContract, frame: Any, *, rows: int 
     picked = []
     for i in range(min(examples, len(records))):
         order = np.argsort(-np.abs(found.contributions[i]))[:top]
-        picked += [{"row": i, "feature": found.names[j], "value": records[i][found.names[j]],
+        picked += [{"row": sample.index[i], "feature": found.names[j],  # the frame's label
+                    "value": records[i][found.names[j]],
                     "contribution": round(float(found.contributions[i, j]), 6)} for j in order]
     return FrameExplanations(importance.reset_index(drop=True), pd.DataFrame(
         picked, columns=["row", "feature", "value", "contribution"]), found.base_value,
