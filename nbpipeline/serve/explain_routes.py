@@ -69,9 +69,11 @@ async def explain_response(state: ServerState, request: Request) -> Response:
                          state.settings.max_batch_rows)
     except BodyTooLarge as exc:
         _count(state, endpoint, 413)
+        state.metrics.errors.labels("validation").inc()
         return json_response(413, {"detail": str(exc)})
     except BodyError as exc:
         _count(state, endpoint, 422)
+        state.metrics.errors.labels("validation").inc()
         return json_response(422, {"detail": exc.detail})
     if any(row.served is None for row in rows):
         _count(state, endpoint, 409)
