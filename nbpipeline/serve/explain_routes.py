@@ -153,21 +153,19 @@ class _Unloadable(Exception):
     pass
 
 
-_retired: dict[str, ServedModel] = {}  # versions loaded to explain old decisions (a few)
-
-
 async def _model_of(state: ServerState, version: str) -> ServedModel:
     snap = state.holder.snapshot
     for served in (snap.champion, snap.canary):
         if served is not None and served.version == version:
             return served
-    if version not in _retired:
+    retired = state.retired  # versions that no longer serve, loaded on demand (a few kept)
+    if version not in retired:
         try:
             loaded = await asyncio.to_thread(state.holder.load_model, version)
         except Exception as exc:
             raise _Unloadable(f"model {version}, which made this decision, cannot be loaded "
                               f"from the registry to explain it: {exc}") from exc
-        if len(_retired) >= 4:
-            _retired.pop(next(iter(_retired)))
-        _retired[version] = loaded
-    return _retired[version]
+        if len(retired) >= 4:
+            retired.pop(next(iter(retired)))
+        retired[version] = loaded
+    return retired[version]

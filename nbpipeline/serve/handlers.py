@@ -76,6 +76,7 @@ class ServerState:
     logged_features: set[str] = field(default_factory=set)
     access: Access = field(default_factory=Access)
     names: PathNames = field(default_factory=PathNames)  # files as callers may see them
+    retired: dict[str, ServedModel] = field(default_factory=dict)  # loaded to explain old decisions
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
