@@ -112,12 +112,14 @@ def synthetic_candidate(directory: Path, *, c: float = 1.0, seed: int = 0,
 
 def flights_candidate(directory: Path, *, rows: int = 12000, seed: int = 0,
                       shuffled_labels: bool = False,
-                      months: list[int] | None = None) -> tuple[Any, dict[str, Any]]:
+                      months: list[int] | None = None, max_iter: int = 40,
+                      max_depth: int = 5) -> tuple[Any, dict[str, Any]]:
     """The example's model shape fitted on real January-August flights (or ``months``);
     (model, metadata).
 
     ``shuffled_labels`` fits on permuted outcomes: a real model that has learnt nothing
-    (ROC AUC about 0.5), i.e. a bad release.
+    (ROC AUC about 0.5), i.e. a bad release. The example's own size is ``max_iter=200,
+    max_depth=8`` (params.yaml's train: the deeper of its searched depths).
     """
     from flights import TARGET, contract, month_rows
 
@@ -126,6 +128,7 @@ def flights_candidate(directory: Path, *, rows: int = 12000, seed: int = 0,
     if shuffled_labels:
         labels = labels.sample(frac=1.0, random_state=seed).to_numpy()
     flights = contract(train)
-    model = build_model(flights, max_iter=40, min_samples_leaf=40, seed=seed, max_depth=5)
+    model = build_model(flights, max_iter=max_iter, min_samples_leaf=40, seed=seed,
+                        max_depth=max_depth)
     model.fit(train[flights.names], labels)
     return model, write_candidate(directory, model, flights, train, params={"seed": seed})

@@ -252,12 +252,40 @@ def _insert_sql(feature_cols: tuple[str, ...], rows: int, or_ignore: bool = Fals
     return f"{verb} INTO predictions ({names}) VALUES " + ",".join([marks] * rows)
 
 
-def logged_features(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
-    """The features logged for ``request_id`` (typed columns + the JSON rest), or None."""
+@dataclass(frozen=True)
+class LoggedDecision:
+    """One logged decision as read back (features: a missing value is left out)."""
+
+    request_id: str
+    ts: float
+    model_version: str | None
+    role: str
+    prediction: float | None
+    probability: float | None
+    features: dict[str, Any]
+
+
+def logged_decision(conn: sqlite3.Connection, request_id: str) -> LoggedDecision | None:
+    """The decision logged for ``request_id``, or None."""
     cursor = conn.execute("SELECT * FROM predictions WHERE request_id = ?", (request_id,))
     row = cursor.fetchone()
     if row is None:
         return None
+    values = dict(zip([d[0] for d in cursor.description], row, strict=True))
+    return LoggedDecision(
+        request_id, values["ts"], values["model_version"], values["role"],
+        values["prediction"], values["probability"], _features(conn, cursor, row),
+    )
+
+
+def logged_features(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    """The features logged for ``request_id`` (typed columns + the JSON rest), or None."""
+    decision = logged_decision(conn, request_id)
+    return None if decision is None else decision.features
+
+
+def _features(conn: sqlite3.Connection, cursor: sqlite3.Cursor, row: Any) -> dict[str, Any]:
+    """A row's features: its typed columns (NULL left out) and the JSON rest."""
     names = dict(conn.execute(
         "SELECT substr(key, ?1 + 1), value FROM meta WHERE substr(key, 1, ?1) = ?2",
         (len(_NAME_KEY), _NAME_KEY),

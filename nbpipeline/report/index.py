@@ -238,23 +238,36 @@ def _stored_reports(project: Project, reg: Registry, champion: ModelVersion) -> 
 
 
 def _importance_section(project: Project) -> str:
-    rows = [r for r in _read_csv(project.plots / "evaluate" / "importance.csv")
-            if r.get("feature")]
-    if not rows:
+    """Permutation importance (bars) and the mean |tree-path contribution| per feature, from
+    plots/evaluate/importance.csv and contributions.csv (the evaluate notebook's)."""
+    folder = project.plots / "evaluate"
+    importance = _numbers(_read_csv(folder / "importance.csv"), "importance")
+    contributions = _numbers(_read_csv(folder / "contributions.csv"), "mean_abs_contribution")
+    if not importance and not contributions:
         return ""
+    order = importance or contributions
+    features = sorted(order, key=lambda f: -order[f])
+    top = max(order.values(), default=0.0) or 1.0
+    headers = ["feature", "importance", "mean |contribution|",
+               '<span style="display:inline-block;width:160px"></span>']
+    rows = [[f"<code>{escape(f)}</code>",
+             f"{importance[f]:.4f}" if f in importance else "",
+             f"{contributions[f]:.4f}" if f in contributions else "",
+             f'<div class="bar" style="width:{max(0.0, order[f]) / top * 100:.0f}%"></div>']
+            for f in features[:15]]
+    bars = "permutation importance" if importance else "mean |contribution|"
+    return ('<div class="card"><h2>What the candidate relies on</h2><p class="muted">on golden: '
+            "permutation importance (drop in the gate metric when a feature is shuffled) and "
+            "mean |contribution| to the raw score along the trees' paths (what POST /explain "
+            f"answers per row); bars: {bars}</p>" + _table(headers, rows, {1, 2}) + "</div>")
+
+
+def _numbers(rows: list[dict[str, str]], column: str) -> dict[str, float]:
+    """feature -> value of ``column`` ({} if the file lacks it or holds no number there)."""
     try:
-        values = [(r["feature"], float(r["importance"])) for r in rows]
-    except (KeyError, ValueError):
-        return ""
-    values.sort(key=lambda fv: -fv[1])
-    top = max((v for _, v in values), default=0.0) or 1.0
-    bars = [[f"<code>{escape(f)}</code>", f"{v:.4f}",
-             f'<div class="bar" style="width:{max(0.0, v) / top * 100:.0f}%"></div>']
-            for f, v in values[:15]]
-    headers = ["feature", "importance", '<span style="display:inline-block;width:180px"></span>']
-    return ('<div class="card"><h2>What the candidate relies on</h2><p class="muted">permutation '
-            "importance on golden (drop in the gate metric when a feature is shuffled)</p>"
-            + _table(headers, bars, {1}) + "</div>")
+        return {r["feature"]: float(r[column]) for r in rows if r.get("feature")}
+    except (KeyError, TypeError, ValueError):
+        return {}
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

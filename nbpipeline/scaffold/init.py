@@ -227,6 +227,10 @@ def _dvc_yaml(task: str) -> dict[str, Any]:
     plots += [{"plots/evaluate/importance.csv": {
                   "title": f"Permutation importance {golden}",
                   "template": "bar_horizontal_sorted", "x": "importance", "y": "feature"}},
+              {"plots/evaluate/contributions.csv": {
+                  "title": f"Mean |contribution| to the raw score per feature {golden}",
+                  "template": "bar_horizontal_sorted", "x": "mean_abs_contribution",
+                  "y": "feature"}},
               {"plots/evaluate/slices.csv": {
                   "title": f"Rows per slice {golden}, one panel per slice column",
                   "template": "bar_facets", "x": "rows", "y": "value"}}]

@@ -1,7 +1,8 @@
 """The FastAPI application: the app factory, its lifespan and the registry poller.
 
 Endpoints (see docs/serve.md): POST /predict, POST /feedback, GET /health, GET /ready,
-GET /metrics, GET /schema; their work is in nbpipeline/serve/handlers.py. Every endpoint
+GET /metrics, GET /schema; their work is in nbpipeline/serve/handlers.py (POST /explain and
+GET /decisions/{request_id}/explanation: nbpipeline/serve/explain_routes.py). Every endpoint
 is ``async``; model calls (and the spooling of their log rows) run on the predictor
 thread and SQLite on the log writer thread, so the event loop only parses, validates,
 routes and answers.
@@ -24,6 +25,7 @@ from nbpipeline.predlog.table import LOG_ENV
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry
 from nbpipeline.schedule.status import ScheduleStatus
+from nbpipeline.serve.explain_routes import decision_explanation_response, explain_response
 from nbpipeline.serve.handlers import (
     ServerState,
     feedback_response,
@@ -109,6 +111,16 @@ def create_app(
     async def predict(request: Request) -> Response:
         """One row (a JSON object of features) or {"rows": [...]}; see docs/serve.md."""
         return await predict_response(state, request)
+
+    @app.post("/explain")
+    async def explain(request: Request) -> Response:
+        """The body of /predict; each row's decision and every feature's contribution."""
+        return await explain_response(state, request)
+
+    @app.get("/decisions/{request_id}/explanation")
+    async def decision_explanation(request: Request, request_id: str) -> Response:
+        """A logged decision (by its request_id) and every feature's contribution."""
+        return await decision_explanation_response(state, request, request_id)
 
     @app.post("/feedback")
     async def feedback(request: Request) -> Response:

@@ -76,6 +76,7 @@ class ServerState:
     logged_features: set[str] = field(default_factory=set)
     access: Access = field(default_factory=Access)
     names: PathNames = field(default_factory=PathNames)  # files as callers may see them
+    retired: dict[str, ServedModel] = field(default_factory=dict)  # loaded to explain old decisions
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -85,17 +86,25 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     )
 
 
+def unauthorized(state: ServerState, request: Request, endpoint: str) -> Response | None:
+    """401/403 if a route guarded by the token is called without it, else None."""
+    refusal = state.access.refusal(request.headers.get("authorization"))
+    if refusal is None:
+        return None
+    status, message = refusal
+    state.metrics.requests.labels(endpoint, str(status)).inc()
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return json_response(status, {"detail": message}, headers)
+
+
 def refused(state: ServerState, request: Request, *, guarded: bool) -> Response | None:
     """The answer refusing a POST before its body is read, or None to go on: 401/403
     without the token on a ``guarded`` (state-changing) route, 415 unless the body is JSON."""
     endpoint = request.url.path
     if guarded:
-        refusal = state.access.refusal(request.headers.get("authorization"))
+        refusal = unauthorized(state, request, endpoint)
         if refusal is not None:
-            status, message = refusal
-            state.metrics.requests.labels(endpoint, str(status)).inc()
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            return json_response(status, {"detail": message}, headers)
+            return refusal
     content_type = request.headers.get("content-type")
     if not is_json(content_type):
         state.metrics.requests.labels(endpoint, "415").inc()

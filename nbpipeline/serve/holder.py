@@ -144,19 +144,24 @@ class ModelHolder:
             if served is not None and served.version == mv.version:
                 return served
         try:
-            model, metadata = self.registry.load(mv.version)
-            schema = FeatureSchema.from_metadata(metadata, version=mv.version)
-            task = ModelContract.from_metadata(metadata, f"model {mv.version}").task
+            served = self.load_model(mv.version)
         except NbpipelineError as exc:
             raise _Failed(LoadError(mv.version, str(exc), role)) from exc
         except Exception as exc:  # an unexpected failure must not take the server down either
             raise _Failed(LoadError(mv.version, f"{type(exc).__name__}: {exc}", role)) from exc
-        scorer, how = compile_scorer(model, schema.names, schema.kinds,
-                                     self._reference(mv.version), task)
-        log.info("model %s scores with %s", mv.version, how)
         self.loads += 1
+        return served
+
+    def load_model(self, version: str) -> ServedModel:
+        """Load registry ``version`` as it would serve (blocking; raises if it cannot)."""
+        model, metadata = self.registry.load(version)
+        schema = FeatureSchema.from_metadata(metadata, version=version)
+        task = ModelContract.from_metadata(metadata, f"model {version}").task
+        scorer, how = compile_scorer(model, schema.names, schema.kinds,
+                                     self._reference(version), task)
+        log.info("model %s scores with %s", version, how)
         return ServedModel(
-            mv.version, model, schema, _threshold(metadata, self.default_threshold), scorer, how,
+            version, model, schema, _threshold(metadata, self.default_threshold), scorer, how,
             task,
         )
 

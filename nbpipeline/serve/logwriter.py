@@ -40,7 +40,7 @@ MAX_INGEST_BYTES = 4 << 20  # spool bytes moved per transaction (~12,000 rows)
 
 @dataclass
 class _Op:
-    kind: str  # "feedback" | "schema"
+    kind: str  # "feedback" | "decision" | "schema"
     payload: Any
     future: Future[Any] = field(default_factory=Future)
 
@@ -158,6 +158,11 @@ class LogWriter:
         None for an outcome that does not fit the logged decision."""
         return self._submit("feedback", (request_id, outcome, ts))
 
+    def decision(self, request_id: str) -> Future[predlog.LoggedDecision | None]:
+        """The logged decision ``request_id`` (None if unknown), read after the spool is
+        moved in, so an id just answered is found."""
+        return self._submit("decision", request_id)
+
     def ensure_features(self, kinds: Mapping[str, str]) -> Future[None]:
         """Add typed columns for a newly served model's features."""
         return self._submit("schema", dict(kinds))
@@ -172,11 +177,12 @@ class LogWriter:
                 for op in ops:
                     if op.kind == "schema":
                         self._settle(op, self._ensure_schema)
-                feedback = [op for op in ops if op.kind == "feedback"]
+                feedback = [op for op in ops if op.kind in ("feedback", "decision")]
                 caught_up = self._ingest(until_empty=bool(feedback) or stop)
                 for op in feedback:
                     if caught_up:
-                        self._settle(op, self._feedback)
+                        self._settle(op, self._feedback if op.kind == "feedback" else
+                                     self._decision)
                     else:
                         op.future.set_exception(ServeError(
                             f"the prediction log cannot be written: {self.stats.last_error}"))
@@ -237,6 +243,10 @@ class LogWriter:
     def _feedback(self, payload: tuple[str, float, float]) -> bool | None:
         assert self._conn is not None
         return predlog.record_feedback(self._conn, *payload)
+
+    def _decision(self, request_id: str) -> predlog.LoggedDecision | None:
+        assert self._conn is not None
+        return predlog.logged_decision(self._conn, request_id)
 
     def _settle(self, op: _Op, action: Callable[[Any], Any]) -> None:
         try:

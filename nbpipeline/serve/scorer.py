@@ -63,10 +63,8 @@ class Column:
         return self.codes.get(raw, self.default)
 
 
-def frame_scorer(model: Any, names: Sequence[str], kinds: Mapping[str, str],
-                 task: str = "classification") -> Scorer:
-    """Score rows on the DataFrame the model was trained on: ``predict_proba``'s positive
-    column (classification) or ``predict`` (regression)."""
+def frame_of(rows: Rows, names: Sequence[str], kinds: Mapping[str, str]) -> Any:
+    """``rows`` as the DataFrame the model was trained on (numbers float64, categories text)."""
     import pandas as pd
 
     # The dtype pandas gives a column of strings, as in the table the model was fitted on
@@ -75,16 +73,23 @@ def frame_scorer(model: Any, names: Sequence[str], kinds: Mapping[str, str],
     # but keeps ``object`` for [None] alone, and the encoder took the two for different
     # categories: a missing category scored 0.20 alone and 0.28 in a batch.
     text = pd.DataFrame({"c": ["x"]}).dtypes.iloc[0]
+    columns: dict[str, Any] = {}
+    for name in names:
+        values = [row[name] for row in rows]
+        if kinds[name] == "number":
+            columns[name] = np.array(values, dtype=np.float64)
+        else:
+            columns[name] = pd.Series(values, dtype=text)
+    return pd.DataFrame(columns, columns=list(names))
+
+
+def frame_scorer(model: Any, names: Sequence[str], kinds: Mapping[str, str],
+                 task: str = "classification") -> Scorer:
+    """Score rows on the DataFrame the model was trained on: ``predict_proba``'s positive
+    column (classification) or ``predict`` (regression)."""
 
     def score(rows: Rows) -> np.ndarray:
-        columns: dict[str, Any] = {}
-        for name in names:
-            values = [row[name] for row in rows]
-            if kinds[name] == "number":
-                columns[name] = np.array(values, dtype=np.float64)
-            else:
-                columns[name] = pd.Series(values, dtype=text)
-        frame = pd.DataFrame(columns, columns=list(names))
+        frame = frame_of(rows, names, kinds)
         if task == "regression":
             return np.asarray(model.predict(frame), dtype=np.float64)
         return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
@@ -229,7 +234,8 @@ class Forest:
         self.threshold = flat["num_threshold"].astype(np.float64)
         self.missing_left = flat["missing_go_to_left"].astype(bool)
         self.categorical = flat["is_categorical"].astype(bool) & ~leaf
-        self.value = flat["value"].astype(np.float64)
+        self.value = flat["value"].astype(np.float64)  # what a leaf adds (internal: unused)
+        self.count = flat["count"].astype(np.float64)  # training rows through each node
         self.baseline = float(np.asarray(hgb._baseline_prediction).ravel()[0])
         self.depth = int(flat["depth"].max()) if len(flat) else 0
         # Category tables: row 0 is unused (numeric nodes); row k for the k-th category node.
@@ -246,6 +252,27 @@ class Forest:
             is_known = bit(known, f_idx_map[flat["feature_idx"][node]]).astype(bool)
             self.tables[k] = in_left | (~is_known & self.missing_left[node])
 
+    def start(self, n: int) -> np.ndarray:
+        """The roots of every tree for ``n`` rows: the (rows, trees) node array to walk."""
+        return np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+
+    def step(self, X: np.ndarray, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """One level down: the child each row goes to from node ``at`` (leaves stay).
+        ``rows`` is ``np.arange(len(X))[:, None]``."""
+        v = X[rows, self.feature[at]]
+        missing = np.isnan(v)
+        categorical = self.categorical[at]
+        as_missing = missing | (categorical & (v < 0))  # negative codes: missing too
+        # a number read as a table index: only category nodes use it, but any finite
+        # value must index safely (-1000 once raised IndexError: a 500 on valid input)
+        code = np.clip(np.where(as_missing, 0, v), 0, 255).astype(np.intp)
+        in_left_set = self.tables[self.table_row[at], code]
+        go_left = np.where(
+            as_missing, self.missing_left[at],
+            np.where(categorical, in_left_set, v <= self.threshold[at]),
+        )
+        return np.where(go_left, self.left[at], self.right[at])
+
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw scores (log-odds) of the rows of ``X`` (n, features), float64."""
         if len(X) > CHUNK_ROWS:  # bound the (rows x trees) working arrays
@@ -253,24 +280,16 @@ class Forest:
             return np.concatenate(parts)
         n = X.shape[0]
         rows = np.arange(n)[:, None]
-        at = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        at = self.start(n)
         for _ in range(self.depth):
-            v = X[rows, self.feature[at]]
-            missing = np.isnan(v)
-            categorical = self.categorical[at]
-            as_missing = missing | (categorical & (v < 0))  # negative codes: missing too
-            # a number read as a table index: only category nodes use it, but any finite
-            # value must index safely (-1000 once raised IndexError: a 500 on valid input)
-            code = np.clip(np.where(as_missing, 0, v), 0, 255).astype(np.intp)
-            in_left_set = self.tables[self.table_row[at], code]
-            go_left = np.where(
-                as_missing, self.missing_left[at],
-                np.where(categorical, in_left_set, v <= self.threshold[at]),
-            )
-            at = np.where(go_left, self.left[at], self.right[at])
-        leaves = self.value[at]
+            at = self.step(X, rows, at)
+        return self.total(at)
+
+    def total(self, leaves: np.ndarray) -> np.ndarray:
+        """Raw scores of rows that reached ``leaves`` (rows, trees)."""
+        n = leaves.shape[0]
         # Summed left to right from the baseline, as scikit-learn adds tree after tree.
-        total = np.cumsum(np.hstack([np.full((n, 1), self.baseline), leaves]), axis=1)
+        total = np.cumsum(np.hstack([np.full((n, 1), self.baseline), self.value[leaves]]), axis=1)
         return total[:, -1]
 
 
@@ -283,11 +302,15 @@ class Compiled:
     forest: Forest
     logistic: bool = True
 
-    def __call__(self, rows: Rows) -> np.ndarray:
+    def matrix(self, rows: Rows) -> np.ndarray:
+        """The rows as the trees see them: (rows, columns) float64, categories as codes."""
         X = np.empty((len(rows), len(self.columns)), dtype=np.float64)
         for i, row in enumerate(rows):
             X[i] = [col.value(row[col.feature]) for col in self.columns]
-        raw = self.forest.raw(X)
+        return X
+
+    def __call__(self, rows: Rows) -> np.ndarray:
+        raw = self.forest.raw(self.matrix(rows))
         return np.asarray(expit(raw) if self.logistic else raw, dtype=np.float64)
 
 

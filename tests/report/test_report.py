@@ -34,6 +34,8 @@ def project(release_project: Path) -> Project:
     plots.mkdir(parents=True)
     (plots / "importance.csv").write_text(
         "feature,importance,std\nhour,0.08,0.01\nwind,0.02,0.01\n")
+    (plots / "contributions.csv").write_text(
+        "feature,mean_abs_contribution\nhour,0.31\nwind,0.12\n")
     (plots / "slices.csv").write_text(
         "slice,value,rows,positive_rate,roc_auc,champion_roc_auc\n"
         "origin,EWR,900,0.2,0.66,0.71\norigin,JFK,50,0.2,0.7,0.69\n"
@@ -66,6 +68,9 @@ def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
     assert "max_depth" in page and "cv.roc_auc" in page
     assert "registered v1: first model" in page and "ana" in page
     assert "EWR" in page and "too small" in page  # JFK slice under gate_min_slice_rows
+    relies = page[page.index("What the candidate relies on"):]
+    assert ('<td><code>hour</code></td><td class="num">0.0800</td><td class="num">0.3100</td>'
+            in relies)  # permutation importance beside the mean |contribution|
     assert "previous run: not available" not in page  # HEAD's dvc.lock, read in-process
     assert "<script" not in page and "http://" not in page and "https://" not in page
 
@@ -187,6 +192,8 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
     assert {"improvement_over_champion", "slice_regression.carrier",
             "slice_regression.origin"} <= names
     assert (root / "plots" / "evaluate" / "importance.csv").is_file()
+    contributions = (root / "plots" / "evaluate" / "contributions.csv").read_text()
+    assert contributions.startswith("feature,mean_abs_contribution\n") and "hour," in contributions
     assert "slice,value,rows" in (root / "plots" / "evaluate" / "slices.csv").read_text()
     assert (root / "plots" / "evaluate" / "roc.csv").read_text().startswith(
         "fpr,tpr,champion_tpr\n")  # the champion's curve beside the candidate's
@@ -198,6 +205,7 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
     sh("nbp", "report", cwd=root)
     page = (root / "reports" / "index.html").read_text()
     assert "Candidate vs champion v1" in page and 'href="evaluate.html"' in page
+    assert "mean |contribution|" in page
     assert "Confusion: champion v1" in page and "<title>champion v1</title>" in page
     assert "registered as v1, champion" in page  # the gate card follows the registry
     summary = nbformat.read(root / "reports" / "evaluate.ipynb", as_version=4).cells[0].source

@@ -124,6 +124,29 @@ def test_extreme_numbers_score_as_scikit_learn_does() -> None:
     assert np.array_equal(scorer(rows), expected)
 
 
+def any_row(scorer: Compiled, names: list[str], kinds: dict[str, str],
+            categories: dict[str, list[str]]) -> Any:
+    """A hypothesis strategy of rows: any finite number (huge, tiny, negative, subnormal,
+    +-0, on, just below and just above every split threshold of the trees), a missing value,
+    a known, unseen or missing category."""
+    from hypothesis import strategies as st
+
+    forest = scorer.forest
+    split = forest.threshold[(forest.left != np.arange(len(forest.left))) & ~forest.categorical]
+    edges = sorted({float(x) for t in split for x in (t, np.nextafter(t, -np.inf),
+                                                      np.nextafter(t, np.inf))})
+    number = st.one_of(
+        st.none(), st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([-0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1e308, -1e308]),
+        st.sampled_from(edges),
+    )
+    return st.fixed_dictionaries({
+        name: number if kinds[name] == "number" else st.one_of(
+            st.none(), st.sampled_from(categories[name]), st.text(max_size=3))
+        for name in names
+    })
+
+
 def agrees_on_every_value(model: Any, names: list[str], kinds: dict[str, str],
                           categories: dict[str, list[str]], task: str, examples: int) -> None:
     """Property: any batch of rows holding any finite number (huge, tiny, negative,
@@ -136,23 +159,9 @@ def agrees_on_every_value(model: Any, names: list[str], kinds: dict[str, str],
     scorer, how = compile_scorer(model, names, kinds, task=task)
     assert isinstance(scorer, Compiled), how
     plain = frame_scorer(model, names, kinds, task)
-    forest = scorer.forest
-    split = forest.threshold[(forest.left != np.arange(len(forest.left))) & ~forest.categorical]
-    edges = sorted({float(x) for t in split for x in (t, np.nextafter(t, -np.inf),
-                                                      np.nextafter(t, np.inf))})
-    number = st.one_of(
-        st.none(), st.floats(allow_nan=False, allow_infinity=False),
-        st.sampled_from([-0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1e308, -1e308]),
-        st.sampled_from(edges),
-    )
-    row = st.fixed_dictionaries({
-        name: number if kinds[name] == "number" else st.one_of(
-            st.none(), st.sampled_from(categories[name]), st.text(max_size=3))
-        for name in names
-    })
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(st.lists(row, min_size=1, max_size=8))
+    @given(st.lists(any_row(scorer, names, kinds, categories), min_size=1, max_size=8))
     def agrees(rows: list[dict[str, Any]]) -> None:
         expected = plain(rows)
         assert np.array_equal(scorer(rows), expected)
