@@ -86,7 +86,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from nbpipeline.scaffold.init import init_project
 
     found = init_project(Path(args.directory), data=Path(args.data), target=args.target,
-                         time=args.time, positive=args.positive, task=args.task)
+                         time=args.time, positive=args.positive, task=args.task,
+                         segment_by=args.segment_by)
     kinds = ", ".join(f"{name} ({kind})" for name, kind in found.features.items())
     label = f", positive label {found.positive_label!r}" if found.task == "classification" else ""
     print(f"nbp: created {args.directory}: {found.rows:,} rows, {found.task}{label}; "
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--positive", metavar="VALUE", help="the positive class (classification)")
     init.add_argument("--task", choices=["classification", "regression"],
                       help="default: inferred from the target")
+    init.add_argument("--segment-by", metavar="COLUMN",
+                      help="a model factory: one model per value of COLUMN (docs/contracts.md)")
     init.set_defaults(handler=_cmd_init)
     _add_authoring_commands(sub)
     _add_release_commands(sub)
