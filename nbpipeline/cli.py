@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nbpipeline.errors import NbpipelineError, RegistryError
-from nbpipeline.project import find_project
+from nbpipeline.project import Project, find_project
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,13 +34,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_project(args: argparse.Namespace) -> Project:
+    """The project, seen from ``--segment`` (a model factory's segment) when given."""
+    return find_project().for_segment(getattr(args, "segment", None))
+
+
 def _cmd_promote(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import promote_candidate, promote_version
 
     if args.version and args.exp:
         raise RegistryError("--version and --exp exclude each other: give one")
     if args.version:
-        done = promote_version(find_project(), args.version, canary=args.canary,
+        done = promote_version(_release_project(args), args.version, canary=args.canary,
                                reason=args.reason)
     else:
         experiment = None
@@ -49,7 +54,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
             experiment = apply_experiment(find_project(), args.exp)
             print(f"nbp: applied experiment {args.exp} to the workspace (`dvc exp apply`)")
-        done = promote_candidate(find_project(), canary=args.canary, force=args.force,
+        done = promote_candidate(_release_project(args), canary=args.canary, force=args.force,
                                  reason=args.reason, experiment=experiment)
     share = f" for {args.canary:.0%} of traffic" if args.canary is not None else ""
     forced = f" (FORCED: {done.model.forced_reason})" if done.model.forced_reason else ""
@@ -60,7 +65,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import rollback
 
-    event = rollback(find_project(), canary=args.canary, reason=args.reason)
+    event = rollback(_release_project(args), canary=args.canary, reason=args.reason)
     if event.data["role"] == "canary":
         print(f"nbp: canary {event.data['from']} removed; the champion serves all traffic")
     else:
@@ -71,7 +76,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_switch(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import switch_off, switch_on
 
-    event = (switch_on if args.command == "on" else switch_off)(find_project(),
+    event = (switch_on if args.command == "on" else switch_off)(_release_project(args),
                                                                 reason=args.reason)
     champion = event.data.get("champion") or "no champion"
     if args.command == "on":
@@ -103,7 +108,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_retire(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import retire
 
-    event = retire(find_project(), reason=args.reason)
+    event = retire(_release_project(args), reason=args.reason)
     retired = ", ".join(event.data["retired"] + ([event.data["canary"]] if event.data["canary"]
                                                   else []))
     print(f"nbp: retired {retired}; no champion now: the next `nbp promote` starts a new model "
@@ -112,10 +117,9 @@ def _cmd_retire(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from nbpipeline.release.promote import models_table
-    from nbpipeline.release.registry import Registry
+    from nbpipeline.release.promote import models_report
 
-    print(models_table(Registry(find_project().registry)))
+    print(models_report(_release_project(args)))
     return 0
 
 
@@ -212,11 +216,13 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     rollback.add_argument("--canary", action="store_true", help="remove the canary instead")
     rollback.add_argument("--reason", help="why (recorded in the registry)")
     rollback.set_defaults(handler=_cmd_rollback)
+    switches = []
     for name, what in (("off", "switch serving off: the server answers its fallback decision"),
                        ("on", "lift the off switch: the champion (and canary) serve again")):
         switch = sub.add_parser(name, help=what + " (recorded in the registry)")
         switch.add_argument("--reason", required=True, help="why (recorded in the registry)")
         switch.set_defaults(handler=_cmd_switch)
+        switches.append(switch)
     retire = sub.add_parser("retire", help="retire the champion (and canary) to start a new "
                             "model line, e.g. after changing features, target or task")
     retire.add_argument("--reason", required=True, help="why (recorded in the registry)")
@@ -228,6 +234,10 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     lineage.set_defaults(handler=_cmd_lineage)
     report = sub.add_parser("report", help="build reports/index.html")
     report.set_defaults(handler=_cmd_report)
+    for command in (promote, rollback, retire, models, *switches):
+        command.add_argument("--segment", metavar="SEGMENT",
+                             help="a model factory's segment: its own candidate, gate and "
+                             "registry (docs/registry.md)")
 
 
 def _cmd_stage_add(args: argparse.Namespace) -> int:
