@@ -22,7 +22,13 @@ from nbpipeline.project import Project
 from nbpipeline.record import file_sha256
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import capture, model_params, report_files
-from nbpipeline.release.registry import Event, ModelVersion, Registry, default_actor
+from nbpipeline.release.registry import (
+    Event,
+    ModelVersion,
+    Registry,
+    default_actor,
+    segment_registries,
+)
 
 __all__ = [
     "Promotion", "models_report", "models_table", "promote_candidate", "promote_version",
@@ -256,11 +262,7 @@ def models_table(reg: Registry) -> str:
 
 def registry_segments(project: Project) -> list[str]:
     """The segments of a model factory that have a registry (registry/<segment>/)."""
-    base = project.for_segment(None).registry
-    if not base.is_dir():
-        return []
-    return sorted(d.name for d in base.iterdir()
-                  if d.is_dir() and Registry(d).events_path.is_file())
+    return segment_registries(project.for_segment(None).registry)
 
 
 def models_report(project: Project) -> str:
