@@ -162,7 +162,8 @@ def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from nbpipeline.monitor.command import monitor_command
 
-    return monitor_command(find_project(), log_output=args.log_output, exit_zero=args.exit_zero)
+    return monitor_command(_release_project(args), log_output=args.log_output,
+                           exit_zero=args.exit_zero)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -181,6 +182,8 @@ def _add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                          help="stream the cells' own output as they run")
     monitor.add_argument("--exit-zero", action="store_true",
                          help="exit 0 even with alarms (the dvc.yaml stage uses this)")
+    monitor.add_argument("--segment", metavar="SEGMENT",
+                         help="a model factory's segment: its log, registry and alarms")
     monitor.set_defaults(handler=_cmd_monitor)
     replay = sub.add_parser("replay", help="send the rows of a labelled table through the "
                             "running server, then their real outcomes as feedback")

@@ -292,6 +292,14 @@ def make_factory(params: dict[str, Any], dvc: dict[str, Any], column: str,
         paths[name] = f"{head}/{SEGMENT_FIELD}/{rest}"
     if "serve" in params:
         params["serve"]["segment_field"] = column
+    monitor = params["monitor"]  # each segment's log, reference, registry and alarms
+    for key in ("predlog_path", "registry_dir", "alarm_log", "retrain_marker"):
+        head, _, rest = str(monitor[key]).partition("/")
+        monitor[key] = f"{head}/{SEGMENT_FIELD}/{rest}" if rest else f"{head}/{SEGMENT_FIELD}"
+    monitor["reference_path"] = f"{paths['model_dir']}/reference.parquet"
+    monitor["metadata_path"] = f"{paths['model_dir']}/metadata.json"
+    if monitor.get("reference_data"):
+        monitor["reference_data"] = paths["train_path"]
 
     def entry(item: Any) -> Any:
         if isinstance(item, dict):
