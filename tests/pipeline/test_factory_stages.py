@@ -10,6 +10,7 @@ import pytest
 from projects import REPO
 
 from nbpipeline.errors import SegmentError, StageError
+from nbpipeline.pipeline.authoring import add_stage
 from nbpipeline.pipeline.check import check_project, sync_notebooks
 from nbpipeline.pipeline.run import run_stage
 from nbpipeline.pipeline.stages import DvcYaml, load_stage, split_stage, with_segment
@@ -173,3 +174,10 @@ def test_the_router_refuses_a_request_that_names_no_served_segment() -> None:
         with pytest.raises(_Refused) as refused:
             router._route(body)
         assert refused.value.status == 422 and refused.value.detail.startswith(message)
+
+
+def test_stage_add_leaves_a_factory_stage_to_dvc_yaml(tmp_path: Path) -> None:
+    project = factory(tmp_path)
+    with pytest.raises(StageError, match=r"^dvc.yaml: stage 'io' is a foreach/matrix stage "
+                       r"\(one stage per segment: docs/contracts.md\); edit its deps and outs"):
+        add_stage(project, project.notebook("io"))
