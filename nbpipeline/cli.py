@@ -34,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _release_project(args: argparse.Namespace) -> Project:
+def _segment_project(args: argparse.Namespace) -> Project:
     """The project, seen from ``--segment`` (a model factory's segment) when given."""
     return find_project().for_segment(getattr(args, "segment", None))
 
@@ -45,7 +45,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     if args.version and args.exp:
         raise RegistryError("--version and --exp exclude each other: give one")
     if args.version:
-        done = promote_version(_release_project(args), args.version, canary=args.canary,
+        done = promote_version(_segment_project(args), args.version, canary=args.canary,
                                reason=args.reason)
     else:
         experiment = None
@@ -54,7 +54,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
             experiment = apply_experiment(find_project(), args.exp)
             print(f"nbp: applied experiment {args.exp} to the workspace (`dvc exp apply`)")
-        done = promote_candidate(_release_project(args), canary=args.canary, force=args.force,
+        done = promote_candidate(_segment_project(args), canary=args.canary, force=args.force,
                                  reason=args.reason, experiment=experiment)
     share = f" for {args.canary:.0%} of traffic" if args.canary is not None else ""
     forced = f" (FORCED: {done.model.forced_reason})" if done.model.forced_reason else ""
@@ -65,7 +65,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import rollback
 
-    event = rollback(_release_project(args), canary=args.canary, reason=args.reason)
+    event = rollback(_segment_project(args), canary=args.canary, reason=args.reason)
     if event.data["role"] == "canary":
         print(f"nbp: canary {event.data['from']} removed; the champion serves all traffic")
     else:
@@ -76,7 +76,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_switch(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import switch_off, switch_on
 
-    event = (switch_on if args.command == "on" else switch_off)(_release_project(args),
+    event = (switch_on if args.command == "on" else switch_off)(_segment_project(args),
                                                                 reason=args.reason)
     champion = event.data.get("champion") or "no champion"
     if args.command == "on":
@@ -108,7 +108,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_retire(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import retire
 
-    event = retire(_release_project(args), reason=args.reason)
+    event = retire(_segment_project(args), reason=args.reason)
     retired = ", ".join(event.data["retired"] + ([event.data["canary"]] if event.data["canary"]
                                                   else []))
     print(f"nbp: retired {retired}; no champion now: the next `nbp promote` starts a new model "
@@ -119,7 +119,7 @@ def _cmd_retire(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import models_report
 
-    print(models_report(_release_project(args)))
+    print(models_report(_segment_project(args)))
     return 0
 
 
@@ -135,7 +135,7 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from nbpipeline.report.index import build_index
 
-    project = find_project()
+    project = _segment_project(args)
     print(f"nbp: wrote {project.rel(build_index(project))}")
     return 0
 
@@ -162,7 +162,7 @@ def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from nbpipeline.monitor.command import monitor_command
 
-    return monitor_command(_release_project(args), log_output=args.log_output,
+    return monitor_command(_segment_project(args), log_output=args.log_output,
                            exit_zero=args.exit_zero)
 
 
@@ -237,7 +237,7 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     lineage.set_defaults(handler=_cmd_lineage)
     report = sub.add_parser("report", help="build reports/index.html")
     report.set_defaults(handler=_cmd_report)
-    for command in (promote, rollback, retire, models, *switches):
+    for command in (promote, rollback, retire, models, report, *switches):
         command.add_argument("--segment", metavar="SEGMENT",
                              help="a model factory's segment: its own candidate, gate and "
                              "registry (docs/registry.md)")

@@ -107,6 +107,9 @@ def test_three_segments_from_one_notebook_gated_served_and_rolled_back_alone(
     assert monitored.startswith("nbp: monitor: ok (1 predictions in 1 windows; report "
                                 "reports/Gentoo/monitor.html)"), monitored
     assert (root / "alarms" / "Gentoo" / "last_run.json").is_file()
+    nbp("report", "--segment", "Gentoo", cwd=root)
+    page = (root / "reports" / "Gentoo" / "index.html").read_text()
+    assert "Gate decision" in page and "v2" in page
     for segment, events in (("Adelie", ["register", "promote"]),
                             ("Gentoo", ["register", "promote", "register", "promote",
                                         "rollback"])):
