@@ -181,3 +181,11 @@ def test_stage_add_leaves_a_factory_stage_to_dvc_yaml(tmp_path: Path) -> None:
     with pytest.raises(StageError, match=r"^dvc.yaml: stage 'io' is a foreach/matrix stage "
                        r"\(one stage per segment: docs/contracts.md\); edit its deps and outs"):
         add_stage(project, project.notebook("io"))
+
+
+def test_nbp_run_refuses_a_segment_dvc_yaml_does_not_generate(tmp_path: Path) -> None:
+    project = factory(tmp_path)
+    with pytest.raises(StageError, match=r"^stage 'io@west': dvc.yaml has no stage running "
+                       r"`nbp run io@west`; a segment's stages come from a foreach/matrix"):
+        run_stage(project, "io@west")
+    assert not (tmp_path / "reports" / "west").exists()
