@@ -377,7 +377,7 @@ def generated_stages(root: Path, doc: Mapping[str, Any], group: str) -> dict[str
 
     try:
         with Repo(str(root), uninitialized=True) as repo:
-            resolver = DataResolver(repo, str(root), json.loads(json.dumps(doc)))
+            resolver = DataResolver(repo, str(root), json.loads(json.dumps(doc, default=str)))
             names = [n for n in resolver.get_keys() if split_stage(n)[0] == group]
             return {name: resolver.resolve_one(name)[name] for name in names}
     except Exception as exc:  # DvcException; malformed matrix/foreach also trip asserts
