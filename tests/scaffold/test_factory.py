@@ -134,3 +134,17 @@ def test_segment_by_refuses_a_column_that_cannot_make_segments() -> None:
         with pytest.raises(InitError) as refused:
             segment_values(frame, column, "t.csv")
         assert str(refused.value).startswith(message)
+
+
+def test_monitor_of_a_factory_needs_its_segment(tmp_path: Path) -> None:
+    from nbpipeline.errors import MonitorError
+    from nbpipeline.monitor.command import monitor_command
+    from nbpipeline.project import Project
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(
+        "monitor:\n  predlog_path: logs/{segment}/predictions.db\n")
+    with pytest.raises(MonitorError, match=r"monitor.predlog_path names a segment's file "
+                       r"\(logs/\{segment\}/predictions.db\): this is a model factory; monitor "
+                       "one segment with `nbp monitor --segment NAME`"):
+        monitor_command(Project(tmp_path))
