@@ -397,4 +397,10 @@ def load_stage(project: Project, stage: str,
     runs, segment = split_stage(stage)
     if stage in stages and (stages[stage].runs, stages[stage].segment) == (runs, segment):
         return stages[stage]
-    return next((s for s in stages.values() if (s.runs, s.segment) == (runs, segment)), None)
+    found = next((s for s in stages.values() if (s.runs, s.segment) == (runs, segment)), None)
+    per_segment = [s.name for s in stages.values() if s.runs == runs and s.segment]
+    if found is None and segment is None and per_segment:
+        raise StageError(f"stage '{stage}' runs one segment at a time here (a model factory): "
+                         f"`nbp run {per_segment[0]}`; dvc.yaml generates "
+                         f"{', '.join(per_segment)}")
+    return found

@@ -98,6 +98,7 @@ def promote_candidate(
         raise RegistryError("--force needs --reason TEXT saying why the gate is overridden")
     reg = Registry(project.registry)
     candidate = project.candidate
+    _need_segment(project, reg)
     gate = read_gate(project.metrics / GATE_FILE, project.rel(project.metrics / GATE_FILE))
     problems = _check_gate_is_current(project, reg, gate, candidate)
     if problems and not force:
@@ -141,6 +142,7 @@ def rollback(project: Project, *, canary: bool = False, reason: str | None = Non
              actor: str | None = None) -> Event:
     """Undo the last champion promotion (or remove the canary)."""
     reg = Registry(project.registry)
+    _need_segment(project, reg)
     if project.segment and not reg.events_path.is_file():
         known = ", ".join(registry_segments(project)) or "none yet"
         raise RegistryError(f"segment '{project.segment}' has no registry "
@@ -258,6 +260,18 @@ def models_table(reg: Registry) -> str:
             "the files from a backup"
         )
     return "\n".join(lines)
+
+
+def _need_segment(project: Project, reg: Registry) -> None:
+    """A model factory's release commands name a segment: refuse one that does not when the
+    project has segments and no model of its own (one line listing them)."""
+    if project.segment or (project.metrics / GATE_FILE).is_file() or reg.versions():
+        return
+    segments = registry_segments(project) or sorted(
+        d.name for d in project.metrics.glob("*") if (d / GATE_FILE).is_file())
+    if segments:
+        raise RegistryError(f"this project is a model factory (segments: {', '.join(segments)}); "
+                            "name one with --segment NAME")
 
 
 def registry_segments(project: Project) -> list[str]:

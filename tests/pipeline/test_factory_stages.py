@@ -189,3 +189,10 @@ def test_nbp_run_refuses_a_segment_dvc_yaml_does_not_generate(tmp_path: Path) ->
                        r"`nbp run io@west`; a segment's stages come from a foreach/matrix"):
         run_stage(project, "io@west")
     assert not (tmp_path / "reports" / "west").exists()
+
+
+def test_nbp_run_of_a_factory_stage_without_a_segment_names_them(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match=r"^stage 'io' runs one segment at a time here \(a model "
+                       r"factory\): `nbp run io@north`; dvc.yaml generates io@north, io@south, "
+                       r"io@east$"):
+        run_stage(factory(tmp_path), "io")

@@ -59,3 +59,14 @@ def test_a_segment_without_a_registry_names_those_that_have_one(tmp_path: Path) 
                        "segments with models: north"):
         rollback(Project(root).for_segment("west"))
     assert not (root / "registry" / "west").exists()
+
+
+def test_a_factory_without_a_segment_named_says_to_name_one(tmp_path: Path) -> None:
+    root = make_release_project(tmp_path / "p")
+    segment_candidate(root, "north")
+    promote_candidate(Project(root).for_segment("north"), actor="test")
+    (root / "metrics" / "gate.json").unlink()
+    for action in (promote_candidate, rollback):
+        with pytest.raises(RegistryError, match=r"^this project is a model factory \(segments: "
+                           r"north\); name one with --segment NAME$"):
+            action(Project(root))
