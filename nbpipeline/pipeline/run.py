@@ -286,10 +286,6 @@ def run_stage(
         if trace:
             raise
         declared = None  # untraced, a broken dvc.yaml only leaves the hashes out
-    if segment and declared is None and trace:
-        raise StageError(f"stage '{plan.stage}': dvc.yaml has no stage running `nbp run "
-                         f"{plan.stage}`; a segment's stages come from a foreach/matrix stage "
-                         "(docs/contracts.md): add the segment to its values")
     reports = project.reports
     reports.mkdir(parents=True, exist_ok=True)
     running = reports / f".{stage}.running.ipynb"

@@ -403,4 +403,8 @@ def load_stage(project: Project, stage: str,
         raise StageError(f"stage '{stage}' runs one segment at a time here (a model factory): "
                          f"`nbp run {per_segment[0]}`; dvc.yaml generates "
                          f"{', '.join(per_segment)}")
+    if found is None and per_segment:
+        raise StageError(f"stage '{stage}': dvc.yaml generates {', '.join(per_segment)}, not "
+                         f"{stage}; add {segment} to the values its foreach/matrix stage "
+                         "iterates (docs/contracts.md)")
     return found

@@ -86,7 +86,7 @@ def test_generated_stages_are_dvcs_own_names_and_paths(tmp_path: Path) -> None:
     assert not north.declares_out("outputs/south/rows.txt")
     assert north.report("html") == "reports/north/io.html"
     assert load_stage(project, "io@east") == stages["io@east"]
-    assert load_stage(project, "io@west") is None
+    assert load_stage(project, "other@west") is None
 
 
 def test_matrix_stages_too(tmp_path: Path) -> None:
@@ -185,8 +185,9 @@ def test_stage_add_leaves_a_factory_stage_to_dvc_yaml(tmp_path: Path) -> None:
 
 def test_nbp_run_refuses_a_segment_dvc_yaml_does_not_generate(tmp_path: Path) -> None:
     project = factory(tmp_path)
-    with pytest.raises(StageError, match=r"^stage 'io@west': dvc.yaml has no stage running "
-                       r"`nbp run io@west`; a segment's stages come from a foreach/matrix"):
+    with pytest.raises(StageError, match=r"^stage 'io@west': dvc.yaml generates io@north, "
+                       r"io@south, io@east, not io@west; add west to the values its "
+                       r"foreach/matrix stage iterates"):
         run_stage(project, "io@west")
     assert not (tmp_path / "reports" / "west").exists()
 
