@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nbpipeline.errors import NbpipelineError, RegistryError
-from nbpipeline.project import find_project
+from nbpipeline.project import Project, find_project
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,13 +34,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_project(args: argparse.Namespace) -> Project:
+    """The project, seen from ``--segment`` (a model factory's segment) when given."""
+    return find_project().for_segment(getattr(args, "segment", None))
+
+
 def _cmd_promote(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import promote_candidate, promote_version
 
     if args.version and args.exp:
         raise RegistryError("--version and --exp exclude each other: give one")
     if args.version:
-        done = promote_version(find_project(), args.version, canary=args.canary,
+        done = promote_version(_segment_project(args), args.version, canary=args.canary,
                                reason=args.reason)
     else:
         experiment = None
@@ -49,7 +54,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
             experiment = apply_experiment(find_project(), args.exp)
             print(f"nbp: applied experiment {args.exp} to the workspace (`dvc exp apply`)")
-        done = promote_candidate(find_project(), canary=args.canary, force=args.force,
+        done = promote_candidate(_segment_project(args), canary=args.canary, force=args.force,
                                  reason=args.reason, experiment=experiment)
     share = f" for {args.canary:.0%} of traffic" if args.canary is not None else ""
     forced = f" (FORCED: {done.model.forced_reason})" if done.model.forced_reason else ""
@@ -60,7 +65,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import rollback
 
-    event = rollback(find_project(), canary=args.canary, reason=args.reason)
+    event = rollback(_segment_project(args), canary=args.canary, reason=args.reason)
     if event.data["role"] == "canary":
         print(f"nbp: canary {event.data['from']} removed; the champion serves all traffic")
     else:
@@ -71,7 +76,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_switch(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import switch_off, switch_on
 
-    event = (switch_on if args.command == "on" else switch_off)(find_project(),
+    event = (switch_on if args.command == "on" else switch_off)(_segment_project(args),
                                                                 reason=args.reason)
     champion = event.data.get("champion") or "no champion"
     if args.command == "on":
@@ -86,7 +91,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from nbpipeline.scaffold.init import init_project
 
     found = init_project(Path(args.directory), data=Path(args.data), target=args.target,
-                         time=args.time, positive=args.positive, task=args.task)
+                         time=args.time, positive=args.positive, task=args.task,
+                         segment_by=args.segment_by)
     kinds = ", ".join(f"{name} ({kind})" for name, kind in found.features.items())
     label = f", positive label {found.positive_label!r}" if found.task == "classification" else ""
     print(f"nbp: created {args.directory}: {found.rows:,} rows, {found.task}{label}; "
@@ -102,7 +108,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_retire(args: argparse.Namespace) -> int:
     from nbpipeline.release.promote import retire
 
-    event = retire(find_project(), reason=args.reason)
+    event = retire(_segment_project(args), reason=args.reason)
     retired = ", ".join(event.data["retired"] + ([event.data["canary"]] if event.data["canary"]
                                                   else []))
     print(f"nbp: retired {retired}; no champion now: the next `nbp promote` starts a new model "
@@ -111,10 +117,9 @@ def _cmd_retire(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from nbpipeline.release.promote import models_table
-    from nbpipeline.release.registry import Registry
+    from nbpipeline.release.promote import models_report
 
-    print(models_table(Registry(find_project().registry)))
+    print(models_report(_segment_project(args)))
     return 0
 
 
@@ -130,7 +135,7 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from nbpipeline.report.index import build_index
 
-    project = find_project()
+    project = _segment_project(args)
     print(f"nbp: wrote {project.rel(build_index(project))}")
     return 0
 
@@ -157,7 +162,8 @@ def _add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from nbpipeline.monitor.command import monitor_command
 
-    return monitor_command(find_project(), log_output=args.log_output, exit_zero=args.exit_zero)
+    return monitor_command(_segment_project(args), log_output=args.log_output,
+                           exit_zero=args.exit_zero)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -176,6 +182,8 @@ def _add_monitor_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                          help="stream the cells' own output as they run")
     monitor.add_argument("--exit-zero", action="store_true",
                          help="exit 0 even with alarms (the dvc.yaml stage uses this)")
+    monitor.add_argument("--segment", metavar="SEGMENT",
+                         help="a model factory's segment: its log, registry and alarms")
     monitor.set_defaults(handler=_cmd_monitor)
     replay = sub.add_parser("replay", help="send the rows of a labelled table through the "
                             "running server, then their real outcomes as feedback")
@@ -241,11 +249,13 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     rollback.add_argument("--canary", action="store_true", help="remove the canary instead")
     rollback.add_argument("--reason", help="why (recorded in the registry)")
     rollback.set_defaults(handler=_cmd_rollback)
+    switches = []
     for name, what in (("off", "switch serving off: the server answers its fallback decision"),
                        ("on", "lift the off switch: the champion (and canary) serve again")):
         switch = sub.add_parser(name, help=what + " (recorded in the registry)")
         switch.add_argument("--reason", required=True, help="why (recorded in the registry)")
         switch.set_defaults(handler=_cmd_switch)
+        switches.append(switch)
     retire = sub.add_parser("retire", help="retire the champion (and canary) to start a new "
                             "model line, e.g. after changing features, target or task")
     retire.add_argument("--reason", required=True, help="why (recorded in the registry)")
@@ -257,6 +267,10 @@ def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     lineage.set_defaults(handler=_cmd_lineage)
     report = sub.add_parser("report", help="build reports/index.html")
     report.set_defaults(handler=_cmd_report)
+    for command in (promote, rollback, retire, models, report, *switches):
+        command.add_argument("--segment", metavar="SEGMENT",
+                             help="a model factory's segment: its own candidate, gate and "
+                             "registry (docs/registry.md)")
 
 
 def _cmd_stage_add(args: argparse.Namespace) -> int:
@@ -357,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--positive", metavar="VALUE", help="the positive class (classification)")
     init.add_argument("--task", choices=["classification", "regression"],
                       help="default: inferred from the target")
+    init.add_argument("--segment-by", metavar="COLUMN",
+                      help="a model factory: one model per value of COLUMN (docs/contracts.md)")
     init.set_defaults(handler=_cmd_init)
     _add_authoring_commands(sub)
     _add_release_commands(sub)

@@ -18,6 +18,12 @@ class ProjectNotFoundError(NbpipelineError):
     """No dvc.yaml in the current directory or any parent."""
 
 
+class SegmentError(NbpipelineError):
+    """A segment of a model factory is unknown or cannot name a folder."""
+
+    exit_code = 2
+
+
 class ParamsError(NbpipelineError):
     """params.yaml is malformed, or a stage's parameters disagree with it."""
 

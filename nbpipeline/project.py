@@ -2,24 +2,44 @@
 
 The project root is the nearest directory (upwards from the start point) that
 holds a ``dvc.yaml``. All paths nbpipeline writes are relative to that root.
+
+A *segment* (model factory, docs/contracts.md) is one of several models trained from the
+same notebooks: ``Project(root, segment="north")`` keeps that segment's reports, metrics,
+plots, candidate and registry in a ``north/`` folder of each (``reports/north/train.html``,
+``models/north/candidate``, ``registry/north/``). ``nbp run train@north`` sets
+``$NBPIPELINE_SEGMENT`` for its kernel, so code inside it finds the segment's files.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbpipeline.errors import ProjectNotFoundError
+from nbpipeline.errors import ProjectNotFoundError, SegmentError
 
 ROOT_ENV = "NBPIPELINE_ROOT"
 REGISTRY_ENV = "NBPIPELINE_REGISTRY"
 # Set by DVC for every stage command; for queued and --temp experiments it names the
 # parent repository's DVC root, not the executor's copy in .dvc/tmp/exps/ (dvc 3.x).
 DVC_ROOT_ENV = "DVC_ROOT"
+SEGMENT_ENV = "NBPIPELINE_SEGMENT"
+_SEGMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_segment(segment: str, where: str = "segment") -> str:
+    """``segment`` if it can name a folder (letters, digits, ``_ . -``), else a
+    SegmentError naming it."""
+    if not _SEGMENT_NAME.fullmatch(segment) or segment.endswith("."):
+        raise SegmentError(
+            f"{where} {segment!r} cannot name a segment's folder; segment values are letters, "
+            "digits, `_`, `.` and `-`, starting with a letter or digit (rename the values of "
+            "the segment column, or map them in the data notebook)")
+    return segment
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,14 @@ class Project:
     """A project directory and its standard paths."""
 
     root: Path
+    segment: str | None = None  # a model factory's segment: its files in <folder>/<segment>/
+
+    def for_segment(self, segment: str | None) -> Project:
+        """This project seen from ``segment`` (None: the project's own, unsegmented files)."""
+        return Project(self.root, check_segment(segment) if segment else None)
+
+    def _segmented(self, path: Path) -> Path:
+        return path / self.segment if self.segment else path
 
     @property
     def dvc_yaml(self) -> Path:
@@ -42,15 +70,15 @@ class Project:
 
     @property
     def reports(self) -> Path:
-        return self.root / "reports"
+        return self._segmented(self.root / "reports")
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics"
+        return self._segmented(self.root / "metrics")
 
     @property
     def plots(self) -> Path:
-        return self.root / "plots"
+        return self._segmented(self.root / "plots")
 
     @property
     def registry(self) -> Path:
@@ -60,8 +88,13 @@ class Project:
         git-ignored ``registry/``; there it is the one of the repository they came from.
         """
         if REGISTRY_ENV in os.environ:
-            return Path(os.environ[REGISTRY_ENV])
-        return self.origin / "registry"
+            return self._segmented(Path(os.environ[REGISTRY_ENV]))
+        return self._segmented(self.origin / "registry")
+
+    @property
+    def candidate(self) -> Path:
+        """Where the train stage leaves the candidate ``nbp promote`` registers."""
+        return self.root / "models" / (self.segment or "") / "candidate"
 
     @property
     def origin(self) -> Path:
@@ -96,7 +129,7 @@ def find_project(start: Path | str | None = None) -> Project:
     here = Path(start).resolve()
     for candidate in (here, *here.parents):
         if (candidate / "dvc.yaml").is_file():
-            return Project(candidate)
+            return Project(candidate).for_segment(os.environ.get(SEGMENT_ENV) or None)
     raise ProjectNotFoundError(
         f"no dvc.yaml found in {here} or any parent directory; "
         "run nbp from inside an nbpipeline project (the directory holding dvc.yaml)"

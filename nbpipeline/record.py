@@ -7,7 +7,10 @@ Files written (paths relative to the project root, each write atomic):
 * ``plots/<stage>/<name>.csv``    — ``plot("roc", rows)`` for ``dvc plots show``;
 * ``metrics/<stage>.artifacts.json`` — ``artifact(path, ...)``: path, sha256, size, meta.
 
-The stage is the one set by ``nbp run`` or ``nbpipeline.init(stage)``.
+The stage is the one set by ``nbp run`` or ``nbpipeline.init(stage)``. Under
+``nbp run <stage>@<segment>`` (a model factory's segment, ``$NBPIPELINE_SEGMENT``) each
+file goes to the segment's folder: ``metrics/<segment>/<stage>.json``,
+``plots/<segment>/<stage>/<name>.csv`` (as nbpipeline.project.Project does).
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ def _stage(stage: str | None) -> str:
 
 def _root() -> Path:
     return Path(os.environ.get("NBPIPELINE_ROOT") or Path.cwd())
+
+
+def _folder(kind: str) -> Path:
+    """``metrics`` or ``plots`` of the project, in the segment's folder under a segment."""
+    return _root() / kind / os.environ.get("NBPIPELINE_SEGMENT", "")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -83,7 +91,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _metrics_path(stage: str | None) -> Path:
-    return _root() / "metrics" / f"{_stage(stage)}.json"
+    return _folder("metrics") / f"{_stage(stage)}.json"
 
 
 def read_metrics(stage: str | None = None) -> dict[str, Any]:
@@ -120,7 +128,7 @@ def plot(name: str, rows: Any, *, stage: str | None = None) -> Path:
 
     ``rows`` is a pandas DataFrame or an iterable of mappings with the same keys.
     """
-    path = _root() / "plots" / _stage(stage) / f"{name}.csv"
+    path = _folder("plots") / _stage(stage) / f"{name}.csv"
     if hasattr(rows, "to_csv"):
         text = rows.to_csv(index=False)
     else:
@@ -149,7 +157,7 @@ def artifact(path: str | os.PathLike[str], *, stage: str | None = None, **meta: 
     root = _root()
     target = Path(path)
     rel = os.path.relpath(target if target.is_absolute() else root / target, root)
-    index_path = root / "metrics" / f"{_stage(stage)}.artifacts.json"
+    index_path = _folder("metrics") / f"{_stage(stage)}.artifacts.json"
     index: dict[str, Any] = {}
     if index_path.exists():
         index = json.loads(index_path.read_text(encoding="utf-8"))

@@ -10,6 +10,10 @@ or ROI below the floor — see :func:`nbpipeline.monitor.actions.retrain_trigger
 run`` on the champion's labelled predictions, or "nothing new to learn from"), and returns exit
 code :data:`ALARM_EXIT` when there are alarms, :data:`WARN_EXIT` when the inputs moved but
 nothing says the model suffers, 0 when quiet or when there is no traffic yet.
+
+A model factory's segment (``nbp monitor --segment north``: ``project.segment``) runs the
+same notebook as ``monitor@north``: ``{segment}`` in the ``monitor:`` values names the
+segment's prediction log, reference, registry and alarm log (docs/monitor.md).
 """
 
 from __future__ import annotations
@@ -32,9 +36,15 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _settings(project: Project) -> dict[str, Any]:
     from nbpipeline.monitor.config import MonitorConfig
+    from nbpipeline.pipeline.stages import SEGMENT_FIELD, with_segment
 
     section = load_params(project.params_yaml).get(STAGE) or {}
-    return MonitorConfig.from_params(dict(section)).as_dict()
+    templated = [k for k, v in section.items() if SEGMENT_FIELD in str(v)]
+    if templated and not project.segment:
+        raise MonitorError(f"params.yaml: monitor.{templated[0]} names a segment's file "
+                           f"({section[templated[0]]}): this is a model factory; monitor one "
+                           "segment with `nbp monitor --segment NAME`")
+    return MonitorConfig.from_params(with_segment(section, project.segment)).as_dict()
 
 
 def _champion_task(project: Project) -> str | None:
@@ -71,7 +81,8 @@ def monitor_command(
 
     started = time.time()
     settings = _settings(project)
-    result = run_stage(project, STAGE, log_output=log_output)
+    stage = f"{STAGE}@{project.segment}" if project.segment else STAGE
+    result = run_stage(project, stage, log_output=log_output)
     path = summary_path(project)
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))

@@ -300,7 +300,10 @@ def add_stage(project: Project, notebook: Path | str, *, deps: Sequence[str] = (
         raise NotebookError(f"{rel}: notebook not found; create it or fix the path")
     dvc = DvcYaml(project, editable=True)
     kind = dvc.stage_kind(stage)
-    if kind in ("generated", "other"):
+    if kind == "generated":
+        raise StageError(f"dvc.yaml: stage '{stage}' is a foreach/matrix stage (one stage per "
+                         "segment: docs/contracts.md); edit its deps and outs in dvc.yaml")
+    if kind == "other":
         raise StageError(f"dvc.yaml: stage '{stage}' already exists and is not `nbp run {stage}`;"
                          " rename the notebook or the existing stage")
 

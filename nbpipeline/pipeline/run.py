@@ -21,6 +21,10 @@ calls. Order of work:
    a dep, or writing one that is not an out, fails the stage when DVC runs it
    (``$DVC_STAGE`` set: dvc.lock would record a lie) and is a warning on stderr when
    `nbp run` is typed by hand; ``lenient`` True/False forces the warning/the failure.
+
+``nbp run train@north`` runs a model factory's segment (docs/contracts.md): the same
+notebook, ``{segment}`` in its params.yaml values replaced by ``north``, a ``segment``
+parameter (if declared) set to it, reports, metrics and plots in the segment's folders.
 """
 
 from __future__ import annotations
@@ -53,9 +57,15 @@ from nbpipeline.pipeline.kernel import Kernel, RunDir, remove_stale
 from nbpipeline.pipeline.progress import ENGINE, Progress, register_engine
 from nbpipeline.pipeline.stage_report import HtmlExporterLoader as _HtmlExporterLoader
 from nbpipeline.pipeline.stage_report import summarise_run
-from nbpipeline.pipeline.stages import NotebookStage, load_stage
+from nbpipeline.pipeline.stages import (
+    SEGMENT_PARAMETER,
+    NotebookStage,
+    load_stage,
+    split_stage,
+    with_segment,
+)
 from nbpipeline.pipeline.trace import Trace, Tracer, describe
-from nbpipeline.project import Project, write_text_atomic
+from nbpipeline.project import SEGMENT_ENV, Project, write_text_atomic
 
 STAGE_ENV = "NBPIPELINE_STAGE"
 ROOT_ENV = "NBPIPELINE_ROOT"
@@ -115,9 +125,14 @@ def plan_stage(project: Project, stage: str) -> StagePlan:
         raise NotebookError(f"{rel}: {not_python}")
     declared = notebook_parameters(nb, rel)
     params = load_params(project.params_yaml)
-    values = stage_values(params, stage, declared, params_file="params.yaml", notebook=rel)
+    segment = {SEGMENT_PARAMETER: project.segment or ""}  # never from params.yaml
+    values = with_segment(stage_values(
+        params, stage, {k: v for k, v in declared.items() if k not in segment},
+        params_file="params.yaml", notebook=rel), project.segment)
+    values.update({k: v for k, v in segment.items() if k in declared})
     return StagePlan(
-        stage, path, kernel_name(nb, rel), values, parameters_cell_index(nb, rel),
+        f"{stage}@{project.segment}" if project.segment else stage, path,
+        kernel_name(nb, rel), values, parameters_cell_index(nb, rel),
         stable_cell_ids(nb), params,
     )
 
@@ -261,10 +276,12 @@ def run_stage(
         lenient = not os.environ.get("DVC_STAGE")
     trace = trace and os.environ.get(NO_TRACE_ENV, "") in ("", "0")
     started = time.perf_counter()
+    stage, segment = split_stage(stage)
+    project = project.for_segment(segment)
     plan = plan_stage(project, stage)
     timings = {"plan": time.perf_counter() - started}
     try:  # one read of dvc.yaml: the tracer checks its deps/outs, the record hashes them
-        declared = load_stage(project, stage, plan.params)
+        declared = load_stage(project, plan.stage, plan.params)
     except NbpipelineError:
         if trace:
             raise
@@ -285,12 +302,13 @@ def run_stage(
     ran_with = threads.settings(plan.params)
     env = {**os.environ, STAGE_ENV: stage, ROOT_ENV: str(project.root), RUNNING_ENV: "1",
            **threads.environment(ran_with.threads), threads.SLOT_HELD_ENV: "1",
-           threads.RECORD_ENV: str(run_dir.path / "threads.json")}
-    tracer = (Tracer(project.root, stage, run_dir.path / "trace.log")
+           threads.RECORD_ENV: str(run_dir.path / "threads.json"),
+           **({SEGMENT_ENV: segment} if segment else {})}
+    tracer = (Tracer(project.root, stage, run_dir.path / "trace.log", segment=segment)
               if trace and declared else None)
     env.update((tracer.start() if tracer else None) or {})
     trace_result = None
-    cells = Progress(stage, progress)
+    cells = Progress(plan.stage, progress)
     try:
         launched = time.perf_counter()
         kernel = _start_kernel(project, plan, run_dir, env)  # boots while papermill imports
@@ -353,13 +371,14 @@ def run_stage(
     if trace_result is not None and declared is not None:
         problems = _traced_problems(trace_result, declared, plan, project)
         if problems and not lenient:
-            raise StageError(problems + f"\n  (`nbp run {stage} --lenient` only warns)")
+            raise StageError(problems + f"\n  (`nbp run {plan.stage} --lenient` only warns)")
         if problems:
             print(f"nbp: warning: {problems}", file=sys.stderr)
     elif tracer is not None and tracer.unavailable:
-        print(f"nbp: warning: stage '{stage}': deps and outs not checked: {tracer.unavailable}",
+        print(f"nbp: warning: stage '{plan.stage}': deps and outs not checked: "
+              f"{tracer.unavailable}",
               file=sys.stderr)
     return RunResult(
-        stage, plan.notebook_path, report, report_html, plan.parameters,
+        plan.stage, plan.notebook_path, report, report_html, plan.parameters,
         time.perf_counter() - started, int(ran["threads"]), timings,
     )

@@ -1,8 +1,14 @@
 """dvc.yaml as nbpipeline sees it: which stages are notebook stages, and what they declare.
 
 A *notebook stage* is a dvc.yaml stage whose ``cmd`` is ``nbp run <stage>`` (flags allowed).
-Everything else in dvc.yaml (script stages, ``foreach``/``matrix`` stages, top-level
-``vars``/``params``/``metrics``/``plots``/``artifacts``) is read but never rewritten.
+Everything else in dvc.yaml (script stages, top-level ``vars``/``params``/``metrics``/
+``plots``/``artifacts``) is read but never rewritten.
+
+A model factory's ``foreach``/``matrix`` stage generates one stage per segment
+(``train@north``), each running ``nbp run train@north``: notebooks/train.ipynb for the
+segment ``north`` (docs/contracts.md). DVC itself resolves those (dvc.parsing: the same
+names, items and ``${}`` values `dvc repro` uses); each generated stage whose command is
+``nbp run <stage>@<segment>`` is a notebook stage with that segment.
 
 ``${...}`` in deps and outs is resolved the way DVC does for the common forms: names from
 params.yaml (loaded by default) and from ``vars:`` (inline mappings and ``file[:keys]``
@@ -17,7 +23,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +40,9 @@ OUT_KINDS = ("outs", "metrics", "plots")
 _INTERPOLATION = re.compile(r"\$\{\s*([^}]*?)\s*\}")
 _RUN_CMD = ("nbp", "run")
 _MODULE_CMD = ("python", "-m", "nbpipeline", "run")
+SEGMENT_JOIN = "@"  # DVC's own join of a generated stage's name (dvc.parsing.JOIN)
+SEGMENT_FIELD = "{segment}"  # in params.yaml strings: the running segment
+SEGMENT_PARAMETER = "segment"  # a notebook parameter of this name receives the segment
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,12 @@ class NotebookStage:
     params: tuple[ParamRef, ...]
     written: tuple[str, ...]  # deps and outs as written in dvc.yaml (before resolving)
     unresolved: tuple[str, ...] = field(default=())
+    segment: str | None = None  # `nbp run <runs>@<segment>`: a model factory's segment
+    generated: bool = False  # made by a foreach/matrix stage of dvc.yaml
+
+    def report(self, suffix: str) -> str:
+        """The report ``nbp run`` writes: reports/[<segment>/]<runs>.<suffix>."""
+        return segment_path(f"reports/{self.runs}.{suffix}", self.segment)
 
     def declares_dep(self, path: str) -> bool:
         return covered(path, self.deps)
@@ -80,6 +95,38 @@ def covered(path: str, declared: Iterable[str]) -> bool:
     """True if ``path`` is one of ``declared`` or inside a declared directory."""
     path = normalize(path)
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in declared)
+
+
+def split_stage(name: str) -> tuple[str, str | None]:
+    """``("train", "north")`` for ``train@north``; ``(name, None)`` without a segment."""
+    stage, at, segment = name.partition(SEGMENT_JOIN)
+    return (stage, segment) if at and segment else (name, None)
+
+
+def segment_path(path: str, segment: str | None) -> str:
+    """``path`` in the segment's folder: reports/x.html -> reports/<segment>/x.html
+    (the first folder of ``path`` gets the segment; nbpipeline.project.Project)."""
+    if not segment:
+        return path
+    head, sep, rest = path.partition("/")
+    return f"{head}/{segment}/{rest}" if sep else path
+
+
+def with_segment(values: Mapping[str, Any], segment: str | None) -> dict[str, Any]:
+    """``values`` with ``{segment}`` in strings (and lists of strings) replaced by the
+    segment: how a factory's params.yaml names each segment's files
+    (``model_dir: models/{segment}/candidate``)."""
+    if not segment:
+        return dict(values)
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(SEGMENT_FIELD, segment)
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    return {name: fill(value) for name, value in values.items()}
 
 
 def nbp_stage_name(cmd: Any) -> tuple[str, tuple[str, ...]] | None:
@@ -183,6 +230,7 @@ class DvcYaml:
         self.file: YamlDoc | None = None
         self._plain: dict[str, Any] = {}
         self._params = params  # params.yaml, read once (or as the caller already read it)
+        self.generation_problems: dict[str, str] = {}  # foreach/matrix stage -> DVC's error
         if editable:
             from nbpipeline.pipeline.yamledit import YamlDoc
 
@@ -215,10 +263,19 @@ class DvcYaml:
         return context
 
     def notebook_stages(self) -> dict[str, NotebookStage]:
-        """Every stage whose cmd is ``nbp run <stage>``, resolved; others are skipped."""
+        """Every stage whose cmd is ``nbp run <stage>``, resolved; others are skipped.
+
+        ``foreach``/``matrix`` stages count through the stages they generate
+        (``train@north``); one that DVC cannot resolve is left out and its message kept
+        in :attr:`generation_problems` (``nbp check`` reports it).
+        """
         found: dict[str, NotebookStage] = {}
+        self.generation_problems = {}
         for name, spec in self.raw_stages.items():
-            if not isinstance(spec, Mapping) or "foreach" in spec or "matrix" in spec:
+            if not isinstance(spec, Mapping):
+                continue
+            if "foreach" in spec or "matrix" in spec:
+                found.update(self._generated(str(name), spec))
                 continue
             parsed = nbp_stage_name(spec.get("cmd"))
             if parsed is None:
@@ -226,8 +283,29 @@ class DvcYaml:
             found[str(name)] = self._stage(str(name), spec, *parsed)
         return found
 
+    def _generated(self, group: str, spec: Mapping[str, Any]) -> dict[str, NotebookStage]:
+        """The notebook stages a foreach/matrix stage generates, resolved by DVC."""
+        body = spec.get("do") if "foreach" in spec else spec
+        if not isinstance(body, Mapping) or nbp_stage_name(body.get("cmd")) is None:
+            return {}
+        try:
+            resolved = generated_stages(self.project.root, self.doc, group)
+        except StageError as exc:
+            self.generation_problems[group] = str(exc)
+            return {}
+        written = tuple(p for kind in ("deps", *OUT_KINDS) for e in body.get(kind) or []
+                        if (p := entry_path(e)) is not None)
+        stages = {}
+        for name, stage in resolved.items():
+            parsed = nbp_stage_name(stage.get("cmd"))
+            if parsed is None:
+                continue
+            one = self._stage(name, stage, *parsed, context={})
+            stages[name] = replace(one, written=written, generated=True)
+        return stages
+
     def _stage(self, name: str, spec: Mapping[str, Any], runs: str,
-               flags: tuple[str, ...]) -> NotebookStage:
+               flags: tuple[str, ...], context: dict[str, Any] | None = None) -> NotebookStage:
         for kind in ("deps", *OUT_KINDS, "params"):
             if spec.get(kind) is not None and not isinstance(spec[kind], list):
                 raise StageError(
@@ -235,7 +313,8 @@ class DvcYaml:
                     f"line), found {type(spec[kind]).__name__} {spec[kind]!r}; DVC refuses "
                     "it too"
                 )
-        context = self.context(spec)
+        context = self.context(spec) if context is None else context
+        runs, segment = split_stage(runs)
         unresolved: list[str] = []
 
         def paths(kinds: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -258,12 +337,12 @@ class DvcYaml:
         return NotebookStage(
             name, runs, str(spec.get("cmd")), flags,
             tuple(deps), tuple(outs), tuple(param_refs(spec.get("params"))),
-            tuple(written_deps + written_outs), tuple(unresolved),
+            tuple(written_deps + written_outs), tuple(unresolved), segment,
         )
 
     def stage_kind(self, name: str) -> str | None:
         """'notebook', 'generated' (foreach/matrix), 'other', or None if not defined."""
-        spec = self.raw_stages.get(name)
+        spec = self.raw_stages.get(name, self.raw_stages.get(split_stage(name)[0]))
         if spec is None:
             return None
         if isinstance(spec, Mapping) and ("foreach" in spec or "matrix" in spec):
@@ -289,11 +368,43 @@ def param_refs(entries: Any) -> list[ParamRef]:
     return refs
 
 
+def generated_stages(root: Path, doc: Mapping[str, Any], group: str) -> dict[str, Any]:
+    """The stages ``group`` (a foreach/matrix stage of dvc.yaml ``doc``) generates, by
+    name, as DVC resolves them; a StageError with DVC's message if it cannot."""
+    # dvc.repo and dvc.parsing import in ~0.3 s: only projects with generated stages pay it
+    from dvc.parsing import DataResolver
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root), uninitialized=True) as repo:
+            resolver = DataResolver(repo, str(root), json.loads(json.dumps(doc, default=str)))
+            names = [n for n in resolver.get_keys() if split_stage(n)[0] == group]
+            return {name: resolver.resolve_one(name)[name] for name in names}
+    except Exception as exc:  # DvcException; malformed matrix/foreach also trip asserts
+        message = " ".join(str(exc).split()) or (
+            f"{type(exc).__name__} (foreach: takes a list or mapping, matrix: a mapping of lists)")
+        raise StageError(f"dvc.yaml: stage '{group}': DVC cannot generate its stages: "
+                         f"{message}; fix the foreach/matrix values or the ${{}} "
+                         "references") from exc
+
+
 def load_stage(project: Project, stage: str,
                params: dict[str, Any] | None = None) -> NotebookStage | None:
-    """The dvc.yaml stage that runs ``nbp run <stage>``, or None if there is none
+    """The dvc.yaml stage that runs ``nbp run <stage>`` (``train@north``: the generated
+    stage of that name, or any stage running it), or None if there is none
     (``params``: params.yaml as the caller already read it)."""
     stages = DvcYaml(project, params=params).notebook_stages()
-    if stage in stages and stages[stage].runs == stage:
+    runs, segment = split_stage(stage)
+    if stage in stages and (stages[stage].runs, stages[stage].segment) == (runs, segment):
         return stages[stage]
-    return next((s for s in stages.values() if s.runs == stage), None)
+    found = next((s for s in stages.values() if (s.runs, s.segment) == (runs, segment)), None)
+    per_segment = [s.name for s in stages.values() if s.runs == runs and s.segment]
+    if found is None and segment is None and per_segment:
+        raise StageError(f"stage '{stage}' runs one segment at a time here (a model factory): "
+                         f"`nbp run {per_segment[0]}`; dvc.yaml generates "
+                         f"{', '.join(per_segment)}")
+    if found is None and per_segment:
+        raise StageError(f"stage '{stage}': dvc.yaml generates {', '.join(per_segment)}, not "
+                         f"{stage}; add {segment} to the values its foreach/matrix stage "
+                         "iterates (docs/contracts.md)")
+    return found

@@ -92,8 +92,9 @@ def dvcignore(root: Path) -> Callable[[str], bool]:
     return spec.match_file
 
 
-def ignored(rel: str, stage: str) -> bool:
-    """True for files that are never counted as a stage's deps or outs."""
+def ignored(rel: str, stage: str, segment: str | None = None) -> bool:
+    """True for files that are never counted as a stage's deps or outs (``segment``: a
+    model factory's segment, whose reports are in reports/<segment>/)."""
     parts = rel.split("/")
     if any(p.startswith(".") for p in parts) or any(p in _SKIP_DIRS for p in parts[:-1]):
         return True
@@ -106,8 +107,9 @@ def ignored(rel: str, stage: str) -> bool:
         return True
     if parts[0] == "notebooks" and name.endswith(".ipynb"):
         return True
-    return rel in (f"reports/{stage}.ipynb", f"reports/{stage}.html",
-                   f"reports/{stage}.failed.ipynb", f"reports/{stage}.failed.html")
+    reports = f"reports/{segment}/{stage}" if segment else f"reports/{stage}"
+    return rel in (f"{reports}.ipynb", f"{reports}.html",
+                   f"{reports}.failed.ipynb", f"{reports}.failed.html")
 
 
 def untraced_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -164,9 +166,10 @@ def shim_library() -> Path:
 class Tracer:
     """Traces the processes started with the environment :meth:`start` returns."""
 
-    def __init__(self, root: Path, stage: str, log: Path) -> None:
+    def __init__(self, root: Path, stage: str, log: Path, *, segment: str | None = None) -> None:
         self.root = root.resolve()
         self.stage = stage
+        self.segment = segment
         self.log = log
         self.unavailable: str | None = None
 
@@ -230,7 +233,8 @@ class Tracer:
                     return True
             return False
 
-        return lambda rel: not ignored(rel, self.stage) and not skip(rel) and not in_venv(rel)
+        return lambda rel: (not ignored(rel, self.stage, self.segment) and not skip(rel)
+                            and not in_venv(rel))
 
 
 def describe(stage: str, reads: list[str], writes: list[str], notebook: str) -> str:

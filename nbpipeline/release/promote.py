@@ -5,6 +5,10 @@ Each `nbp` release command is a thin call into one function here. ``promote_cand
 obeys the gate decision that the evaluate stage wrote to ``metrics/gate.json``: it refuses
 a failed gate (unless forced with a reason) and a gate that was computed against another
 champion than the one serving now.
+
+A model factory's segment (``Project.for_segment``: `nbp promote --segment north`) has
+its own candidate (models/north/candidate), gate (metrics/north/gate.json) and registry
+(registry/north/): promoting or rolling back one segment leaves the others as they are.
 """
 
 from __future__ import annotations
@@ -18,15 +22,25 @@ from nbpipeline.project import Project
 from nbpipeline.record import file_sha256
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import capture, model_params, report_files
-from nbpipeline.release.registry import Event, ModelVersion, Registry, default_actor
+from nbpipeline.release.registry import (
+    Event,
+    ModelVersion,
+    Registry,
+    default_actor,
+    segment_registries,
+)
 
 __all__ = [
-    "Promotion", "models_table", "promote_candidate", "promote_version", "retire", "rollback",
-    "switch_off", "switch_on",
+    "Promotion", "models_report", "models_table", "promote_candidate", "promote_version",
+    "registry_segments", "retire", "rollback", "switch_off", "switch_on",
 ]
 
-CANDIDATE_DIR = "models/candidate"
 REPRO_EVALUATE = "`dvc repro -f -s evaluate`"
+
+
+def _repro_evaluate(project: Project) -> str:
+    return (f"`dvc repro -f -s evaluate@{project.segment}`" if project.segment
+            else REPRO_EVALUATE)
 
 
 @dataclass(frozen=True)
@@ -48,12 +62,13 @@ def _check_gate_is_current(project: Project, reg: Registry, gate: GateDecision,
         problems.append(
             "the gate compared the candidate with champion "
             f"{gate.champion_version or '(none)'} but the champion now is "
-            f"{champion or '(none)'}; re-run {REPRO_EVALUATE} to compare with the current champion"
+            f"{champion or '(none)'}; re-run {_repro_evaluate(project)} to compare with the "
+            "current champion"
         )
     elif state.champion and gate.champion_sha256 not in (None, state.champion.sha256):
         problems.append(
             f"the gate's champion {champion} had another model file than the registry's; "
-            f"re-run {REPRO_EVALUATE}"
+            f"re-run {_repro_evaluate(project)}"
         )
     expected = gate.candidate_sha256
     model = candidate / "model.skops"
@@ -82,7 +97,8 @@ def promote_candidate(
     if force and not (reason and reason.strip()):
         raise RegistryError("--force needs --reason TEXT saying why the gate is overridden")
     reg = Registry(project.registry)
-    candidate = project.root / CANDIDATE_DIR
+    candidate = project.candidate
+    _need_segment(project, reg)
     gate = read_gate(project.metrics / GATE_FILE, project.rel(project.metrics / GATE_FILE))
     problems = _check_gate_is_current(project, reg, gate, candidate)
     if problems and not force:
@@ -90,7 +106,8 @@ def promote_candidate(
     if not gate.passed and not force:
         raise GateError(
             f"the candidate failed the gate in {project.rel(project.metrics / GATE_FILE)}: "
-            f"{'; '.join(c.describe() for c in gate.failed)} (see reports/evaluate.html); "
+            f"{'; '.join(c.describe() for c in gate.failed)} (see "
+            f"{project.rel(project.reports / 'evaluate.html')}); "
             "or override with --force --reason TEXT (recorded)"
         )
     overridden = problems + ([] if gate.passed else ["gate failed"])
@@ -125,6 +142,11 @@ def rollback(project: Project, *, canary: bool = False, reason: str | None = Non
              actor: str | None = None) -> Event:
     """Undo the last champion promotion (or remove the canary)."""
     reg = Registry(project.registry)
+    _need_segment(project, reg)
+    if project.segment and not reg.events_path.is_file():
+        known = ", ".join(registry_segments(project)) or "none yet"
+        raise RegistryError(f"segment '{project.segment}' has no registry "
+                            f"({project.rel(reg.path)}); segments with models: {known}")
     return reg.rollback(role="canary" if canary else "champion",
                         reason=reason or "manual rollback", actor=actor or default_actor())
 
@@ -238,3 +260,34 @@ def models_table(reg: Registry) -> str:
             "the files from a backup"
         )
     return "\n".join(lines)
+
+
+def _need_segment(project: Project, reg: Registry) -> None:
+    """A model factory's release commands name a segment: refuse one that does not when the
+    project has segments and no model of its own (one line listing them)."""
+    if project.segment or (project.metrics / GATE_FILE).is_file() or reg.versions():
+        return
+    segments = registry_segments(project) or sorted(
+        d.name for d in project.metrics.glob("*") if (d / GATE_FILE).is_file())
+    if segments:
+        raise RegistryError(f"this project is a model factory (segments: {', '.join(segments)}); "
+                            "name one with --segment NAME")
+
+
+def registry_segments(project: Project) -> list[str]:
+    """The segments of a model factory that have a registry (registry/<segment>/)."""
+    return segment_registries(project.for_segment(None).registry)
+
+
+def models_report(project: Project) -> str:
+    """`nbp models`: the table of the project's registry, or of ``project.segment``'s; in a
+    model factory without a segment given, one table per segment."""
+    segments = [] if project.segment else registry_segments(project)
+    own = Registry(project.registry)
+    if not segments:
+        return models_table(own)
+    parts = [models_table(own)] if own.versions() else []
+    parts += [f"segment {segment}:\n" + models_table(Registry(project.for_segment(segment)
+                                                                 .registry))
+              for segment in segments]
+    return "\n\n".join(parts)

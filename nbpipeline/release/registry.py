@@ -55,6 +55,7 @@ __all__ = [
     "ProductionState",
     "Registry",
     "default_actor",
+    "segment_registries",
 ]
 
 ACTOR_ENV = "NBP_ACTOR"
@@ -646,3 +647,11 @@ class Registry:
         known = ", ".join(replay.versions) or "none yet"
         return (f"model version '{version}' is not in the registry (known: {known}); "
                 "see `nbp models`")
+
+
+def segment_registries(base: Path) -> list[str]:
+    """The segments of a model factory with a registry under ``base`` (``base/<segment>/``
+    holding an event log), sorted."""
+    if not base.is_dir():
+        return []
+    return sorted(d.name for d in base.iterdir() if (d / EVENTS_FILE).is_file())

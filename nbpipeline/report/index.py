@@ -464,7 +464,8 @@ def _stages(project: Project) -> dict[str, dict[str, Any]]:
         params_yaml = {}
     stages = {}
     for name, stage in (spec.get("stages") or {}).items():
-        locked = (lock.get(name) or {}).get("params", {}).get("params.yaml")
+        locked = (lock.get(f"{name}@{project.segment}" if project.segment else name) or {}
+                  ).get("params", {}).get("params.yaml")  # a factory's segment: train@north
         if locked is None:
             locked = {}
             for key in stage.get("params", []) if isinstance(stage, dict) else []:

@@ -5,6 +5,10 @@ label, the split dates), writes it all into params.yaml where the user can edit 
 the generic stage notebooks, writes dvc.yaml, and initialises git and DVC. The source file
 is copied into ``data/raw/`` and tracked with ``dvc add``. Then ``dvc repro`` runs the
 whole pipeline on it.
+
+``segment_by=COLUMN`` makes a model factory (docs/contracts.md): one model per value of
+the column, each stage a ``foreach`` over ``factory.segments`` running
+``nbp run <stage>@<segment>``, each segment's files in its own folders.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from typing import Any
 
 from nbpipeline import yamlio
 from nbpipeline.dataset import read_table
-from nbpipeline.errors import InitError, NbpipelineError
+from nbpipeline.errors import InitError, NbpipelineError, SegmentError
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.notebook import read_notebook, write_notebook
 from nbpipeline.pipeline.check import sync_notebooks
 from nbpipeline.pipeline.plots import install as install_plots
-from nbpipeline.project import Project
+from nbpipeline.pipeline.stages import SEGMENT_FIELD, segment_path
+from nbpipeline.project import Project, check_segment
 
 TEMPLATES = "nbpipeline.scaffold"
 NOTEBOOKS = ("data", "train", "evaluate", "monitor")
 MAX_CLASSES = 20  # more distinct integer values than this: a regression target
+MAX_SEGMENTS = 50  # a factory of more models than this is a mistake of --segment-by
 ID_NAMES = {"id", "rownames", "index", "unnamed: 0"}
 
 
@@ -168,7 +174,7 @@ def project_params(inferred: Inferred, *, target: str, time: str | None, source:
         "common": {
             "seed": 42, "target": target, "task": inferred.task,
             "positive_label": inferred.positive_label if classification else None,
-            "time_column": time or "", "target_description": description,
+            "time_column": time or "", "segment_column": "", "target_description": description,
             "features": dict(inferred.features),
         },
         "paths": {"train_path": "data/train.parquet", "valid_path": "data/valid.parquet",
@@ -211,7 +217,7 @@ SERVE_PARAMS = {"fallback_prediction": 0, "fallback_probability": None, "poll_se
 
 def _dvc_yaml(task: str) -> dict[str, Any]:
     contract = ["common.seed", "common.features", "common.target", "common.task",
-                "common.positive_label", "common.time_column"]
+                "common.positive_label", "common.time_column", "common.segment_column"]
     golden = "(golden rows)"
     plots: list[Any] = (
         [{"plots/evaluate/roc.csv": {"title": f"ROC curve {golden}", "x": "fpr", "y": "tpr",
@@ -257,6 +263,63 @@ def _dvc_yaml(task: str) -> dict[str, Any]:
                      "metrics": ["metrics/evaluate.headline.json"],
                      "plots": plots},
     }}
+
+
+def segment_values(frame: Any, column: str, source: str) -> list[str]:
+    """The segments of a factory: the distinct values of ``column``, as folder names."""
+    if column not in frame.columns:
+        raise InitError(f"{source}: no column {column!r} for --segment-by; columns are "
+                        f"{', '.join(map(str, frame.columns))}")
+    values = sorted(frame[column].dropna().astype(str).unique())
+    if not 2 <= len(values) <= MAX_SEGMENTS:
+        raise InitError(f"--segment-by {column}: {len(values)} distinct value(s); a model "
+                        f"factory needs 2 to {MAX_SEGMENTS} segments: pick another column")
+    try:
+        return [check_segment(v, f"--segment-by {column}: value") for v in values]
+    except SegmentError as exc:
+        raise InitError(str(exc)) from exc
+
+
+def make_factory(params: dict[str, Any], dvc: dict[str, Any], column: str,
+                 segments: list[str]) -> None:
+    """Turn a project's params and dvc.yaml (as dicts) into a model factory over ``column``:
+    every stage a ``foreach`` over ``factory.segments``, each segment's files in its own
+    folders (``data/<segment>/train.parquet``, ``models/<segment>/candidate``)."""
+    params["common"]["segment_column"] = column
+    params["common"]["features"].pop(column, None)  # one value per segment: no signal
+    params["factory"] = {"segments": segments}
+    evaluate = params["evaluate"]
+    evaluate["slice_columns"] = [c for c in evaluate["slice_columns"] if c != column]
+    paths = params["paths"]
+    for name, path in paths.items():
+        head, _, rest = path.partition("/")
+        paths[name] = f"{head}/{SEGMENT_FIELD}/{rest}"
+    if "serve" in params:
+        params["serve"]["segment_field"] = column
+    monitor = params["monitor"]  # each segment's log, reference, registry and alarms
+    for key in ("predlog_path", "registry_dir", "alarm_log", "retrain_marker"):
+        head, _, rest = str(monitor[key]).partition("/")
+        monitor[key] = f"{head}/{SEGMENT_FIELD}/{rest}" if rest else f"{head}/{SEGMENT_FIELD}"
+    monitor["reference_path"] = f"{paths['model_dir']}/reference.parquet"
+    monitor["metadata_path"] = f"{paths['model_dir']}/metadata.json"
+    if monitor.get("reference_data"):
+        monitor["reference_data"] = paths["train_path"]
+
+    def entry(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {entry(k): v for k, v in item.items()}
+        if item.startswith("${paths.") and item.endswith("}"):
+            return paths[item[len("${paths."):-1]].replace(SEGMENT_FIELD, "${item}")
+        if item.split("/")[0] in ("reports", "metrics", "plots"):
+            return segment_path(item, "${item}")
+        return item
+
+    for name, stage in dvc["stages"].items():
+        body = {key: [entry(i) for i in value] if key in ("deps", "outs", "metrics", "plots")
+                else value for key, value in stage.items()}
+        body["cmd"] = f"{stage['cmd']}@${{item}}"
+        body["params"] = [*body["params"], "paths"]  # they reach notebooks, not dvc.yaml
+        dvc["stages"][name] = {"foreach": "${factory.segments}", "do": body}
 
 
 MONITORING_DVC_YAML = {"stages": {"monitor": {
@@ -317,14 +380,16 @@ def _run(args: list[str], cwd: Path) -> None:
 
 def init_project(
     directory: Path, *, data: Path, target: str, time: str | None = None,
-    positive: str | None = None, task: str | None = None,
+    positive: str | None = None, task: str | None = None, segment_by: str | None = None,
 ) -> Inferred:
-    """Create a project in ``directory`` around the table ``data``; return what was inferred."""
+    """Create a project in ``directory`` around the table ``data``; return what was inferred
+    (``segment_by``: a model factory, one model per value of that column)."""
     if task is not None and task not in ("classification", "regression"):
         raise InitError(f"--task {task!r}: give classification or regression")
     if directory.exists() and any(directory.iterdir()):
         raise InitError(f"{directory}: not empty; give a new directory for the project")
     frame = _read(data)
+    segments = segment_values(frame, segment_by, str(data)) if segment_by else []
     inferred = infer(frame, target, time=time, positive=positive, task=task,
                      source=str(data))
     source = f"data/raw/{data.name}"
@@ -342,9 +407,13 @@ def init_project(
     for name in NOTEBOOKS:
         nb = read_notebook(templates.joinpath(f"{name}.ipynb"))  # type: ignore[arg-type]
         write_notebook(nb, directory / "notebooks" / f"{name}.ipynb")
+    dvc = _dvc_yaml(inferred.task)
+    if segment_by:
+        make_factory(params, dvc, segment_by, segments)
     _write(directory / "params.yaml", yamlio.dump(params))
-    _write(directory / "dvc.yaml", yamlio.dump(_dvc_yaml(inferred.task)))
-    _write(directory / "monitoring" / "dvc.yaml", yamlio.dump(MONITORING_DVC_YAML))
+    _write(directory / "dvc.yaml", yamlio.dump(dvc))
+    if not segment_by:  # the monitor stage watches one model (factory: nbp monitor --segment)
+        _write(directory / "monitoring" / "dvc.yaml", yamlio.dump(MONITORING_DVC_YAML))
     _write(directory / ".gitignore", GITIGNORE)
     _write(directory / ".dvcignore", DVCIGNORE)
     skipped = "".join(f"\n- `{name}`: not a feature ({why})"

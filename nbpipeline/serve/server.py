@@ -6,12 +6,14 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
 from nbpipeline.serve.app import create_app
 from nbpipeline.serve.logwriter import LogWriter
 from nbpipeline.serve.security import Access, is_loopback, read_token
+from nbpipeline.serve.segments import create_factory_app, segment_settings
 from nbpipeline.serve.settings import ServeSettings, load_settings
 
 log = logging.getLogger("nbpipeline.serve")
@@ -48,10 +50,15 @@ def serve(
     warning = access.warning(host)
     if warning is not None:
         log.warning(warning)
-    if settings.log and settings.log_path is not None:
-        LogWriter.check(settings.log_path)  # fail here, as one clear line, not in the lifespan
+    app: Any = None
+    if settings.segment_field:  # a model factory: one app per segment, routed by a field
+        app = create_factory_app(project, settings, access=access)
+    for each in ([settings] if app is None else
+                 [segment_settings(settings, segment) for segment in app.apps]):
+        if each.log and each.log_path is not None:
+            LogWriter.check(each.log_path)  # fail here, as one clear line, not in the lifespan
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    app = create_app(project, settings=settings, access=access, docs=docs)
+    app = app or create_app(project, settings=settings, access=access, docs=docs)
     uvicorn.run(
         app, host=host, port=port, access_log=access_log, log_level="info",
         timeout_graceful_shutdown=10,

@@ -11,6 +11,8 @@ Keys (all optional)::
       retry_seconds: 10.0           # how often a failed model load is retried
       max_batch_rows: 1000          # rows per /predict request
       log: true                     # write the prediction log (off only for benchmarks)
+      segment_field: ''             # a model factory: the request field naming the segment
+                                    # (nbpipeline/serve/segments.py); '' = one model
 
 A model's own ``metadata["decision_threshold"]``, when present, wins over the settings.
 """
@@ -41,6 +43,7 @@ class ServeSettings:
     retry_seconds: float = 10.0
     max_batch_rows: int = 1000
     log: bool = True
+    segment_field: str = ""
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -71,6 +74,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "retry_seconds": (int, float),
     "max_batch_rows": (int,),
     "log": (bool,),
+    "segment_field": (str,),
 }
 
 
