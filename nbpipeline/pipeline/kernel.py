@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -146,7 +147,10 @@ class Kernel:
         process = getattr(provisioner, "process", None)
         if provisioner is not None and process is not None and process.poll() is None:
             self._run_sync(provisioner.kill)()  # SIGKILL to the kernel's process group
-            process.wait(timeout=5)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass  # stuck in the kernel (D state): jupyter_client's shutdown waits, warns
         if self._run_sync(self.manager.is_alive)():
             self._run_sync(self.manager.shutdown_kernel)(now=True)
         self._run_sync(self.manager.cleanup_resources)()
