@@ -339,6 +339,25 @@ def cell_times(rounds: int, base: Path, sample: float) -> None:
           f"vs {sc:.1f} s (**{kc / sc:.2f}**) |")
 
 
+def print_readme_rows(summary: dict[str, dict[str, float]], rounds: int, sample: float,
+                      threads_: int) -> None:
+    """README's Benchmarks row for this run, and the issue's notebooks/scripts table."""
+    full, change = summary["full"], summary["change"]
+    sample_note = "full data" if sample == 1.0 else f"{sample:.0%} sample"
+    print("\nREADME row:")
+    print(f"| `python bench/pipeline.py` | the example ({sample_note}) as notebooks vs the same "
+          "code as scripts, under DVC; an untimed warm-up run of each, then alternating rounds | "
+          f"full run **{full['ratio']:.2f}** ({full['notebooks_s']:.1f} s vs "
+          f"{full['scripts_s']:.1f} s, median of {rounds}); one-param change "
+          f"**{change['ratio']:.2f}** ({change['notebooks_s']:.1f} s vs "
+          f"{change['scripts_s']:.1f} s, median of {rounds}); {threads_} BLAS/OpenMP threads "
+          "both sides (target **1.10**) |")
+    print("\nthe issue's table:\n| run | notebooks | scripts | ratio |\n|---|---|---|---|")
+    for label, case in (("full", full), ("one-param change", change)):
+        print(f"| {label} | {case['notebooks_s']:.1f} s | {case['scripts_s']:.1f} s | "
+              f"**{case['ratio']:.2f}** |")
+
+
 def main() -> None:
     global THREADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -391,14 +410,7 @@ def main() -> None:
         label = "full run" if case == "full" else "1 param"
         print(f"{label:10s}{n:10.1f}s{s:9.1f}s{n / s:8.2f}")
     print(json.dumps({"sample_fraction": args.sample, "rounds": args.rounds, **summary}))
-    full, change = summary["full"], summary["change"]
-    print("\nREADME rows (the issue's table):\n"
-          "| run | notebooks | scripts | ratio |\n|---|---|---|---|")
-    for label, case in (("full", full), ("one-param change", change)):
-        print(f"| {label} | {case['notebooks_s']:.1f} s | {case['scripts_s']:.1f} s | "
-              f"**{case['ratio']:.2f}** |")
-    print(f"(`python bench/pipeline.py --rounds {args.rounds} --sample {args.sample}`, median of "
-          f"{args.rounds}, {args.threads} BLAS/OpenMP threads both sides; target <= 1.10)")
+    print_readme_rows(summary, args.rounds, args.sample, args.threads)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
 
