@@ -19,15 +19,24 @@ machine do not tilt the comparison.
 under ``nbp run`` against the same cell as a script, in alternating rounds, and prints
 where the notebook's extra time goes: interpreter start and imports of ``nbp run``, reading
 params and notebook, kernel start (papermill's own work included), the cell itself, kernel
-shutdown, the reports, and the rest (tracer check, exit). Target: <= 0.5 s more. Usage:
+shutdown, the reports, and the rest (tracer check, exit). Target: <= 0.5 s more.
+
+``--cells`` runs each project's `dvc repro` in alternating rounds and compares every code
+cell that took >= 0.2 s, wall and CPU (``time.process_time``, all threads of the process),
+in the kernel against the same code in the script: a cell slower in the kernel with equal
+CPU waits on something (threads, the machine); one with more CPU does extra work there.
+
+Each mode ends with the rows for README's Benchmarks table. Usage:
 
     python bench/pipeline.py [--rounds 5] [--sample 1.0] [--keep DIR] [--threads N]
     python bench/pipeline.py --stage-overhead [--rounds 5]
+    python bench/pipeline.py --cells [--rounds 3] [--sample 1.0] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -81,22 +90,55 @@ def sh(*args: str, cwd: Path) -> str:
     return proc.stdout
 
 
-def notebook_to_script(path: Path, stage: str) -> str:
-    """The notebook's code cells as one script; its parameters come from params.yaml."""
+CELL_LOG_ENV = "NBP_BENCH_CELL_LOG"  # --cells: where each side appends its cells' times
+# One JSON line per code cell: side, cell key (sha1 of its source), wall and CPU seconds.
+CELL_TIMER = (
+    "import hashlib as _h, json as _j, os as _o, time as _t\n"
+    "def _cell_log(side, source, wall, cpu):\n"
+    "    with open(_o.environ['" + CELL_LOG_ENV + "'], 'a') as _f:\n"
+    "        _f.write(_j.dumps([side, _h.sha1(source.encode()).hexdigest()[:12],\n"
+    "                           _t.perf_counter() - wall, _t.process_time() - cpu]) + '\\n')\n"
+)
+# --cells, kernel side: an IPython startup file timing every cell the kernel runs
+KERNEL_CELL_TIMER = CELL_TIMER + (
+    "_started = []\n"
+    "def _pre(info):\n"
+    "    _started.append((info.raw_cell, _t.perf_counter(), _t.process_time()))\n"
+    "def _post(result):\n"
+    "    if _started:\n"
+    "        _cell_log('kernel', *_started.pop())\n"
+    "get_ipython().events.register('pre_run_cell', _pre)\n"
+    "get_ipython().events.register('post_run_cell', _post)\n"
+)
+
+
+def cell_key(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
+def notebook_to_script(path: Path, stage: str, timed: bool = False) -> str:
+    """The notebook's code cells as one script; its parameters come from params.yaml.
+    ``timed``: each cell appends its wall and CPU time to $NBP_BENCH_CELL_LOG."""
     nb = read_notebook(path)
     declared = notebook_parameters(nb)
     index = parameters_cell_index(nb)
     parts = ["def display(*objects):  # IPython's display(), as plain text\n    print(*objects)"]
+    if timed:
+        parts.append(CELL_TIMER)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        parts.append(cell.source)
+        if timed:
+            parts.append(f"_w, _c = _t.perf_counter(), _t.process_time()\n{cell.source}\n"
+                         f"_cell_log('script', {cell.source!r}, _w, _c)")
+        else:
+            parts.append(cell.source)
         if i == index:
             parts.append(PARAM_LOADER.format(stage=stage, declared=declared))
     return "\n\n".join(parts) + "\n"
 
 
-def make_projects(base: Path, sample: float) -> tuple[Path, Path]:
+def make_projects(base: Path, sample: float, timed: bool = False) -> tuple[Path, Path]:
     nbs, scripts = base / "notebooks-project", base / "scripts-project"
     for root in (nbs, scripts):
         root.mkdir(parents=True)
@@ -110,7 +152,7 @@ def make_projects(base: Path, sample: float) -> tuple[Path, Path]:
     (nbs / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     (scripts / "scripts").mkdir()
     for stage, body in spec["stages"].items():
-        source = notebook_to_script(REPO / "notebooks" / f"{stage}.ipynb", stage)
+        source = notebook_to_script(REPO / "notebooks" / f"{stage}.ipynb", stage, timed)
         (scripts / "scripts" / f"{stage}.py").write_text(source)
         body["cmd"] = f"python scripts/{stage}.py"
         body["deps"] = [f"scripts/{stage}.py" if d.startswith("notebooks/") else d
@@ -231,6 +273,89 @@ def stage_overhead(rounds: int, base: Path) -> None:
     print(json.dumps({"notebook_s": round(n, 3), "script_s": round(s, 3),
                       "overhead_s": round(n - s, 3),
                       **{key: round(statistics.median(v), 3) for key, v in parts.items()}}))
+    where = ", ".join(f"{label} {statistics.median(parts[key]):.2f} s"
+                      for label, key in sorted(BREAKDOWN, key=lambda b: -statistics.median(
+                          parts[b[1]])))
+    print("\nREADME row:")
+    print(f"| `python bench/pipeline.py --stage-overhead` | a one-cell stage (parameters + one "
+          f"code cell) under `nbp run` vs the cell as a script, {rounds} alternating rounds, "
+          f"with the breakdown | `nbp run` {n:.2f} s vs script {s:.2f} s: **{n - s:+.2f} s** "
+          f"(target <= 0.5 s); {where} |")
+
+
+def cell_labels() -> dict[str, str]:
+    """Cell key -> 'stage cell N: first line', for the example's code cells."""
+    labels = {}
+    for stage in STAGES:
+        nb = read_notebook(REPO / "notebooks" / f"{stage}.ipynb")
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        for number, cell in enumerate(code, start=1):
+            first = next((ln.strip() for ln in cell.source.splitlines() if ln.strip()), "")
+            labels[cell_key(cell.source)] = f"{stage} {number}: {first[:40]}"
+    return labels
+
+
+def cell_times(rounds: int, base: Path, sample: float) -> None:
+    """Per cell, wall and CPU in the kernel vs in the script (module docstring)."""
+    nbs, scripts = make_projects(base, sample, timed=True)
+    startup = base / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-nbp-bench-cells.py").write_text(KERNEL_CELL_TIMER)
+    log = base / "cells.jsonl"
+    os.environ.update({CELL_LOG_ENV: str(log), "IPYTHONDIR": str(base / "ipython")})
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for round_no in range(rounds + 1):  # round 0: untimed warm-up
+        order = [nbs, scripts] if round_no % 2 else [scripts, nbs]
+        for root in order:
+            clean(root)
+            set_max_iter(root, 200)
+            log.unlink(missing_ok=True)
+            timed_repro(root)
+            for line in log.read_text().splitlines() if round_no else []:
+                side, key, wall, cpu = json.loads(line)
+                times.setdefault((side, key), []).append((wall, cpu))
+        print(f"round {round_no}{' (warm-up)' if not round_no else ''} done", flush=True)
+    labels = cell_labels()
+    rows, totals = [], [0.0, 0.0, 0.0, 0.0]
+    for key, label in labels.items():
+        kernel, script = times.get(("kernel", key)), times.get(("script", key))
+        if not kernel or not script:
+            continue
+        medians = [statistics.median(t[i] for t in side) for side in (kernel, script)
+                   for i in (0, 1)]
+        totals = [a + b for a, b in zip(totals, medians, strict=True)]
+        if max(medians[0], medians[2]) >= 0.2:
+            rows.append((label, *medians))
+    print(f"\n{'cell (median of ' + str(rounds) + ')':48s}{'wall: kernel':>13s}{'script':>8s}"
+          f"{'ratio':>7s}{'CPU: kernel':>13s}{'script':>8s}{'ratio':>7s}")
+    for label, kw, kc, sw, sc in [*rows, ("all code cells", *totals)]:
+        print(f"{label:48s}{kw:12.2f}s{sw:7.2f}s{kw / sw:7.2f}{kc:12.2f}s{sc:7.2f}s"
+              f"{kc / max(sc, 1e-9):7.2f}")
+    kw, kc, sw, sc = totals
+    print("\nREADME row:")
+    print(f"| `python bench/pipeline.py --cells --sample {sample}` | each example cell in the "
+          f"kernel vs in the script, wall and CPU, median of {rounds} alternating rounds | "
+          f"all code cells: wall {kw:.1f} s vs {sw:.1f} s (**{kw / sw:.2f}**), CPU {kc:.1f} s "
+          f"vs {sc:.1f} s (**{kc / sc:.2f}**) |")
+
+
+def print_readme_rows(summary: dict[str, dict[str, float]], rounds: int, sample: float,
+                      threads_: int) -> None:
+    """README's Benchmarks row for this run, and the issue's notebooks/scripts table."""
+    full, change = summary["full"], summary["change"]
+    sample_note = "full data" if sample == 1.0 else f"{sample:.0%} sample"
+    print("\nREADME row:")
+    print(f"| `python bench/pipeline.py` | the example ({sample_note}) as notebooks vs the same "
+          "code as scripts, under DVC; an untimed warm-up run of each, then alternating rounds | "
+          f"full run **{full['ratio']:.2f}** ({full['notebooks_s']:.1f} s vs "
+          f"{full['scripts_s']:.1f} s, median of {rounds}); one-param change "
+          f"**{change['ratio']:.2f}** ({change['notebooks_s']:.1f} s vs "
+          f"{change['scripts_s']:.1f} s, median of {rounds}); {threads_} BLAS/OpenMP threads "
+          "both sides (target **1.10**) |")
+    print("\nthe issue's table:\n| run | notebooks | scripts | ratio |\n|---|---|---|---|")
+    for label, case in (("full", full), ("one-param change", change)):
+        print(f"| {label} | {case['notebooks_s']:.1f} s | {case['scripts_s']:.1f} s | "
+              f"**{case['ratio']:.2f}** |")
 
 
 def main() -> None:
@@ -243,11 +368,16 @@ def main() -> None:
                         help="BLAS/OpenMP threads on both sides (default: all cores)")
     parser.add_argument("--stage-overhead", action="store_true",
                         help="time a one-cell stage under nbp run vs as a script")
+    parser.add_argument("--cells", action="store_true",
+                        help="per cell, wall and CPU in the kernel vs in the script")
     args = parser.parse_args()
     THREADS = args.threads
     base = args.keep or Path(tempfile.mkdtemp(prefix="nbp-bench-"))
-    if args.stage_overhead:
-        stage_overhead(args.rounds, base)
+    if args.stage_overhead or args.cells:
+        if args.stage_overhead:
+            stage_overhead(args.rounds, base)
+        else:
+            cell_times(args.rounds, base, args.sample)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
         return
@@ -280,6 +410,7 @@ def main() -> None:
         label = "full run" if case == "full" else "1 param"
         print(f"{label:10s}{n:10.1f}s{s:9.1f}s{n / s:8.2f}")
     print(json.dumps({"sample_fraction": args.sample, "rounds": args.rounds, **summary}))
+    print_readme_rows(summary, args.rounds, args.sample, args.threads)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
 

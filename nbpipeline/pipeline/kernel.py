@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -117,17 +118,21 @@ class Kernel:
     run_sync), talking over IPC sockets in the run directory: no "running over TCP without
     encryption" warning, no port dance, nothing in the project for DVC to see. An
     ipykernel starts through :data:`LEAN_LAUNCHER`: a fresh interpreter, without debugpy.
-    nbclient does not shut down a kernel it did not start: :meth:`stop` does, at once.
+    Its clients are :class:`~nbpipeline.pipeline.kernel_client.LeanClient`: no idle waits
+    at start-up. nbclient does not shut down a kernel it did not start: :meth:`stop` does,
+    at once.
     """
 
     def __init__(self, name: str, cwd: Path, run_dir: RunDir, env: dict[str, str]) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
+        from nbpipeline.pipeline.kernel_client import LeanClient
+
         self._run_sync = run_sync
         self.manager = AsyncKernelManager(
             kernel_name=name, transport="ipc", ip=str(run_dir.path / "kernel"),
-            connection_file=str(run_dir.path / "kernel.json"),
+            connection_file=str(run_dir.path / "kernel.json"), client_factory=LeanClient,
         )
         spec = self.manager.kernel_spec  # NoSuchKernel if not installed
         if spec is not None:
@@ -135,6 +140,17 @@ class Kernel:
         run_sync(self.manager.start_kernel)(cwd=str(cwd), env=env)
 
     def stop(self) -> None:
+        # jupyter_client kills the kernel's process group, then polls for its exit every
+        # 0.1 s (measured: 0.11 s per stage); waiting for the process itself takes ~1 ms,
+        # after which its shutdown finds the kernel gone.
+        provisioner = self.manager.provisioner
+        process = getattr(provisioner, "process", None)
+        if provisioner is not None and process is not None and process.poll() is None:
+            self._run_sync(provisioner.kill)()  # SIGKILL to the kernel's process group
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass  # stuck in the kernel (D state): jupyter_client's shutdown waits, warns
         if self._run_sync(self.manager.is_alive)():
             self._run_sync(self.manager.shutdown_kernel)(now=True)
         self._run_sync(self.manager.cleanup_resources)()

@@ -48,13 +48,26 @@ def test_stage_kernels_start_without_the_debugger_yet_can_import_it(tmp_path: Pa
         source = ("import os, sys\nprint('debugpy' in sys.modules, os.getcwd())\n"
                   "print(os.path.basename(sys.argv[0]), '' in sys.path)  # as ipykernel_launcher\n"
                   "import debugpy\nprint(debugpy.__name__)")
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        child = "import subprocess\nprint(subprocess.Popen(['sleep', '60']).pid)"
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source),
+                                             nbformat.v4.new_code_cell(child)])
         NotebookClient(nb, km=kernel.manager).execute()
         assert nb.cells[0].outputs[0].text == (
             f"False {tmp_path}\nipykernel_launcher.py True\ndebugpy\n")
+        pids = [kernel.manager.provisioner.pid, int(nb.cells[1].outputs[0].text)]
     finally:
         kernel.stop()
         run_dir.remove()
+    # stop() returns once the kernel is gone, its process group (what it started) with it
+    assert not _alive(pids[0])
+    _wait_for(lambda: not _alive(pids[1]), 5.0)
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (killed, not yet reaped by its parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _wait_for(predicate, seconds: float = 60.0) -> None:
