@@ -15,28 +15,13 @@ RUN_ENVIRONMENT = ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING",
                    "NBP_DEBUG")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts): a test file's tests
-    run on one worker (its module fixtures are made once), unless a test names its own
-    ``xdist_group``: a heavy unit (a long end-to-end test, or the tests sharing the ran
-    example of projects.ran_example_project). Named groups are handed out first, then files
-    with slow tests, so that no long test starts last and runs alone."""
-    if not hasattr(config, "workerinput"):
-        return
-
-    def group(item: pytest.Item) -> str:
-        named = [m.args[0] for m in item.iter_markers("xdist_group")]
-        return named[0] if named else item.nodeid.split("::")[0]
-
-    rank: dict[str, int] = {}
-    for item in items:
-        named = any(item.iter_markers("xdist_group"))
-        if not named:
-            item.add_marker(pytest.mark.xdist_group(group(item)))
-        order = 0 if named else 1 if item.get_closest_marker("slow") else 2
-        rank[group(item)] = min(order, rank.get(group(item), 2))
-    items.sort(key=lambda item: rank[group(item)])  # stable: collection order within
+    """Under pytest-xdist (`-n 2 --dist loadfile`, pyproject's addopts) each test file runs on
+    one worker, files handed out in collection order: files with slow tests go first, so
+    that no long end-to-end test starts last and runs alone."""
+    if hasattr(config, "workerinput"):
+        slow = {item.path for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.path not in slow)  # stable: collection order within
 
 
 @pytest.fixture(autouse=True)

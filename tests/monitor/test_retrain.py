@@ -24,7 +24,6 @@ ROWS = 1200  # logged December predictions, all with outcomes
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ran-example")  # one worker makes the shared repro
 def test_replay_with_feedback_monitor_experiment_gate_canary(tmp_path: Path) -> None:
     # the small example's data and train stages are shared (its first repro, copied here)
     root, _ = ran_example_project(tmp_path / "example")

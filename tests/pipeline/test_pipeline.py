@@ -24,7 +24,6 @@ def _ran(output: str) -> list[str]:
     return [s for s in STAGES if f"Running stage '{s}'" in output]
 
 
-@pytest.mark.xdist_group("ran-example")  # one worker makes the shared repro
 def test_repro_noop_param_change_run_cache_and_interactive_parity(tmp_path: Path) -> None:
     root, first = ran_example_project(tmp_path / "project")  # its first `dvc repro`, shared
     assert _ran(first.stdout) == list(STAGES)

@@ -152,7 +152,6 @@ def test_index_reads_verdict_and_param_diff_in_chromium(rerun: Project, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ran-example")  # one worker makes the shared repro
 def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> None:
     """Real dvc repro of the small example with a champion in the registry: the evaluate
     stage scores it on the same golden rows, the gate records it, lineage and report show it."""

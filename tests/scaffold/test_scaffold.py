@@ -81,7 +81,6 @@ def set_features(root: Path, features: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("scaffold-binary")  # the suite's longest test: a worker of its own
 def test_binary_table_from_init_to_monitor_then_a_new_model_line(tmp_path: Path) -> None:
     root = tmp_path / "default"
     made = nbp("init", str(root), "--data", str(default_table(tmp_path / "Default.csv")),
@@ -157,7 +156,6 @@ GATE_EXIT = 1  # GateError
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("scaffold-regression")
 def test_regression_table_from_init_to_monitor(tmp_path: Path) -> None:
     root = tmp_path / "diabetes"
     made = nbp("init", str(root), "--data", str(diabetes_table(tmp_path / "diabetes.parquet")),
