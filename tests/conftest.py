@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from projects import make_example_project
+from projects import make_example_project, remove_templates
 from release_project import make_release_project
 
 # What `nbp run`, `nbp serve` and DVC put in a process's environment: no test inherits it.
@@ -22,6 +22,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if hasattr(config, "workerinput"):
         slow = {item.path for item in items if item.get_closest_marker("slow")}
         items.sort(key=lambda item: item.path not in slow)  # stable: collection order within
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _remove_templates() -> Iterator[None]:
+    yield
+    remove_templates()  # the example projects projects.py made once and copied
 
 
 @pytest.fixture(autouse=True)

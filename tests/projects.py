@@ -83,8 +83,7 @@ def make_example_project(root: Path, overrides: dict | None = None) -> Path:
     the commits cost ~5 s of subprocesses) and copied: each caller gets its own repo."""
     key = json.dumps(overrides if overrides is not None else SMALL_PARAMS, sort_keys=True)
     if key not in _EXAMPLE_TEMPLATES:
-        template = Path(tempfile.mkdtemp(prefix="nbp-example-")) / "project"
-        atexit.register(shutil.rmtree, template.parent, True)
+        template = _scratch("nbp-example-") / "project"
         _build_example_project(template, overrides)
         _EXAMPLE_TEMPLATES[key] = template
     return copy_project(_EXAMPLE_TEMPLATES[key], root)
@@ -100,8 +99,7 @@ def ran_example_project(root: Path) -> tuple[Path, subprocess.CompletedProcess[s
     The repro runs once in this test process, in a template that is copied to ``root``:
     tests that start from a trained example (each its own copy) share its ~30 s."""
     if not _RAN_EXAMPLE:
-        template = Path(tempfile.mkdtemp(prefix="nbp-ran-example-")) / "project"
-        atexit.register(shutil.rmtree, template.parent, True)
+        template = _scratch("nbp-ran-example-") / "project"
         make_example_project(template)
         _RAN_EXAMPLE.append((template, sh("dvc", "repro", cwd=template)))
     template, first = _RAN_EXAMPLE[0]
@@ -109,6 +107,26 @@ def ran_example_project(root: Path) -> tuple[Path, subprocess.CompletedProcess[s
 
 
 _RAN_EXAMPLE: list[tuple[Path, subprocess.CompletedProcess[str]]] = []
+
+
+def _scratch(prefix: str) -> Path:
+    """A temp dir for a template, removed by :func:`remove_templates` (or at exit)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _SCRATCH.append(path)
+    return path
+
+
+_SCRATCH: list[Path] = []
+
+
+@atexit.register
+def remove_templates() -> None:
+    """Remove the templates this process made (conftest calls it at the end of the session:
+    pytest-xdist's workers may exit without running atexit)."""
+    _EXAMPLE_TEMPLATES.clear()
+    _RAN_EXAMPLE.clear()
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
 def copy_project(source: Path, root: Path) -> Path:
