@@ -15,15 +15,6 @@ RUN_ENVIRONMENT = ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING",
                    "NBP_DEBUG")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`-n 2 --dist loadfile`, pyproject's addopts) each test file runs on
-    one worker, files handed out in collection order: files with slow tests go first, so
-    that no long end-to-end test starts last and runs alone."""
-    if hasattr(config, "workerinput"):
-        slow = {item.path for item in items if item.get_closest_marker("slow")}
-        items.sort(key=lambda item: item.path not in slow)  # stable: collection order within
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _remove_templates() -> Iterator[None]:
     yield
