@@ -6,13 +6,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from projects import make_example_project
+from projects import make_example_project, remove_templates
 from release_project import make_release_project
 
 # What `nbp run`, `nbp serve` and DVC put in a process's environment: no test inherits it.
 RUN_ENVIRONMENT = ("NBPIPELINE_STAGE", "NBPIPELINE_ROOT", "NBPIPELINE_RUNNING",
                    "NBPIPELINE_REGISTRY", "NBPIPELINE_PREDLOG", "DVC_STAGE", "DVC_ROOT",
                    "NBP_DEBUG")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _remove_templates() -> Iterator[None]:
+    yield
+    remove_templates()  # the example projects projects.py made once and copied
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -73,7 +76,70 @@ def init_repo(root: Path) -> None:
 
 
 def make_example_project(root: Path, overrides: dict | None = None) -> Path:
-    """Copy the example pipeline (notebooks, dvc.yaml, params.yaml) into ``root``, small."""
+    """Copy the example pipeline (notebooks, dvc.yaml, params.yaml) into ``root``, small:
+    a git + DVC repo whose first commits hold it, as a user's fresh clone would be.
+
+    The repo is made once per ``overrides`` in this test process (git init, dvc init and
+    the commits cost ~5 s of subprocesses) and copied: each caller gets its own repo."""
+    key = json.dumps(overrides if overrides is not None else SMALL_PARAMS, sort_keys=True)
+    if key not in _EXAMPLE_TEMPLATES:
+        template = _scratch("nbp-example-") / "project"
+        _build_example_project(template, overrides)
+        _EXAMPLE_TEMPLATES[key] = template
+    return copy_project(_EXAMPLE_TEMPLATES[key], root)
+
+
+_EXAMPLE_TEMPLATES: dict[str, Path] = {}  # overrides as JSON -> the repo made for them
+
+
+def ran_example_project(root: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """:func:`make_example_project` (small) after its first `dvc repro` (data, train and
+    evaluate; not committed), and that repro's output.
+
+    The repro runs once in this test process, in a template that is copied to ``root``:
+    tests that start from a trained example (each its own copy) share its ~30 s."""
+    if not _RAN_EXAMPLE:
+        template = _scratch("nbp-ran-example-") / "project"
+        make_example_project(template)
+        _RAN_EXAMPLE.append((template, sh("dvc", "repro", cwd=template)))
+    template, first = _RAN_EXAMPLE[0]
+    return copy_project(template, root), first
+
+
+_RAN_EXAMPLE: list[tuple[Path, subprocess.CompletedProcess[str]]] = []
+
+
+def _scratch(prefix: str) -> Path:
+    """A temp dir for a template, removed by :func:`remove_templates` (or at exit)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _SCRATCH.append(path)
+    return path
+
+
+_SCRATCH: list[Path] = []
+
+
+@atexit.register
+def remove_templates() -> None:
+    """Remove the templates this process made (conftest calls it at the end of the session:
+    pytest-xdist's workers may exit without running atexit)."""
+    _EXAMPLE_TEMPLATES.clear()
+    _RAN_EXAMPLE.clear()
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
+
+
+def copy_project(source: Path, root: Path) -> Path:
+    """Copy the project (git and DVC repo) at ``source`` to ``root``; DVC's run-time state in
+    .dvc/tmp stays behind (it names the source's files)."""
+    def skip(directory: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(directory) == source / ".dvc" else []
+
+    shutil.copytree(source, root, symlinks=True, ignore=skip, dirs_exist_ok=True)
+    return root
+
+
+def _build_example_project(root: Path, overrides: dict | None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "notebooks", root / "notebooks")
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from monitor_support import kinds, log_traffic, run_monitor_command
-from projects import BIN, SMALL_PARAMS, make_example_project, merge_params, sh
+from projects import BIN, merge_params, ran_example_project, sh
 
 from nbpipeline.monitor.command import ALARM_EXIT
 from nbpipeline.monitor.retrain import RetrainSettings, feedback_rows, retrain
@@ -25,8 +25,9 @@ ROWS = 1200  # logged December predictions, all with outcomes
 
 @pytest.mark.slow
 def test_replay_with_feedback_monitor_experiment_gate_canary(tmp_path: Path) -> None:
-    root = make_example_project(tmp_path / "example", {
-        **SMALL_PARAMS,
+    # the small example's data and train stages are shared (its first repro, copied here)
+    root, _ = ran_example_project(tmp_path / "example")
+    merge_params(root / "params.yaml", {
         # a small sample judged on ~1,000 recent rows: tolerate noise in the comparison; a
         # 30-iteration model leans on hour (89% of its valid importance, 55% at full size)
         "evaluate": {"importance_rows": 500, "importance_repeats": 1, "gate_min": 0.55,

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import yaml
 from lab import CHROMIUM, CHROMIUM_ARGS
-from projects import REPO, sh
+from projects import REPO, ran_example_project, sh
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +24,8 @@ def _ran(output: str) -> list[str]:
     return [s for s in STAGES if f"Running stage '{s}'" in output]
 
 
-def test_repro_noop_param_change_run_cache_and_interactive_parity(example_project: Path) -> None:
-    root = example_project
-    first = sh("dvc", "repro", cwd=root)
+def test_repro_noop_param_change_run_cache_and_interactive_parity(tmp_path: Path) -> None:
+    root, first = ran_example_project(tmp_path / "project")  # its first `dvc repro`, shared
     assert _ran(first.stdout) == list(STAGES)
     assert "without encryption" not in first.stdout + first.stderr
     for stage in STAGES:

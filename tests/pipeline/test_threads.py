@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from projects import make_example_project, project_env, sh
+from projects import copy_project, make_example_project, project_env, sh
 
 from nbpipeline import threads
 from nbpipeline.errors import ParamsError
@@ -20,6 +20,14 @@ TINY = {
     "train": {"max_iter": 30, "max_depth": [3, 5], "learning_rate": [0.1], "cv_folds": 2,
               "search_rows": 1500, "reference_rows": 300},
 }
+
+
+@pytest.fixture(scope="module")
+def data_done(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny example project whose data stage has run (copied by each test that trains)."""
+    root = make_example_project(tmp_path_factory.mktemp("threads") / "p", TINY)
+    sh("nbp", "run", "data", cwd=root)
+    return root
 
 
 def private_slots(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> dict[str, str]:
@@ -48,11 +56,9 @@ def _pool_threads(record: dict) -> int:
 
 @pytest.mark.slow
 def test_two_stages_at_once_share_the_cores_and_one_alone_takes_them_all(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    data_done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    roots = [make_example_project(tmp_path / name, TINY) for name in ("a", "b")]
-    for root in roots:
-        sh("nbp", "run", "data", cwd=root)
+    roots = [copy_project(data_done, tmp_path / name) for name in ("a", "b")]
     private_slots(monkeypatch, tmp_path / "tmp")
     env = {k: v for k, v in project_env().items()
            if k not in (*threads.THREAD_VARS, threads.THREADS_ENV)}
@@ -80,9 +86,10 @@ def test_two_stages_at_once_share_the_cores_and_one_alone_takes_them_all(
 
 
 @pytest.mark.slow
-def test_the_user_overrides_the_share_by_environment_or_param(tmp_path: Path) -> None:
-    root = make_example_project(tmp_path / "p", TINY)
-    sh("nbp", "run", "data", cwd=root)
+def test_the_user_overrides_the_share_by_environment_or_param(
+    data_done: Path, tmp_path: Path,
+) -> None:
+    root = copy_project(data_done, tmp_path / "p")
     params = root / "params.yaml"
     params.write_text(params.read_text().replace("common:\n", "common:\n  threads: 1\n", 1))
     sh("nbp", "run", "train", cwd=root)
