@@ -19,25 +19,22 @@ from typing import Any
 from nbpipeline import record, threads
 from nbpipeline.errors import NbpipelineError
 from nbpipeline.params import load_params
-from nbpipeline.project import atomic_path
+from nbpipeline.project import ROOT_ENV, RUNNING_ENV, STAGE_ENV, atomic_path
 
 __all__ = [
     "NbpipelineError", "atomic_path", "init", "parameters", "record", "stage", "under_pipeline",
 ]
 __version__ = "0.1.0"
 
-_STAGE_ENV = "NBPIPELINE_STAGE"
-_ROOT_ENV = "NBPIPELINE_ROOT"
-
 
 def under_pipeline() -> bool:
     """True when the notebook is being executed by `nbp run` (e.g. under `dvc repro`)."""
-    return bool(os.environ.get(_STAGE_ENV)) and bool(os.environ.get("NBPIPELINE_RUNNING"))
+    return bool(os.environ.get(STAGE_ENV)) and bool(os.environ.get(RUNNING_ENV))
 
 
 def stage() -> str | None:
     """The stage this kernel is running, if known."""
-    return os.environ.get(_STAGE_ENV)
+    return os.environ.get(STAGE_ENV)
 
 
 def init(stage_name: str) -> Path:
@@ -51,16 +48,16 @@ def init(stage_name: str) -> Path:
     """
     from nbpipeline.project import find_project
 
-    running = os.environ.get(_STAGE_ENV)
+    running = os.environ.get(STAGE_ENV)
     if running and running != stage_name:
         raise NbpipelineError(
             f"this notebook calls nbp.init({stage_name!r}) but is run as stage '{running}'; "
             "make the name in nbp.init() match the stage (the notebook's file name)"
         )
-    project = find_project(os.environ.get(_ROOT_ENV) or Path.cwd())
+    project = find_project(os.environ.get(ROOT_ENV) or Path.cwd())
     os.chdir(project.root)
-    os.environ[_STAGE_ENV] = stage_name
-    os.environ.setdefault(_ROOT_ENV, str(project.root))
+    os.environ[STAGE_ENV] = stage_name
+    os.environ.setdefault(ROOT_ENV, str(project.root))
     threads.install(load_params(project.params_yaml))
     return project.root
 
@@ -81,4 +78,4 @@ def parameters(stage_name: str | None = None) -> dict[str, Any]:
             "nbpipeline.parameters(): unknown stage; call nbp.init('<stage>') first or pass the "
             "stage name, e.g. nbp.parameters('train')"
         )
-    return plan_stage(find_project(os.environ.get(_ROOT_ENV) or Path.cwd()), name).parameters
+    return plan_stage(find_project(os.environ.get(ROOT_ENV) or Path.cwd()), name).parameters

@@ -22,7 +22,11 @@ from pathlib import Path
 
 from nbpipeline.errors import ProjectNotFoundError, SegmentError
 
+# what `nbp run` tells the stage it runs (nbpipeline.pipeline.run): its project, its stage
+# and that it runs under the pipeline
 ROOT_ENV = "NBPIPELINE_ROOT"
+STAGE_ENV = "NBPIPELINE_STAGE"
+RUNNING_ENV = "NBPIPELINE_RUNNING"
 REGISTRY_ENV = "NBPIPELINE_REGISTRY"
 # Set by DVC for every stage command; for queued and --temp experiments it names the
 # parent repository's DVC root, not the executor's copy in .dvc/tmp/exps/ (dvc 3.x).

@@ -27,12 +27,18 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nbpipeline.project import (  # stdlib only: no import cost in kernels
+    ROOT_ENV,
+    SEGMENT_ENV,
+    STAGE_ENV,
+)
+
 __all__ = ["artifact", "flatten", "metric", "metrics", "plot", "read_metrics", "json_value",
            "read_run_record", "run_record", "run_record_block"]
 
 
 def _stage(stage: str | None) -> str:
-    name = stage or os.environ.get("NBPIPELINE_STAGE")
+    name = stage or os.environ.get(STAGE_ENV)
     if not name:
         raise RuntimeError(
             "nbpipeline.record: unknown stage; call nbpipeline.init('<stage>') at the top of "
@@ -42,12 +48,12 @@ def _stage(stage: str | None) -> str:
 
 
 def _root() -> Path:
-    return Path(os.environ.get("NBPIPELINE_ROOT") or Path.cwd())
+    return Path(os.environ.get(ROOT_ENV) or Path.cwd())
 
 
 def _folder(kind: str) -> Path:
     """``metrics`` or ``plots`` of the project, in the segment's folder under a segment."""
-    return _root() / kind / os.environ.get("NBPIPELINE_SEGMENT", "")
+    return _root() / kind / os.environ.get(SEGMENT_ENV, "")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -45,3 +45,17 @@ def test_unknown_stage_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NBPIPELINE_STAGE")
     with pytest.raises(RuntimeError, match=r"call nbpipeline.init\('<stage>'\)"):
         record.metric("a", 1)
+
+
+def test_env_variable_names_have_one_home() -> None:
+    """project.py spells the variables that say where a project's files are; record (in
+    kernels) and the server import them. NBPIPELINE_ROOT is still also spelled by the
+    runner's side (listed here until it imports project's)."""
+    from nbpipeline import project
+
+    package = Path(project.__file__).parent
+    elsewhere = {"NBPIPELINE_ROOT": {"__init__.py", "pipeline/run.py", "schedule/tick.py"}}
+    for name in (project.ROOT_ENV, project.SEGMENT_ENV, project.REGISTRY_ENV):
+        spelled = {str(p.relative_to(package)) for p in package.rglob("*.py")
+                   if f'"{name}"' in p.read_text(encoding="utf-8")}
+        assert spelled - {"project.py"} <= elsewhere.get(name, set()), name

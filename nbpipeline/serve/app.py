@@ -22,7 +22,7 @@ from fastapi.responses import Response
 
 from nbpipeline.errors import NbpipelineError
 from nbpipeline.predlog.table import LOG_ENV
-from nbpipeline.project import Project
+from nbpipeline.project import REGISTRY_ENV, Project
 from nbpipeline.release.registry import Registry
 from nbpipeline.schedule.status import ScheduleStatus
 from nbpipeline.serve.explain_routes import decision_explanation_response, explain_response
@@ -65,7 +65,7 @@ def create_app(
         holder=ModelHolder(registry, settings.decision_threshold),
         metrics=ServerMetrics(),
         access=access,
-        names=PathNames.of(project.root, {"NBPIPELINE_REGISTRY": registry.path,
+        names=PathNames.of(project.root, {REGISTRY_ENV: registry.path,
                                           LOG_ENV: settings.log_path}),
     )
 
