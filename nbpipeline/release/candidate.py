@@ -16,15 +16,17 @@ parses metadata.json and checks a model file against its recorded hash.
 
 from __future__ import annotations
 
+import io
 import json
 import platform
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nbpipeline.errors import NbpipelineError
-from nbpipeline.pipeline.gitinfo import git_output
 from nbpipeline.project import atomic_path, write_text_atomic
 from nbpipeline.record import file_sha256, json_value
 
@@ -34,6 +36,8 @@ REFERENCE_FILE = "reference.parquet"
 TASKS = ("classification", "regression")
 KINDS = ("number", "category")
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "skops", "papermill", "dvc", "nbpipeline")
+# Every member of a model file gets this time (zip's earliest), so a model has one byte form.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,6 @@ class CandidateMetadata:
     data: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-    git_rev: str | None = None
-    git_dirty: bool = False
-    created: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)  # the whole file, as written
 
     @classmethod
@@ -183,8 +184,7 @@ class CandidateMetadata:
             trusted_types=(tuple(raw["trusted_types"]) if "trusted_types" in raw else None),
             params=dict(raw.get("params") or {}), data=dict(raw.get("data") or {}),
             search=dict(raw.get("search") or {}), versions=dict(raw.get("versions") or {}),
-            git_rev=raw.get("git_rev"), git_dirty=bool(raw.get("git_dirty")),
-            created=raw.get("created"), raw=raw,
+            raw=raw,
         )
 
 
@@ -201,6 +201,84 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+@contextmanager
+def _thread_counts_unset(model: Any) -> Iterator[None]:
+    """HistGradientBoosting keeps the OpenMP thread count of its fit in its binner
+    (``_bin_mapper.n_threads``), and ``nbp run`` gives a stage a share of the cores that
+    depends on what else runs; the count only says how many threads to bin with later, so
+    it is saved as None ("all available", what a fresh binner does)."""
+    found = [part for part in [model, *_parts(model)] if hasattr(part, "_bin_mapper")]
+    saved = [getattr(part._bin_mapper, "n_threads", None) for part in found]
+    for part in found:
+        part._bin_mapper.n_threads = None
+    try:
+        yield
+    finally:
+        for part, n_threads in zip(found, saved, strict=True):
+            part._bin_mapper.n_threads = n_threads
+
+
+def _parts(model: Any) -> list[Any]:
+    """The estimators inside a scikit-learn ``model`` (pipeline steps, wrapped models)."""
+    try:
+        return list(model.get_params(deep=True).values())
+    except Exception:  # not a scikit-learn estimator: nothing inside to look at
+        return []
+
+
+def model_bytes(model: Any) -> bytes:
+    """``model`` in the skops format, byte-reproducible: the same fitted model gives the same
+    bytes in any process, so a re-run of train with the same data, params and seed leaves
+    model.skops (and dvc.lock, and every stage after it) unchanged.
+
+    skops names objects and array members by ``id()`` and ``uuid4``, and stamps each zip
+    member with the save time; here the ids and member names are renumbered in the order
+    the schema first mentions them, every member gets one fixed time, and the thread count
+    of a boosting fit is left out. What is loaded is unchanged (same objects, same sharing,
+    same trusted types). Measured: one file across processes, hash seeds and 1 or 2
+    OpenMP threads (the trees themselves did not depend on the thread count).
+    """
+    import skops.io as sio
+
+    with _thread_counts_unset(model):
+        blob = sio.dumps(model)
+    with zipfile.ZipFile(io.BytesIO(blob)) as source:
+        members = {info.filename: info for info in source.infolist()}
+        schema = json.loads(source.read("schema.json"))
+        ids: dict[int, int] = {}
+        names: dict[str, str] = {}
+
+        def renumber(node: Any) -> None:
+            if isinstance(node, list):
+                for item in node:
+                    renumber(item)
+            elif isinstance(node, dict):
+                for key, value in node.items():
+                    if key == "__id__" and isinstance(value, int):
+                        node[key] = ids.setdefault(value, len(ids))
+                    elif key == "file" and isinstance(value, str) and value in members:
+                        node[key] = names.setdefault(value, f"{len(names)}{Path(value).suffix}")
+                    else:
+                        renumber(value)
+
+        renumber(schema)
+        # members the schema does not name (none in skops 0.16) keep their names, sorted
+        unnamed = sorted(set(members) - set(names) - {"schema.json"})
+        renamed = [*names.items(), *((old, old) for old in unnamed)]
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as target:
+            def write(name: str, data: bytes, like: zipfile.ZipInfo) -> None:
+                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+                info.compress_type, info.external_attr = like.compress_type, 0o600 << 16
+                info.create_system = 3  # unix, wherever it is written
+                target.writestr(info, data)
+
+            write("schema.json", json.dumps(schema, indent=2).encode(), members["schema.json"])
+            for old, new in renamed:
+                write(new, source.read(old), members[old])
+    return out.getvalue()
+
+
 def save_candidate(
     model: Any, model_dir: str | Path, *, contract: ModelContract, reference: Any,
     params: dict[str, Any], data_paths: dict[str, str], search: dict[str, Any],
@@ -211,22 +289,23 @@ def save_candidate(
 
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blob = sio.dumps(model)
+    blob = model_bytes(model)
     trusted = sorted(sio.get_untrusted_types(data=blob))
     with atomic_path(out / MODEL_FILE) as tmp:
         tmp.write_bytes(blob)
     with atomic_path(out / REFERENCE_FILE) as tmp:
         reference.to_parquet(tmp, index=False)
+    # no save time and no git commit: metadata.json is a DVC output and must not change when
+    # the model does not (a commit would otherwise change it on the next run of train, and
+    # every stage after it); the stage's report records the commit it ran at, the registry
+    # the time and commit of registration (nbpipeline.release.lineage)
     metadata = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": params,
         "data": {
             split: {"path": path, "sha256": file_sha256(path),
                     "rows": int(pq.ParquetFile(path).metadata.num_rows)}
             for split, path in data_paths.items()
         },
-        "git_rev": git_output(Path.cwd(), "rev-parse", "HEAD"),
-        "git_dirty": bool(git_output(Path.cwd(), "status", "--porcelain", "--untracked-files=no")),
         "versions": library_versions(),
         **contract.as_metadata(),
         "search": search,

@@ -142,7 +142,7 @@ def _trace(registry: Registry, mv: ModelVersion, project: Project | None) -> dic
                        "forced": mv.forced_reason},
         "gate": None if mv.gate is None else {
             "passed": mv.gate.get("passed"), "champion_version": mv.gate.get("champion_version"),
-            "failed": [c["name"] for c in mv.gate.get("checks", []) if not c.get("passed")],
+            "failed": [str(c["name"]) for c in mv.gate.get("checks", []) if not c.get("passed")],
         },
         "data": data,
         "params": {name: stage.get("params", {}) for name, stage in stages.items()}
@@ -150,7 +150,7 @@ def _trace(registry: Registry, mv: ModelVersion, project: Project | None) -> dic
         "stages": {name: {"cmd": s.get("cmd"),
                           "outs": {o["path"]: o.get("md5") for o in s.get("outs", [])}}
                    for name, s in stages.items()},
-        "stale": lineage.get("stale", []),
+        "stale": [str(path) for path in lineage.get("stale") or []],
         "experiment": lineage.get("experiment"),
         "reports": reports,
         "git": git,
@@ -199,7 +199,7 @@ def render(chain: dict[str, Any]) -> str:
     if chain["stages"]:
         lines.append("stages (dvc.lock outs)")
         for stage, info in chain["stages"].items():
-            lines.append(f"  {stage:<11} {info['cmd']}: " + ", ".join(info["outs"]))
+            lines.append(f"  {stage:<11} {info['cmd']}: " + ", ".join(map(str, info["outs"])))
     if chain["stale"]:
         lines.append("  WARNING: these files differed from dvc.lock when registered: "
                      + ", ".join(chain["stale"]))

@@ -435,10 +435,13 @@ class Registry:
     # ---------------------------------------------------------------- writing
     @contextmanager
     def _locked(self) -> Iterator[tuple[IO[bytes], list[Event]]]:
-        """Hold the exclusive lock on the log; yield the open log and its events."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.events_path, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        """Hold the exclusive lock on the log; yield the open log and its events.
+
+        A command refused with the log still empty leaves nothing behind: the empty log and
+        the folders made for it are removed (a writer waiting on the removed file sees it is
+        no longer the log, and opens the new one)."""
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()][::-1]
+        with self._open_log() as fh:
             try:
                 fh.seek(0)
                 raw = fh.read()
@@ -447,8 +450,41 @@ class Registry:
                     os.ftruncate(fh.fileno(), raw.rfind(b"\n") + 1)
                     raw = raw[: raw.rfind(b"\n") + 1]
                 yield fh, self._parse(raw)
+            except BaseException:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    self.events_path.unlink()
+                    for folder in reversed(made):
+                        try:
+                            folder.rmdir()
+                        except OSError:  # not empty: someone else's files arrived meanwhile
+                            break
+                raise
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _open_log(self) -> IO[bytes]:
+        """The log, open for appending and exclusively locked. A file opened just before a
+        refused command removed it is not the log any more: open again."""
+        for _attempt in range(1000):
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                fh = open(self.events_path, "a+b")
+            except (FileNotFoundError, FileExistsError):
+                # a refused command removed a folder meanwhile (mkdir then sees it vanish)
+                if self.path.exists() and not self.path.is_dir():
+                    raise RegistryError(f"{self.path} is a file, not the registry's folder; "
+                                        "move it away") from None
+                continue
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fh.fileno()), self.events_path.stat())
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fh
+            fh.close()
+        raise RegistryError(f"{self.events_path}: the registry's folder kept vanishing while "
+                            "opening its log; retry the command")
 
     @staticmethod
     def _append(fh: IO[bytes], events: list[Event], kind: str, actor: str, reason: str,

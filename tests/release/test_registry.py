@@ -40,6 +40,52 @@ def test_empty_registry_has_no_state(reg: Registry) -> None:
     assert not reg.path.exists()  # created on first write only
 
 
+def test_refused_commands_leave_nothing_behind(tmp_path: Path) -> None:
+    """A command that fails on a registry that does not exist yet creates no folder and no
+    empty log; one that fails on an empty log leaves it for the next writer to use."""
+    reg = Registry(tmp_path / "models" / "registry")
+    for refused in (lambda: reg.rollback(reason="x", actor="ana"),
+                    lambda: reg.rollback(role="canary", reason="x", actor="ana"),
+                    lambda: reg.promote("v1", canary_fraction=None, reason="x", actor="ana"),
+                    lambda: reg.retire(reason="x", actor="ana")):
+        with pytest.raises(RegistryError):
+            refused()
+        assert not (tmp_path / "models").exists()
+    reg.append_event("note", reason="first", actor="ana")
+    reg.events_path.write_bytes(b"")
+    with pytest.raises(RegistryError, match="no previous champion"):
+        reg.rollback(reason="x", actor="ana")
+    assert reg.append_event("note", reason="after", actor="ana").seq == 1
+    assert [e.reason for e in reg.events()] == ["after"]
+
+
+def test_a_refused_command_racing_a_writer_loses_no_event(tmp_path: Path) -> None:
+    """The refused command removes the empty log it made while another writer may have it
+    open: that writer must append to the new log, not to the removed file. (Threads: each
+    opens the log itself, so their flocks exclude each other as processes' do.)"""
+    import threading
+
+    for i in range(60):
+        path = tmp_path / f"r{i}" / "registry"
+        start = threading.Barrier(2)
+
+        def refused(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            with pytest.raises(RegistryError):
+                Registry(path).rollback(reason="x", actor="ana")
+
+        def note(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            Registry(path).append_event("note", reason="kept", actor="bo")
+
+        threads = [threading.Thread(target=refused), threading.Thread(target=note)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [e.reason for e in Registry(path).events()] == ["kept"], i
+
+
 def test_register_promote_and_load(reg: Registry, candidates: list[Path]) -> None:
     v1 = reg.register(candidates[0], PASSED, force_reason=None, actor="ana")
     assert v1.version == "v1" and v1.metrics == {"golden": {"roc_auc": 0.9}}
@@ -322,3 +368,18 @@ def _edit(data: Any, records: list[dict[str, Any]], at: int, kinds: Any,
         return str(data.draw(st.sampled_from(["[]", "1", "null", '"x"', "{", "\x00", "{}",
                                               '{"seq": 1e400}', "\udcff"])))
     return None
+
+
+def test_lineage_of_a_hand_edited_record_with_odd_types_renders(candidates: list[Path]) -> None:
+    """Found by the fuzz test above: `stale: true` or a check named by a number made
+    `nbp lineage` a TypeError traceback."""
+    from nbpipeline.release.lineage import render, trace
+
+    reg = Registry(candidates[0].parent / "registry")
+    reg.register(candidates[0], {**PASSED, "passed": False,
+                                 "checks": [{"name": 3, "passed": False}]},
+                 force_reason="test", actor="ana",
+                 lineage={"stale": ["data/x.parquet", 7], "stages": {
+                     "data": {"cmd": "nbp run data", "outs": [{"path": 5, "md5": "m"}]}}})
+    text = render(trace(reg, "v1"))
+    assert "FAILED (3)" in text and "data/x.parquet, 7" in text and ": 5" in text
