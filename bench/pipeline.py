@@ -18,8 +18,10 @@ machine do not tilt the comparison.
 ``--stage-overhead`` times instead a one-cell stage (a parameters cell and one code cell)
 under ``nbp run`` against the same cell as a script, in alternating rounds, and prints
 where the notebook's extra time goes: interpreter start and imports of ``nbp run``, reading
-params and notebook, kernel start (papermill's own work included), the cell itself, kernel
-shutdown, the reports, and the rest (tracer check, exit). Target: <= 0.5 s more.
+params and notebook, importing the kernel client and forking the HTML page renderer, kernel
+start (papermill's own work included), the cell itself, kernel shutdown, the reports
+(writing the .ipynb; the page, rendered by the renderer warmed up meanwhile), and the rest
+(tracer check, exit). Target: <= 0.5 s more.
 
 ``--cells`` runs each project's `dvc repro` in alternating rounds and compares every code
 cell that took >= 0.2 s, wall and CPU (``time.process_time``, all threads of the process),
@@ -201,7 +203,8 @@ NBP_RUN_TIMED = (
 )
 BREAKDOWN = (
     ("python start", "start"), ("imports of nbp run", "imports"),
-    ("params + notebook", "plan"), ("kernel start (+ papermill)", "kernel"),
+    ("params + notebook", "plan"), ("kernel client + page renderer", "renderer"),
+    ("kernel start (+ papermill)", "kernel"),
     ("the cell", "cells"), ("kernel shutdown", "shutdown"), ("reports (ipynb, html)", "report"),
     ("rest (trace check, cleanup, exit)", "rest"),
 )

@@ -7,8 +7,9 @@ calls. Order of work:
    every parameter problem is reported here, before any kernel starts;
 2. execute the notebook with papermill (kernel over IPC sockets in a private run
    directory, immediate shutdown, environment ``NBPIPELINE_STAGE``/``NBPIPELINE_ROOT`` so
-   notebooks know they run under the pipeline); the HTML exporter is imported on a thread
-   meanwhile; run directories left by dead runs are removed first (nbpipeline.pipeline.kernel);
+   notebooks know they run under the pipeline); the HTML renderer's process
+   (nbpipeline.pipeline.stage_page) warms up meanwhile; run directories left by dead
+   runs are removed first (nbpipeline.pipeline.kernel);
    each finished cell (and every ~10 s of a long one) is reported to ``progress``
    (nbpipeline.pipeline.progress: ``nbp run`` passes stderr);
 3. on success write ``reports/<stage>.ipynb`` (volatile metadata removed) and
@@ -53,9 +54,9 @@ from nbpipeline.notebook import (
     write_notebook,
 )
 from nbpipeline.params import load_params, stage_values
-from nbpipeline.pipeline.kernel import Kernel, RunDir, remove_stale
+from nbpipeline.pipeline.kernel import Kernel, RunDir, import_client, remove_stale
 from nbpipeline.pipeline.progress import ENGINE, Progress, register_engine
-from nbpipeline.pipeline.stage_report import HtmlExporterLoader as _HtmlExporterLoader
+from nbpipeline.pipeline.stage_page import PageRenderer
 from nbpipeline.pipeline.stage_report import summarise_run
 from nbpipeline.pipeline.stages import (
     SEGMENT_PARAMETER,
@@ -65,11 +66,15 @@ from nbpipeline.pipeline.stages import (
     with_segment,
 )
 from nbpipeline.pipeline.trace import Trace, Tracer, describe
-from nbpipeline.project import SEGMENT_ENV, Project, write_text_atomic
+from nbpipeline.project import (
+    ROOT_ENV,
+    RUNNING_ENV,
+    SEGMENT_ENV,
+    STAGE_ENV,
+    Project,
+    write_text_atomic,
+)
 
-STAGE_ENV = "NBPIPELINE_STAGE"
-ROOT_ENV = "NBPIPELINE_ROOT"
-RUNNING_ENV = "NBPIPELINE_RUNNING"
 NO_TRACE_ENV = "NBP_NO_TRACE"  # set to 1: no file tracing at all (e.g. to measure its cost)
 
 
@@ -84,8 +89,9 @@ class RunResult:
     parameters: dict[str, Any]
     seconds: float
     threads: int  # BLAS/OpenMP threads the kernel ended with (nbpipeline.threads)
-    # where the seconds went, in order: "plan" (params, notebook), "kernel" (kernel start
-    # and papermill's own work, beyond the cells), "cells", "shutdown", "report"
+    # where the seconds went, in order: "plan" (params, notebook), "renderer" (kernel client
+    # import, page renderer fork), "kernel" (kernel start and papermill's own work, beyond
+    # the cells), "cells", "shutdown", "report"
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -232,13 +238,13 @@ def _start_kernel(
 
 def _keep_failed(
     project: Project, plan: StagePlan, exc: Any, running: Path, failed: Path,
-    html: _HtmlExporterLoader,
+    pages: PageRenderer,
 ) -> StageFailedError:
     """Keep the partially executed notebook as ``failed`` (+ HTML); the one-line error
     naming the cell."""
     shutil.move(running, failed)
     try:
-        write_text_atomic(failed.with_suffix(".html"), html.render(read_notebook(failed)))
+        write_text_atomic(failed.with_suffix(".html"), pages.render(read_notebook(failed)))
     except Exception:  # the .ipynb is what matters; HTML of a broken run is a bonus
         pass
     cell = describe_cell(_source_cell_number(plan, exc.cell_index, bool(plan.parameters)),
@@ -280,6 +286,23 @@ def run_stage(
     project = project.for_segment(segment)
     plan = plan_stage(project, stage)
     timings = {"plan": time.perf_counter() - started}
+    # the HTML renderer's process warms up while the kernel boots and the cells run; forked
+    # from here, it shares the modules imported so far (nbformat, jupyter_client)
+    forking = time.perf_counter()
+    import_client()
+    with PageRenderer() as pages:
+        timings["renderer"] = time.perf_counter() - forking
+        return _run_planned(project, plan, stage, segment, pages, started, timings,
+                            log_output=log_output, lenient=lenient, trace=trace,
+                            progress=progress)
+
+
+def _run_planned(
+    project: Project, plan: StagePlan, stage: str, segment: str | None, pages: PageRenderer,
+    started: float, timings: dict[str, float], *, log_output: bool, lenient: bool,
+    trace: bool, progress: TextIO | None,
+) -> RunResult:
+    """run_stage once ``plan`` is valid: the kernel, the reports, the tracer's verdict."""
     try:  # one read of dvc.yaml: the tracer checks its deps/outs, the record hashes them
         declared = load_stage(project, plan.stage, plan.params)
     except NbpipelineError:
@@ -319,12 +342,6 @@ def run_stage(
                 logging.getLogger(name).addFilter(_OwnParameterChecks())
             from papermill.exceptions import PapermillExecutionError
 
-            # Only now, with papermill -> nbclient -> jupyter_client fully imported:
-            # importing nbconvert (which imports them too) on a thread while the main
-            # thread is still inside those imports can meet a partially initialised
-            # jupyter_client.manager (ImportError).
-            html = _HtmlExporterLoader()
-            html.start()
             try:
                 try:
                     nb = papermill.execute_notebook(
@@ -344,7 +361,7 @@ def run_stage(
                 except PapermillExecutionError as first:
                     nb = _tolerate_expected_errors(running, first)
             except PapermillExecutionError as exc:
-                raise _keep_failed(project, plan, exc, running, failed, html) from exc
+                raise _keep_failed(project, plan, exc, running, failed, pages) from exc
         finally:
             cells.close()
             executed = time.perf_counter()
@@ -366,7 +383,7 @@ def run_stage(
     nb.metadata.setdefault("papermill", {})["output_path"] = project.rel(report)
     nb.metadata["papermill"]["input_path"] = project.rel(plan.notebook_path)
     write_notebook(nb, report)
-    write_text_atomic(report_html, html.render(nb, record))
+    write_text_atomic(report_html, pages.render(nb, record))
     timings["report"] = time.perf_counter() - reporting
     if trace_result is not None and declared is not None:
         problems = _traced_problems(trace_result, declared, plan, project)

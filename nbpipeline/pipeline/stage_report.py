@@ -11,60 +11,32 @@ JSON data block (:func:`nbpipeline.record.run_record_block`): ``dvc checkout`` a
 run-cache restore it with the page, and the review page (nbpipeline.report.index) reads run
 times from it (:func:`nbpipeline.record.read_run_record`), never from file mtimes.
 
-The HTML page: title = stage name; code folded behind a "show code" toggle (a checkbox and
-CSS, no script); prompts numbered in execution order (the .ipynb keeps none, so that it
-diffs cleanly); the parameters cells left out (the summary shows them); stray reprs (an
-expression's ``PosixPath(...)`` or ``<... at 0x...>`` echo) left out.
+The HTML page made from it is nbpipeline.pipeline.stage_page's job.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
-import re
-import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 from typing import Any
 
-from nbpipeline import lean, threads
-from nbpipeline.errors import NbpipelineError, StageError
-from nbpipeline.notebook import (
-    INJECTED_TAG,
-    PARAMETERS_TAG,
-    SUMMARY_TAG,
-    add_run_summary,
-    notebook_parameters,
-)
+from nbpipeline.errors import NbpipelineError
+from nbpipeline.notebook import add_run_summary, notebook_parameters
 from nbpipeline.pipeline.gitinfo import git_output
+from nbpipeline.pipeline.stage_page import hash_table
 from nbpipeline.pipeline.stages import NotebookStage
 from nbpipeline.project import Project
-from nbpipeline.record import VERDICT_MIME, file_sha256, flatten, run_record, run_record_block
+from nbpipeline.record import VERDICT_MIME, file_sha256, flatten, run_record
 
-__all__ = ["HtmlExporterLoader", "file_hashes", "summarise_run"]
+__all__ = ["file_hashes", "summarise_run", "verdicts"]
 
 MAX_METRICS = 16  # the summary's "key metrics"; the full set is in metrics/<stage>.json
 _NOT_HASHED = ("notebooks/", "reports/", "metrics/", "plots/")
-# An expression's echo that says nothing to a reader: a path object, an object address,
-# matplotlib's return values (`Text(...)`, `[<matplotlib.lines.Line2D ...>]`).
-_STRAY_REPR = re.compile(r"^(Posix|Windows)?Path\(|^Text\(|<[^<>]* at 0x[0-9a-f]+>", re.S)
-_TOGGLE_CSS = """<style>
-.nbp-toggle { position: sticky; top: 0; z-index: 10; display: block; margin: 0 0 8px;
-  padding: 6px 12px; background: #f5f7fa; border-bottom: 1px solid #e3e7ee;
-  font: 13px system-ui, sans-serif; color: #5f6b7a; cursor: pointer; }
-#nbp-show-code:not(:checked) ~ .jp-CodeCell .jp-Cell-inputWrapper { display: none; }
-#nbp-show-code { position: absolute; opacity: 0; }
-#nbp-show-code:focus-visible + .nbp-toggle { outline: 2px solid #2f6fde; }
-#nbp-show-code:checked + .nbp-toggle .nbp-show,
-#nbp-show-code:not(:checked) + .nbp-toggle .nbp-hide { display: none; }
-.jp-RenderedMarkdown table { margin-left: 0; }
-</style>
-"""
 
 
 # ----------------------------------------------------------------------------- summary
@@ -90,13 +62,6 @@ def file_hashes(project: Project, declared: NotebookStage | None) -> dict[str, d
                 continue
             hashes[kind][rel] = _tree_sha256(path) if path.is_dir() else file_sha256(path)
     return hashes
-
-
-def _hash_table(title: str, hashes: Mapping[str, str]) -> list[str]:
-    if not hashes:
-        return []
-    return [f"| {title} | sha256 |", "|---|---|",
-            *(f"| `{rel}` | `{sha[:12]}` |" for rel, sha in hashes.items()), ""]
 
 
 def _cell_text(value: Any) -> str:
@@ -151,7 +116,7 @@ def _summary_markdown(stage: str, params: Mapping[str, Any], defaults: Mapping[s
             lines.append(f"| … | {len(flat) - MAX_METRICS} more in `metrics/{stage}.json` |")
         lines.append("")
     # files written (a model records when it was made) are in the run record, not here
-    lines += _hash_table("data and model files read", hashes)
+    lines += hash_table("data and model files read", hashes)
     return "\n".join(lines)
 
 
@@ -182,113 +147,3 @@ def summarise_run(project: Project, stage: str, nb: Any, thread_record: dict[str
     return run_record(stage, started=began.isoformat(timespec="seconds"), seconds=seconds,
                       git=git, params={**defaults, **parameters}, hashes=hashes,
                       threads=thread_record)
-
-
-# ----------------------------------------------------------------------------- the page
-def _for_reading(nb: Any, record: Mapping[str, Any] | None) -> Any:
-    """A copy of ``nb`` as the page shows it (the .ipynb itself is left as it is)."""
-    page = copy.deepcopy(nb)
-    summarised = any(SUMMARY_TAG in c.get("metadata", {}).get("tags", []) for c in page.cells)
-    hidden = (PARAMETERS_TAG, INJECTED_TAG) if summarised else ()
-    page.cells = [c for c in page.cells
-                  if not set(c.get("metadata", {}).get("tags", [])) & set(hidden)]
-    numbered = all(c.get("execution_count") is None for c in page.cells
-                   if c.cell_type == "code")
-    count = 0
-    for cell in page.cells:
-        if cell.cell_type != "code":
-            if record and SUMMARY_TAG in cell.get("metadata", {}).get("tags", []):
-                when = record["started"].replace("T", " ").replace("+00:00", " UTC")
-                parts = cell.source.split("\n\n")  # heading, facts line, the rest
-                parts[1] += f" · ran {when} · took {record['seconds']:,.1f} s"
-                written = _hash_table("data and model files written",
-                                      record["hashes"].get("written") or {})
-                if written:
-                    parts.append("\n".join(written).rstrip())
-                if record.get("threads"):
-                    parts.append(f"**Run settings.** {threads.describe(record['threads'])}")
-                cell.source = "\n\n".join(parts)
-            continue
-        if numbered:  # a successful run: every code cell ran, in order
-            count += 1
-            cell.execution_count = count
-        outputs = []
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if output.get("output_type") == "execute_result" and set(data) == {"text/plain"} \
-                    and _STRAY_REPR.search(str(data["text/plain"])):
-                continue
-            if numbered and "execution_count" in output:
-                output["execution_count"] = count
-            outputs.append(output)
-        cell.outputs = outputs
-    return page
-
-
-def _decorate(body: str, record: Mapping[str, Any] | None, fold: bool) -> str:
-    """The exported page with the code toggle and the run record."""
-    toggle = (f'<input type="checkbox" id="nbp-show-code"{"" if fold else " checked"}>'
-              '<label class="nbp-toggle" for="nbp-show-code"><span class="nbp-show">&#9656; show '
-              'code</span><span class="nbp-hide">&#9662; hide code</span></label>\n')
-    block = run_record_block(record) if record is not None else ""
-    body = body.replace("</head>", _TOGGLE_CSS + "</head>", 1)
-    return body.replace("<main>", "<main>\n" + block + toggle, 1)
-
-
-def _warm_up_notebook() -> Any:
-    """A tiny notebook that touches what a first render loads lazily: markdown, the
-    IPython lexer, stream and HTML outputs."""
-    v4 = lean.nbformat().v4
-    output = v4.new_output("display_data", {"text/html": "<table><tr><td>1</td></tr></table>"})
-    nb = v4.new_notebook(cells=[
-        v4.new_markdown_cell("# title\n*a* `b`"),
-        v4.new_code_cell("import os\nx = 1", outputs=[v4.new_output("stream", text="x\n"), output]),
-    ])
-    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
-    return nb
-
-
-def _stage_of(nb: Any) -> str:
-    """The stage a notebook without a summary ran (a failed run's): its source's name."""
-    for key in ("input_path", "output_path"):
-        path = nb.metadata.get("papermill", {}).get(key)
-        if isinstance(path, str) and path.endswith(".ipynb"):
-            return Path(path).name.split(".")[0] or Path(path).name.split(".")[1]
-    return "notebook"
-
-
-class HtmlExporterLoader(threading.Thread):
-    """Prepares nbconvert's HTML exporter while the kernel runs; renders stage pages.
-
-    Importing nbconvert and compiling its templates (done by a first, empty render) take
-    about a second; both happen here, off the critical path.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.exporter: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            from nbconvert import HTMLExporter
-
-            exporter = HTMLExporter(template_name="lab")
-            exporter.from_notebook_node(_warm_up_notebook())
-            self.exporter = exporter
-        except BaseException as exc:  # reported when the HTML is needed
-            self.error = exc
-
-    def render(self, nb: Any, record: Mapping[str, Any] | None = None) -> str:
-        """The page of ``nb``: titled by its stage, code folded when it ran to the end
-        (a failed run's page shows its code), ``record`` embedded."""
-        self.join()
-        if self.exporter is None:
-            raise StageError(f"cannot render HTML reports: {self.error}")
-        failed = any(o.get("output_type") == "error" for c in nb.cells
-                     for o in c.get("outputs", []))
-        title = str(nb.metadata.get("nbpipeline", {}).get("stage") or _stage_of(nb))
-        title += " (failed)" if failed else ""
-        body, _ = self.exporter.from_notebook_node(
-            _for_reading(nb, record), resources={"metadata": {"name": escape(title)}})
-        return _decorate(str(body), record, fold=not failed)

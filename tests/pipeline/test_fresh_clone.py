@@ -45,11 +45,11 @@ NEIGHBOUR = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs this repository's git history")
-def test_readme_first_command_passes_in_three_fresh_clones_with_a_busy_neighbour(
+def test_readme_first_command_passes_in_two_fresh_clones_with_a_busy_neighbour(
     tmp_path: Path,
 ) -> None:
     venv = Path(sys.prefix)
-    for i in range(3):
+    for i in range(2):  # the race hit every fresh clone; a second one shows it stays fixed
         clone = tmp_path / f"clone{i}"
         sh("git", "clone", "-q", str(REPO), str(clone), cwd=tmp_path)
         merge_params(clone / "params.yaml", TINY)

@@ -6,6 +6,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,10 +36,11 @@ def test_stage_kernels_start_without_the_debugger_yet_can_import_it(tmp_path: Pa
     import nbformat
     from nbclient import NotebookClient
 
+    no_history = "--HistoryManager.enabled=False"
     assert lean_argv(["/venv/bin/python", "-m", "ipykernel_launcher", "-f", "{c}"]) == [
-        "/venv/bin/python", "-c", LEAN_LAUNCHER, "-f", "{c}"]
+        "/venv/bin/python", "-c", LEAN_LAUNCHER, "-f", "{c}", no_history]
     assert lean_argv(["py", "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{c}"]) == [
-        "py", "-Xfrozen_modules=off", "-c", LEAN_LAUNCHER, "-f", "{c}"]
+        "py", "-Xfrozen_modules=off", "-c", LEAN_LAUNCHER, "-f", "{c}", no_history]
     for other in (["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
                   ["python", "my_kernel.py", "-m", "ipykernel_launcher"]):
         assert lean_argv(other) == other
@@ -47,13 +49,14 @@ def test_stage_kernels_start_without_the_debugger_yet_can_import_it(tmp_path: Pa
     try:
         source = ("import os, sys\nprint('debugpy' in sys.modules, os.getcwd())\n"
                   "print(os.path.basename(sys.argv[0]), '' in sys.path)  # as ipykernel_launcher\n"
-                  "import debugpy\nprint(debugpy.__name__)")
+                  "import debugpy\nprint(debugpy.__name__)\n"
+                  "print(get_ipython().history_manager.enabled)")
         child = "import subprocess\nprint(subprocess.Popen(['sleep', '60']).pid)"
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source),
                                              nbformat.v4.new_code_cell(child)])
         NotebookClient(nb, km=kernel.manager).execute()
         assert nb.cells[0].outputs[0].text == (
-            f"False {tmp_path}\nipykernel_launcher.py True\ndebugpy\n")
+            f"False {tmp_path}\nipykernel_launcher.py True\ndebugpy\nFalse\n")
         pids = [kernel.manager.provisioner.pid, int(nb.cells[1].outputs[0].text)]
     finally:
         kernel.stop()
@@ -137,3 +140,22 @@ def test_remove_stale_spares_live_and_young_run_dirs(tmp_path: Path,
     assert live.path.exists() and young.exists() and not dead.path.exists()
     live.remove()
     assert not live.path.exists()
+
+
+def test_kernelspec_lookup_finds_the_same_spec_without_importing_ipython(tmp_path: Path) -> None:
+    """jupyter_client's default kernel folders end with IPython's legacy one, found by
+    importing IPython (~0.05 s before the kernel is launched); a kernel in a Jupyter
+    folder is found the same without it, any other with the default list."""
+    script = (
+        "import sys\n"
+        "from nbpipeline.pipeline.kernel import _spec_manager\n"
+        "lean = _spec_manager('Python3').get_kernel_spec('python3').resource_dir\n"
+        "print('IPython' in sys.modules)\n"
+        "from jupyter_client.kernelspec import KernelSpecManager\n"
+        "print(lean == KernelSpecManager().get_kernel_spec('python3').resource_dir)\n"
+        "print(len(_spec_manager('no-such-kernel').kernel_dirs) == "
+        "len(KernelSpecManager().kernel_dirs))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout.split()
+    assert out == ["False", "True", "True"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import nbformat
@@ -104,3 +105,35 @@ def test_page_reads_summary_first_with_code_folded_in_chromium(ran: dict, tmp_pa
     assert "24,685" in folded and "rows\t20\t10" in folded
     assert hidden and shown  # code folded until the toggle is clicked
     assert (tmp_path / "folded.png").stat().st_size > 20_000
+
+
+def test_page_is_stock_nbconvert_byte_for_byte(ran: dict) -> None:
+    """The renderer's process (cached templates, selectors without soupsieve), forked or
+    fresh, writes what nbconvert's own HTMLExporter renders, to the byte; also for images
+    without alt text."""
+    from nbconvert import HTMLExporter
+
+    from nbpipeline.pipeline.stage_page import PageRenderer, render_page
+
+    html = ran["root"] / "reports" / "scores.html"
+    nb = nbformat.read(ran["root"] / "reports" / "scores.ipynb", as_version=4)
+    record = read_run_record(html)
+    stock = HTMLExporter(template_name="lab")
+    assert html.read_text(encoding="utf-8") == render_page(stock, nb, record)
+    png = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kg"
+           "AAAABJRU5ErkJggg==")
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"<img src='data:image/png;base64,{png}'>"))
+    nb.cells.append(nbformat.v4.new_code_cell("plot()", outputs=[nbformat.v4.new_output(
+        "display_data", {"image/png": png, "text/html": "<b>x</b>"})]))
+    expected = render_page(stock, nb, record)
+    with PageRenderer() as pages:  # forked from this process
+        assert pages.render(nb, record) == expected
+    busy = threading.Event()  # a process with other threads starts a fresh interpreter
+    thread = threading.Thread(target=busy.wait)
+    thread.start()
+    try:
+        with PageRenderer() as pages:
+            assert pages.render(nb, record) == expected
+    finally:
+        busy.set()
+        thread.join()
