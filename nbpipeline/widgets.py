@@ -281,7 +281,8 @@ def ab_html(ab: Any) -> str:
     return (f"<b>canary {html.escape(ab.canary)} vs champion {html.escape(ab.champion)} "
             f"(A/B): {html.escape(ab.verdict)}</b><p>{html.escape(ab.sentence())}</p>"
             + _table(header, rows) + f"<p>outcomes still needed to detect a {ab.metric} "
-            f"difference of {ab.min_effect:g} with {ab.power:.0%} power: {needed}</p>")
+            f"difference of {ab.min_effect:g} with {ab.power:.0%} power: {needed}</p>"
+            f"<p>sequential boundary: {html.escape(ab.look)}</p>")
 
 
 def model_browser(root: Path | str | None = None) -> ModelBrowser:

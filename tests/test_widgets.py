@@ -118,6 +118,7 @@ def test_monitor_view_shows_the_canary_against_the_champion(project, tmp_path):
     assert "on 400 canary / 400 champion outcomes" in view.ab.value
     assert "champion roc_auc" in view.ab.value and ">all<" in view.ab.value
     assert "difference of 0.02 with 80% power: " in view.ab.value
+    assert "sequential boundary: look at " in view.ab.value  # the promote boundary in use
     assert view.result.ab.verdict in ("promote", "roll back", "keep collecting")
     assert view.result.ab.verdict in view.ab.value
 

@@ -5,13 +5,14 @@
 costs in the same unit. Over the labelled predictions of a window::
 
     value gained = tp*V_tp + fp*V_fp + tn*V_tn + fn*V_fn
-    cost         = labelled predictions * cost_per_prediction
+    cost         = (tp + fp + tn + fn) * cost_per_prediction   (decisions; not regression values)
     ROI %        = (value gained - cost) / cost * 100
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -37,13 +38,25 @@ def check_value_model(value_model: Mapping[str, float], cost_per_prediction: flo
         )
 
 
+def _roi(counts: Mapping[str, Any], value_model: Mapping[str, float],
+         cost_per_prediction: float) -> tuple[Any, Any, Any]:
+    """(value gained, cost, ROI %) by the module's formula; ``counts`` maps tp/fp/tn/fn to
+    numbers or to arrays of the same shape (then each figure is an array). Only decisions
+    cost: regression values are not counted. ROI is NaN where nothing was decided."""
+    decided = {k: np.asarray(counts[k], dtype=float) for k in OUTCOMES}
+    value = sum(decided[k] * float(value_model[k]) for k in OUTCOMES)
+    cost = sum(decided.values()) * cost_per_prediction
+    roi = np.divide(value - cost, cost, out=np.full(np.shape(cost), np.nan),
+                    where=cost > 0) * 100
+    return value, cost, roi
+
+
 def roi_figures(
     c: OutcomeCounts, value_model: Mapping[str, float], cost_per_prediction: float
 ) -> dict[str, float]:
     """Value gained, cost and ROI % of the labelled predictions in ``c``."""
-    value = sum(getattr(c, k) * float(value_model[k]) for k in OUTCOMES)
-    cost = (c.n - c.values) * cost_per_prediction  # decisions only (not regression values)
-    roi = (value - cost) / cost * 100 if cost else float("nan")
+    value, cost, roi = _roi({k: getattr(c, k) for k in OUTCOMES}, value_model,
+                            cost_per_prediction)
     return {"value": float(value), "cost": float(cost), "roi_pct": float(roi)}
 
 
@@ -51,7 +64,4 @@ def roi_pct_many(
     counts: Mapping[str, np.ndarray], value_model: Mapping[str, float], cost_per_prediction: float
 ) -> np.ndarray:
     """ROI % of many sets of decisions at once: ``counts`` maps tp/fp/tn/fn to arrays."""
-    value = sum(np.asarray(counts[k], dtype=float) * float(value_model[k]) for k in OUTCOMES)
-    cost = sum(np.asarray(counts[k], dtype=float) for k in OUTCOMES) * cost_per_prediction
-    return np.divide(value - cost, cost, out=np.full(np.shape(cost), np.nan),
-                     where=cost > 0) * 100
+    return np.asarray(_roi(counts, value_model, cost_per_prediction)[2])

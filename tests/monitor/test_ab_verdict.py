@@ -20,6 +20,7 @@ from monitor_support import flights_project, months, nbp, nbp_serve, run_monitor
 from projects import REPO
 from serve_fixtures import register, wait_for
 
+from nbpipeline.monitor import abtest
 from nbpipeline.monitor.command import served_features
 from nbpipeline.monitor.config import MonitorConfig
 from nbpipeline.monitor.core import run_monitor
@@ -68,18 +69,26 @@ def send_july(url: str, rows: int, seed: int) -> None:
 
 
 def test_a_canary_trained_on_recent_data_is_promoted_by_the_monitor(served) -> None:
-    # 2,400 outcomes: ROC AUC 0.61 vs 0.73 on these rows; the 95% interval of the
-    # difference (about +-0.047 wide) excludes 0 unless the 50% split is 3 SE unlucky
+    # 2,400 outcomes: ROC AUC about 0.61 vs 0.72 on these rows, se of the difference about
+    # 0.023 (z 4.6). A gain worth acting on of 0.05 plans about 4,900 outcomes: this look at
+    # half of them needs z 3.2 (O'Brien-Fleming-type boundary); one of 0.02 plans 30,000,
+    # and this look at 8% needs z 8 (below: keep collecting on the same figures)
     root, reg, url = served
     serve_canary(url, reg, "v1", "v2")
     send_july(url, 2400, seed=0)
-    cfg = MonitorConfig.from_params({**MONITOR, "canary_auto": True})
+    cfg = MonitorConfig.from_params({**MONITOR, "canary_auto": True, "ab_min_effect": 0.05})
     result = run_monitor(cfg, root)
     ab = result.ab
     assert ab is not None and (ab.champion, ab.canary, ab.metric) == ("v1", "v2", "roc_auc")
     assert ab.verdict == "promote", ab.sentence()
     overall = ab.overall
     assert overall["low"] > 0 and overall["canary"] > overall["champion"], overall
+    assert overall["boundary_low"] > 0 and 0.3 < overall["information"] < 0.7, overall
+    assert "look at " in ab.reason and "% of the planned" in ab.reason, ab.reason
+    small = MonitorConfig.from_params({**MONITOR, "ab_min_effect": 0.02})
+    look = {**overall, **abtest.sequential(overall, small)}
+    assert look["information"] < 0.15 and look["boundary_low"] < 0, look
+    assert abtest.decide(look, "roc_auc", small, 1)[0] == "keep collecting"
     assert overall["canary_outcomes"] >= 150 and overall["champion_outcomes"] >= 150
     assert overall["canary_outcomes"] + overall["champion_outcomes"] == 2400
     assert len(ab.windows) >= 3 and (ab.windows["canary_outcomes"] > 0).all()
@@ -93,6 +102,10 @@ def test_a_canary_trained_on_recent_data_is_promoted_by_the_monitor(served) -> N
     figures = verdict.data["figures"]
     assert figures["canary_outcomes"] == overall["canary_outcomes"]
     assert figures["low"] == pytest.approx(overall["low"]) and figures["low"] > 0
+    boundary = verdict.data["boundary"]
+    assert boundary["method"].startswith("O'Brien-Fleming") and boundary["boundary_low"] > 0
+    assert boundary["information"] == pytest.approx(overall["information"])
+    assert boundary["look"].startswith("look at ") and "interval" in boundary["look"]
     assert "done: v2 is the champion now" in ab.sentence()
     # the same log read again gives the same figures, to the byte (seeded bootstrap)
     again = run_monitor(cfg, root, act_on_alarms=False, write_summary=False, log_alarms=False)
