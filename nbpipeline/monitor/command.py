@@ -13,7 +13,8 @@ nothing says the model suffers, 0 when quiet or when there is no traffic yet.
 
 A model factory's segment (``nbp monitor --segment north``: ``project.segment``) runs the
 same notebook as ``monitor@north``: ``{segment}`` in the ``monitor:`` values names the
-segment's prediction log, reference, registry and alarm log (docs/monitor.md).
+segment's prediction log, reference, registry and alarm log (docs/monitor.md); its retrain
+uses that segment's rows and stages and promotes into its registry only.
 """
 
 from __future__ import annotations

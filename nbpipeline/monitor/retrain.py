@@ -15,11 +15,21 @@ nothing new to learn from, and nothing runs.
 
 The project decides what the data stage does with the new rows (the example makes them the
 golden window and moves its older windows into train and valid).
+
+A model factory retrains one segment (``nbp monitor --segment north``): the rows come from
+that segment's log and registry, ``{segment}`` in ``retrain.data_path`` names its file
+(``retrain/north/feedback.parquet``), and ``dvc exp run`` runs only the stages dvc.yaml
+generates for it (``data@north train@north evaluate@north``); the candidate that passes
+goes to canary in that segment's registry. The ``retrain.set`` values reach params.yaml
+with ``{segment}`` (and ``{path}``) unfilled, ``data.feedback_path:
+retrain/{segment}/feedback.parquet``, which every segment's stages share: `nbp run`
+fills it in for the segment it runs, so each segment reads its own file.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +40,7 @@ import pandas as pd
 
 from nbpipeline.errors import MonitorError
 from nbpipeline.params import load_params
+from nbpipeline.pipeline.stages import SEGMENT_FIELD, DvcYaml, generated_stages, split_stage
 from nbpipeline.predlog import table as predlog
 from nbpipeline.project import Project, atomic_path
 from nbpipeline.release.candidate import ModelContract
@@ -38,7 +49,8 @@ from nbpipeline.release.promote import promote_candidate
 from nbpipeline.release.registry import Registry
 
 SECTION = "retrain"  # params.yaml section read by `nbp monitor` only (not a stage's)
-PLACEHOLDERS = ("path", "rows", "start", "end")
+PLACEHOLDERS = ("path", "rows", "start", "end", "segment")
+_GRAMMAR = re.compile(r"[{}\[\]()<>,=:'\"\\\s]")
 
 
 @dataclass(frozen=True)
@@ -81,8 +93,31 @@ class RetrainSettings:
                     f"params.yaml retrain.set.{key}: {value!r} names an unknown placeholder "
                     f"({exc}); use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
                 ) from exc
-            out.append(f"{key}={text}")
+            out.append(f"{key}={_override(text)}")
         return out
+
+    def check_factory(self) -> None:
+        """A model factory's values must keep the segments apart (MonitorError if not)."""
+        if SEGMENT_FIELD not in self.data_path:
+            raise MonitorError(
+                f"params.yaml retrain.data_path: {self.data_path!r} would hold every segment's "
+                "rows of this model factory in one file; name the segment in it, e.g. "
+                "retrain/{segment}/feedback.parquet")
+        if not any(f"{{{name}}}" in str(v) for v in self.set.values()
+                   for name in ("path", "segment")):
+            raise MonitorError(
+                "params.yaml retrain.set: no value names {path} or {segment}, so the data "
+                "stages of this model factory cannot find their segment's rows; e.g. "
+                "`data.feedback_path: '{path}'`")
+
+
+def _override(text: str) -> str:
+    """``text`` as the value of ``dvc exp run -S key=value`` (Hydra's override grammar:
+    quoted when it holds a character the grammar reads, such as the braces of
+    ``{segment}``)."""
+    if not _GRAMMAR.search(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)
@@ -134,10 +169,31 @@ def feedback_rows(log_path: Path, contract: ModelContract, version: str) -> pd.D
     return frame
 
 
+def segment_stages(project: Project) -> list[str]:
+    """The stages dvc.yaml generates for ``project.segment`` (``train@north``, ...), in
+    dvc.yaml order; MonitorError if it generates none."""
+    dvc_yaml = DvcYaml(project)
+    groups = [str(group) for group, spec in dvc_yaml.raw_stages.items()
+              if isinstance(spec, Mapping) and ("foreach" in spec or "matrix" in spec)]
+    names = [name for group in groups for name in generated_stages(project.root, dvc_yaml.doc,
+                                                                    group)
+             if split_stage(name)[1] == project.segment]
+    if not names:
+        raise MonitorError(f"dvc.yaml generates no stage for segment {project.segment!r} "
+                           f"(such as train@{project.segment}); add it to the values its "
+                           "foreach/matrix stages iterate, or retrain another segment")
+    return names
+
+
 def retrain(project: Project, log_path: Path, *, dvc: str = "dvc",
             echo: Callable[[str], None] = print) -> RetrainResult:
     """Build the new data, run the experiment, report its gate (and canary); see module."""
     settings = RetrainSettings.from_params(load_params(project.params_yaml).get(SECTION))
+    targets = []
+    if project.segment:
+        settings.check_factory()
+        targets = segment_stages(project)
+    data_path = settings.data_path.replace(SEGMENT_FIELD, project.segment or "")
     registry = Registry(project.registry)
     champion = registry.state().champion
     if champion is None:
@@ -149,24 +205,24 @@ def retrain(project: Project, log_path: Path, *, dvc: str = "dvc",
                              f"labelled predictions of champion {champion.version} (retrain."
                              f"min_feedback: {settings.min_feedback:,}); no experiment started",
                              rows=len(frame))
-    target = project.root / settings.data_path
+    target = project.root / data_path
     if target.is_file() and pd.read_parquet(target).equals(
             pd.read_parquet(io.BytesIO(frame.to_parquet(index=False)))):  # as it would read
         return RetrainResult(False, f"retrain: nothing new to learn from: the {len(frame):,} "
                              f"labelled predictions of champion {champion.version} are those "
-                             f"the last retrain used ({settings.data_path}); no experiment "
+                             f"the last retrain used ({data_path}); no experiment "
                              "started", rows=len(frame))
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)
     times = frame.iloc[:, 0]
-    facts = {"path": settings.data_path, "rows": len(frame),
+    facts = {"path": settings.data_path, "rows": len(frame), "segment": SEGMENT_FIELD,
              "start": times.min().isoformat(), "end": times.max().isoformat()}
     assignments = settings.assignments(facts)
-    command = [dvc, "exp", "run", *(arg for a in assignments for arg in ("-S", a))]
+    command = [dvc, "exp", "run", *(arg for a in assignments for arg in ("-S", a)), *targets]
     echo(f"nbp: monitor: retraining on {len(frame):,} labelled predictions of champion "
          f"{champion.version} ({facts['start'][:16]} to {facts['end'][:16]}, written to "
-         f"{settings.data_path}): {' '.join(command)}")
+         f"{data_path}): {' '.join(command)}")
     proc = subprocess.run(command, cwd=project.root, check=False)
     if proc.returncode != 0:
         raise MonitorError(f"retraining (`{' '.join(command)}` in {project.root}) failed with "

@@ -300,6 +300,9 @@ def make_factory(params: dict[str, Any], dvc: dict[str, Any], column: str,
     for key in ("predlog_path", "registry_dir", "alarm_log", "retrain_marker"):
         head, _, rest = str(monitor[key]).partition("/")
         monitor[key] = f"{head}/{SEGMENT_FIELD}/{rest}" if rest else f"{head}/{SEGMENT_FIELD}"
+    if "retrain" in params:  # each segment retrains on its own rows (docs/monitor.md)
+        head, _, rest = params["retrain"]["data_path"].partition("/")
+        params["retrain"]["data_path"] = f"{head}/{SEGMENT_FIELD}/{rest}"
     monitor["reference_path"] = f"{paths['model_dir']}/reference.parquet"
     monitor["metadata_path"] = f"{paths['model_dir']}/metadata.json"
     if monitor.get("reference_data"):

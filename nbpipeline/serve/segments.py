@@ -14,13 +14,19 @@ each following its own registry and writing its own prediction log
   ``/ready`` is 200 only when every segment is ready;
 * any other ``GET`` (``/schema``, ``/metrics``): ``?segment=NAME`` picks the segment.
 
-Segments are found at start-up: a segment promoted for the first time later is served
-after a restart.
+The router follows the registries as each segment's app follows its own: every
+``serve.poll_seconds`` it looks for segments with a registry, and a segment promoted for
+the first time is started (its model loaded, its log writer opened) and served from then
+on, without a restart; every segment's app is stopped at shutdown. A segment whose app
+cannot start is retried every ``serve.retry_seconds`` and named in ``GET /health``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -32,11 +38,14 @@ from fastapi import FastAPI
 from nbpipeline.errors import ServeError
 from nbpipeline.project import Project
 from nbpipeline.release.registry import Registry, segment_registries
+from nbpipeline.schedule.status import ScheduleStatus
 from nbpipeline.serve.app import create_app
 from nbpipeline.serve.handlers import ServerState, health_body
 from nbpipeline.serve.schema import BATCH_KEY
 from nbpipeline.serve.security import Access
 from nbpipeline.serve.settings import ServeSettings
+
+log = logging.getLogger("nbpipeline.serve")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,11 +64,22 @@ def segment_settings(settings: ServeSettings, segment: str) -> ServeSettings:
 
 
 class SegmentRouter:
-    """An ASGI app dispatching each request to the app of the segment it names."""
+    """An ASGI app dispatching each request to the app of the segment it names.
 
-    def __init__(self, apps: dict[str, FastAPI], field: str) -> None:
-        self.apps = apps
+    ``find`` lists the segments that should serve and ``make_app`` builds one's app: with
+    both, segments that appear while serving are started (every ``poll_seconds``)."""
+
+    def __init__(self, apps: dict[str, FastAPI], field: str, *,
+                 find: Callable[[], list[str]] | None = None,
+                 make_app: Callable[[str], FastAPI] | None = None,
+                 poll_seconds: float = 0.5, retry_seconds: float = 10.0,
+                 schedule: ScheduleStatus | None = None) -> None:
+        self.apps = apps  # replaced whole (never mutated) when a segment is added
         self.field = field
+        self.find, self.make_app = find, make_app
+        self.poll_seconds, self.retry_seconds = poll_seconds, retry_seconds
+        self.schedule = schedule
+        self.start_errors: dict[str, tuple[float, str]] = {}  # segment -> (when, why)
 
     def _state(self, segment: str) -> ServerState:
         state: ServerState = self.apps[segment].state.server
@@ -98,16 +118,63 @@ class SegmentRouter:
             except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(self._watch(stack, stop), name="segment-watcher")
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
+            stop.set()  # a segment starting now finishes starting, then the stack stops it
+            await asyncio.gather(watcher, return_exceptions=True)
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _watch(self, stack: AsyncExitStack, stop: asyncio.Event) -> None:
+        """Start each segment that gets a registry while serving, until ``stop``."""
+        if self.find is None or self.make_app is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), self.poll_seconds)
+                return
+            except TimeoutError:
+                pass
+            try:
+                found = await asyncio.to_thread(self.find)
+            except OSError as exc:
+                log.error("cannot look for new segments: %s", exc)
+                continue
+            for segment in found:
+                if segment not in self.apps and not self._failed_lately(segment):
+                    await self._start(stack, segment)
+
+    def _failed_lately(self, segment: str) -> bool:
+        failed = self.start_errors.get(segment)
+        return failed is not None and time.monotonic() - failed[0] < self.retry_seconds
+
+    async def _start(self, stack: AsyncExitStack, segment: str) -> None:
+        assert self.make_app is not None
+        try:
+            app = self.make_app(segment)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        except Exception as exc:  # a bad new segment must not take the others down
+            self.start_errors[segment] = (time.monotonic(), f"{type(exc).__name__}: {exc}")
+            log.error("cannot start segment %s: %s; retrying in %gs", segment, exc,
+                      self.retry_seconds)
+            return
+        self.start_errors.pop(segment, None)
+        self.apps = {**self.apps, segment: app}
+        log.info("serving segment %s (promoted for the first time)", segment)
 
     async def _overview(self, path: str, send: Send) -> None:
         if path == "/health":
             bodies = {s: health_body(self._state(s)) for s in self.apps}
             degraded = any(b["status"] != "ok" for b in bodies.values())
-            await _answer(send, 200, {"status": "degraded" if degraded else "ok",
-                                      "segment_field": self.field, "segments": bodies})
+            errors = {s: why for s, (_, why) in self.start_errors.items()}
+            body: dict[str, Any] = {"status": "degraded" if degraded or errors else "ok",
+                                    "segment_field": self.field, "segments": bodies}
+            if errors:
+                body["segments_not_started"] = errors
+            if self.schedule is not None:
+                body["schedule"] = self.schedule.section()
+            await _answer(send, 200, body)
             return
         ready = {s: self._state(s).holder.snapshot.ready for s in self.apps}
         await _answer(send, 200 if all(ready.values()) else 503,
@@ -206,9 +273,14 @@ def create_factory_app(project: Project, settings: ServeSettings, *,
         raise ServeError(f"serve.segment_field is {settings.segment_field!r} but no segment has "
                          f"a registry under {project.rel(project.registry)}; promote one first: "
                          "`nbp promote --segment NAME`")
-    apps = {}
-    for segment in segments:
+
+    def make_app(segment: str) -> FastAPI:
         seen = project.for_segment(segment)
-        apps[segment] = create_app(seen, settings=segment_settings(settings, segment),
-                                   registry=Registry(seen.registry), access=access, docs=False)
-    return SegmentRouter(apps, settings.segment_field)
+        return create_app(seen, settings=segment_settings(settings, segment),
+                          registry=Registry(seen.registry), access=access, docs=False)
+
+    return SegmentRouter(
+        {segment: make_app(segment) for segment in segments}, settings.segment_field,
+        find=lambda: segment_registries(project.registry), make_app=make_app,
+        poll_seconds=settings.poll_seconds, retry_seconds=settings.retry_seconds,
+        schedule=ScheduleStatus(project.root))

@@ -7,6 +7,7 @@ against the champion on them -> canary."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -94,3 +95,116 @@ def test_retrain_settings_name_the_field() -> None:
         RetrainSettings.from_params({"set": {"data.x": "{when}"}}).assignments({"rows": 1})
     assert RetrainSettings.from_params({"set": {"a.b": "{rows}"}}).assignments(
         {"rows": 7}) == ["a.b=7"]
+
+
+FACTORY_STAGE = """\
+import json, shutil, sys
+from pathlib import Path
+
+import pandas as pd, yaml
+
+from nbpipeline.release.gate import decide
+from nbpipeline.release.registry import Registry
+
+segment = sys.argv[1]  # the segment's files, as `nbp run train@<segment>` fills {segment} in
+path = yaml.safe_load(open("params.yaml"))["data"]["feedback_path"].replace("{segment}", segment)
+rows = len(pd.read_parquet(path)) if path and Path(path).is_file() else 0
+out = Path("models", segment, "candidate")
+shutil.rmtree(out, ignore_errors=True)
+shutil.copytree("seed", out)
+champion = Registry(Path("registry", segment)).state().champion
+gate = decide({"sha256": __import__("hashlib").sha256((out / "model.skops").read_bytes())
+               .hexdigest(), "valid": {"roc_auc": 0.9}, "golden": {"roc_auc": 0.9}},
+              {"version": champion.version, "sha256": champion.sha256,
+               "golden": {"roc_auc": 0.8}}, {"gate_min": 0.6})
+Path("metrics", segment).mkdir(parents=True, exist_ok=True)
+Path("metrics", segment, "gate.json").write_text(json.dumps(gate))
+Path("metrics", segment, "seen.json").write_text(json.dumps({"feedback_rows": rows}))
+"""
+
+
+def _factory_for_retrain(root: Path) -> None:
+    """A git + DVC model factory of two segments (north, south) whose one generated stage
+    per segment reads its feedback rows and leaves a candidate and a passed gate; each
+    segment has a champion v1; north's log holds 30 answered predictions of it."""
+    import yaml
+    from candidates import small_candidate, small_rows
+    from serve_fixtures import register
+
+    root.mkdir()
+    small_candidate(root / "seed", c=0.01)
+    first = small_candidate(root.parent / "v1")
+    for segment in ("north", "south"):
+        register(Registry(root / "registry" / segment), first)
+    (root / "train.py").write_text(FACTORY_STAGE)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
+        "foreach": "${factory.segments}", "do": {
+            "cmd": f"{sys.executable} train.py ${{item}}", "deps": ["train.py", "seed"],
+            "params": ["data"], "outs": ["models/${item}/candidate"],
+            "metrics": [{f"metrics/${{item}}/{n}.json": {"cache": False}}
+                        for n in ("gate", "seen")]}}}}))
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "factory": {"segments": ["north", "south"]},
+        "data": {"feedback_path": "", "feedback_rows": 0},
+        "retrain": {"min_feedback": 20, "data_path": "retrain/{segment}/feedback.parquet",
+                    "set": {"data.feedback_path": "{path}", "data.feedback_rows": "{rows}"},
+                    "canary": 0.2}}))
+    for ignore in (".gitignore", ".dvcignore"):
+        (root / ignore).write_text("/registry/\n/logs/\n/retrain/\n")
+    rows = small_rows().sample(30, replace=True, random_state=0)
+    conn = predlog.connect(root / "logs" / "north" / "predictions.db")
+    predlog.ensure_schema(conn, dict.fromkeys(rows.columns, "number"))
+    records = [predlog.PredictionRecord(f"r{i}", 1.7e9 + i, "v1", "champion", i % 2, 0.5, 1.0,
+                                        row) for i, row in enumerate(rows.to_dict("records"))]
+    predlog.insert_rows(conn, records)
+    for record in records:
+        predlog.record_feedback(conn, record.request_id, int(record.prediction), record.ts + 60)
+    conn.close()
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "factory"]):
+        sh(*args, cwd=root)
+
+
+@pytest.mark.slow
+def test_a_factory_segment_retrains_on_its_own_rows_into_its_own_registry(
+        tmp_path: Path) -> None:
+    import yaml
+
+    root = tmp_path / "factory"
+    _factory_for_retrain(root)
+    north = Project(root).for_segment("north")
+    lines: list[str] = []
+    done = retrain(north, root / "logs" / "north" / "predictions.db", dvc=str(BIN / "dvc"),
+                   echo=lines.append)
+    assert done.started and done.canary_version == "v2", (done.message, lines)
+    assert "written to retrain/north/feedback.parquet): " in lines[0], lines
+    assert lines[0].endswith("dvc exp run -S data.feedback_path='retrain/{segment}/feedback"
+                             ".parquet' -S data.feedback_rows=30 train@north"), lines
+    params = yaml.safe_load((root / "params.yaml").read_text())["data"]
+    assert params == {"feedback_path": "retrain/{segment}/feedback.parquet", "feedback_rows": 30}
+    assert len(pd.read_parquet(root / "retrain" / "north" / "feedback.parquet")) == 30
+    seen = json.loads((root / "metrics" / "north" / "seen.json").read_text())
+    assert seen == {"feedback_rows": 30}  # its own rows: `{segment}` stays for each stage
+    assert not (root / "metrics" / "south").exists()  # south's stage did not run
+    state = Registry(root / "registry" / "north").state()
+    assert (state.champion.version, state.canary.version, state.canary_fraction) == (  # type: ignore[union-attr]
+        "v1", "v2", 0.2)
+    south = Registry(root / "registry" / "south")
+    assert [e.kind for e in south.events()] == ["register", "promote"]
+    assert not retrain(Project(root).for_segment("south"), root / "logs" / "south" /
+                       "predictions.db").started  # no rows of its own: nothing runs
+
+
+def test_a_factory_retrain_must_name_the_segment() -> None:
+    from nbpipeline.errors import MonitorError
+
+    shared = RetrainSettings.from_params({"data_path": "retrain/feedback.parquet"})
+    with pytest.raises(MonitorError, match=r"^params.yaml retrain.data_path: 'retrain/feedback"
+                       r".parquet' would hold every segment's rows of this model factory in "
+                       r"one file; name the segment in it, e.g. retrain/\{segment\}/"):
+        shared.check_factory()
+    fixed = RetrainSettings.from_params({"data_path": "retrain/{segment}/f.parquet",
+                                         "set": {"data.feedback_path": "retrain/f.parquet"}})
+    with pytest.raises(MonitorError, match=r"^params.yaml retrain.set: no value names \{path\} "
+                       r"or \{segment\}"):
+        fixed.check_factory()
