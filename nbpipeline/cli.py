@@ -205,7 +205,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
     return schedule_command(find_project(), action=args.schedule_command, every=args.every,
                             cron=args.cron, systemd=args.systemd, install=args.install,
-                            ticks=args.ticks)
+                            uninstall=args.uninstall, ticks=args.ticks)
 
 
 def _add_schedule_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -228,6 +228,8 @@ def _add_schedule_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
                           "service instead of a cron line")
     schedule.add_argument("--install", action="store_true", help="install it (crontab, or "
                           "~/.config/systemd/user and `systemctl --user enable --now`)")
+    schedule.add_argument("--uninstall", action="store_true", help="remove what --install "
+                          "put in place for this project (with --systemd: the timer)")
 
 
 def _add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

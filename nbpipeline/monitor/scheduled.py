@@ -5,7 +5,9 @@ broken setting) and missed runs (``schedule_missed``: none within two periods of
 or ``schedule.missed_after``) are alarms of the next monitor run: printed by ``nbp
 monitor``, in its report, in the alarm log and sent to the webhook. They are level
 ``alarm`` (the watch itself is unwell) but neither roll back nor request a retrain. Their
-subject names the failed run or the gap, so each is logged once.
+subject names the failed run or the gap, so each is logged once. In a model factory each
+segment whose last scheduled runs failed has its own alarm, raised by every segment's
+monitor run (the failing segment's own may be what fails).
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ def schedule_alarms(root: Path, now: datetime | None = None) -> list[Alarm]:
     if found is None:
         return []
     alarms = []
-    if found.failed:
-        last = found.failed[-1]
-        count = len(found.failed)
+    for segment in dict.fromkeys(run.segment for run in found.failed):
+        failed = [run for run in found.failed if run.segment == segment]
+        last, count = failed[-1], len(failed)
+        whose = f" of segment {segment}" if segment else ""
         alarms.append(Alarm(
-            FAILED, f"run {last.start}", float(count), 0.0, "above", None,
-            f"{count} scheduled monitor run(s) failed since the last one that worked; the "
-            f"last, at {_at(last.start)}, exited with code {last.exit}: read {last.log} and "
+            FAILED, f"run {last.start}" + (f" {segment}" if segment else ""), float(count), 0.0,
+            "above", None,
+            f"{count} scheduled monitor run(s){whose} failed since the last one that worked; "
+            f"the last, at {_at(last.start)}, exited with code {last.exit}: read {last.log} and "
             "fix what it names (the next scheduled run retries).",
             statistic="failed runs"))
     if found.missed_from is not None and found.missed_to is not None:

@@ -1,8 +1,9 @@
 """What ``nbp schedule`` does (the CLI only parses flags and calls :func:`schedule_command`).
 
 ``nbp schedule`` prints the cron entry (``--systemd``: the two unit files) on stdout, so it
-can be piped, and what it does on stderr; ``--install`` installs it. ``nbp schedule tick``
-is one scheduled run; ``nbp schedule run`` the foreground runner (nbpipeline.schedule.tick).
+can be piped, and what it does on stderr; ``--install`` installs it and ``--uninstall``
+removes it. ``nbp schedule tick`` is one scheduled run; ``nbp schedule run`` the foreground
+runner (nbpipeline.schedule.tick).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _retrain_action(project: Project) -> object:
 def schedule_command(
     project: Project, *, action: str | None = None, every: str | None = None,
     cron: str | None = None, systemd: bool = False, install: bool = False,
-    ticks: int | None = None, echo: Callable[[str], None] = print,
+    uninstall: bool = False, ticks: int | None = None, echo: Callable[[str], None] = print,
     note: Callable[[str], None] = _note,
 ) -> int:
     """Print or install the entry (no ``action``), or run a ``tick`` or the ``run`` loop."""
@@ -46,6 +47,11 @@ def schedule_command(
     if systemd and cron:
         raise ScheduleError("--cron gives cron's time fields; a systemd timer runs on the "
                             "period (--every): give one of them")
+    if install and uninstall:
+        raise ScheduleError("--install and --uninstall: give one of them")
+    if uninstall:
+        note(_uninstall(schedule, systemd=systemd))
+        return 0
     logs = (f"each run logs to {RUNS_DIR}/<UTC time>.log and appends to {RUNS_DIR}/{RUNS_FILE}"
             " (`nbp report` links them; `nbp monitor` alarms on failed or missed runs)")
     done = _print_or_install(schedule, systemd=systemd, install=install, echo=echo, note=note)
@@ -54,6 +60,18 @@ def schedule_command(
         note("monitor.retrain_action is not `dvc`: scheduled runs leave the retrain marker but "
              "do not retrain; set it to `dvc` to close the loop (docs/monitor.md, Retraining)")
     return 0
+
+
+def _uninstall(schedule: entry.Schedule, *, systemd: bool) -> str:
+    """Remove what ``--install`` put in place; says what it removed."""
+    if systemd:
+        removed = entry.remove_units(schedule)
+        return (f"disabled {schedule.name}.timer and removed {', '.join(map(str, removed))}"
+                if removed else f"no {schedule.name} units in ~/.config/systemd/user: "
+                "nothing to remove")
+    if entry.uninstall_cron(schedule):
+        return f"removed the entry for {schedule.root} from your crontab"
+    return f"your crontab has no entry for {schedule.root}: nothing to remove"
 
 
 def _print_or_install(schedule: entry.Schedule, *, systemd: bool, install: bool,

@@ -89,10 +89,14 @@ class Schedule:
         return [str(self.nbp), "schedule", "tick", "--every", self.every_text]
 
     def tick_command(self) -> str:
-        """The whole command as one ``sh`` line: cd, environment, the tick."""
+        """The whole command as one ``sh`` line: cd, the log folder, environment, the tick.
+        The cron line appends cron's own output to the log folder, so the folder is made
+        first: before the first tick there is none, and the shell would refuse the
+        redirection (and not run the tick)."""
         assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
         argv = " ".join(shlex.quote(a) for a in self.tick_argv())
-        return f"cd {shlex.quote(str(self.root))} && {assign} {argv}"
+        return (f"cd {shlex.quote(str(self.root))} && mkdir -p {shlex.quote(RUNS_DIR)} && "
+                f"{assign} {argv}")
 
     def cron_line(self) -> str:
         """The crontab entry (a comment naming the project, then the line)."""
@@ -180,29 +184,48 @@ def _missed_after(text: object, every: float) -> float | None:
     return seconds
 
 
-def install_cron(schedule: Schedule) -> str:
-    """Put the entry in the user's crontab (replacing this project's previous one)."""
+def _crontab_without(schedule: Schedule) -> tuple[list[str], bool]:
+    """The user's crontab lines other than this project's entry, and whether it had one."""
     if shutil.which("crontab") is None:
         raise ScheduleError(
-            "cannot install: there is no `crontab` command here (cron is not installed); "
+            "there is no `crontab` command here (cron is not installed); "
             "install cron (e.g. `apt-get install cron`) and add the line printed by "
             "`nbp schedule` with `crontab -e`, or run `nbp schedule run` under a supervisor")
     listed = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)
-    kept, skip = [], False
+    kept, skip, found = [], False, False
     for line in (listed.stdout if listed.returncode == 0 else "").splitlines():
         if line == f"{MARK} {schedule.root}":
-            skip = True  # our previous entry: the mark and the line after it
+            skip = found = True  # our previous entry: the mark and the line after it
             continue
         if not skip:
             kept.append(line)
         skip = False
-    table = "".join(f"{line}\n" for line in kept) + schedule.cron_line()
+    return kept, found
+
+
+def _write_crontab(lines: list[str], entry: str = "") -> None:
+    """Replace the user's crontab (``crontab -`` checks the table before taking it)."""
+    table = "".join(f"{line}\n" for line in lines) + entry
     done = subprocess.run(["crontab", "-"], input=table, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
-        raise ScheduleError(f"`crontab -` refused the entry ({done.stderr.strip()}); add the "
-                            "line printed by `nbp schedule` with `crontab -e`")
+        raise ScheduleError(f"`crontab -` refused the table ({done.stderr.strip()}); edit "
+                            "it with `crontab -e` (the line is printed by `nbp schedule`)")
+
+
+def install_cron(schedule: Schedule) -> str:
+    """Put the entry in the user's crontab (replacing this project's previous one)."""
+    kept, _ = _crontab_without(schedule)
+    _write_crontab(kept, schedule.cron_line())
     return "crontab"
+
+
+def uninstall_cron(schedule: Schedule) -> bool:
+    """Remove this project's entry from the user's crontab; False if there was none."""
+    kept, found = _crontab_without(schedule)
+    if found:
+        _write_crontab(kept)
+    return found
 
 
 def write_units(schedule: Schedule, home: Path | None = None) -> list[Path]:
@@ -231,3 +254,18 @@ def enable_timer(schedule: Schedule) -> None:
             raise ScheduleError(f"units written, but `systemctl --user {' '.join(args)}` "
                                 f"failed ({why}): there is no systemd user manager here; run "
                                 f"{how}, or use `nbp schedule run` under a supervisor")
+
+
+def remove_units(schedule: Schedule, home: Path | None = None) -> list[Path]:
+    """Stop and disable the timer (when a user manager runs) and delete its unit files."""
+    folder = (home or Path.home()) / ".config" / "systemd" / "user"
+    units = [folder / name for name in schedule.systemd_units() if (folder / name).exists()]
+    if units:
+        try:  # without a user manager there is nothing enabled to stop
+            subprocess.run(["systemctl", "--user", "disable", "--now", f"{schedule.name}.timer"],
+                           capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    for path in units:
+        path.unlink()
+    return units

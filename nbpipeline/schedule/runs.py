@@ -9,10 +9,12 @@ While a tick runs it holds an flock on ``logs/schedule/lock`` (the file says sin
 which is what keeps two ticks from overlapping and tells readers a run is in progress.
 
 :func:`health` judges the record at a moment: the last finished run *failed* (an exit code
-other than 0 and ``nbp monitor``'s two exit codes for findings) or runs were *missed* (none
-within two periods, and at least a minute, of the previous one). ``nbp monitor`` turns
-those into alarms (nbpipeline.monitor.scheduled); ``nbp report`` shows them on the index;
-the model server's ``GET /health`` shows them too (nbpipeline.schedule.status).
+other than 0 and ``nbp monitor``'s two exit codes for findings; in a model factory, the
+last run of any segment: one that works does not hide another that fails) or runs were
+*missed* (none within two periods, and at least a minute, of the previous one).
+``nbp monitor`` turns those into alarms (nbpipeline.monitor.scheduled); ``nbp report``
+shows them on the index; the model server's ``GET /health`` shows them too
+(nbpipeline.schedule.status).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ScheduledRun:
     # seconds without a finished run that count as missed (params.yaml schedule.missed_after);
     # None: MISSED_PERIODS periods, at least MISSED_MIN_SECONDS
     missed_after: float | None = None
+    segment: str = ""  # a model factory's segment this run monitored ("": the project's model)
 
     @property
     def failed(self) -> bool:
@@ -116,7 +119,7 @@ def _parse(raw: bytes) -> ScheduledRun | None:
             _when(when)
     except (ValueError, TypeError, AttributeError):  # also: not UTF-8, not an object
         return None
-    texts = (run.start, run.end, run.status, run.log, run.command)
+    texts = (run.start, run.end, run.status, run.log, run.command, run.segment)
     exit_ok = run.exit is None or (isinstance(run.exit, int) and not isinstance(run.exit, bool))
     seconds_ok = all(_positive(v) for v in (run.every, run.missed_after or 1.0))
     return run if exit_ok and seconds_ok and all(isinstance(t, str) for t in texts) else None
@@ -203,7 +206,8 @@ class ScheduleHealth:
     every: float
     runs: list[ScheduledRun]
     running: datetime | None
-    failed: list[ScheduledRun]  # the failed runs since the last one that worked, oldest first
+    # the failed runs since the last one that worked (a factory: of each segment), oldest first
+    failed: list[ScheduledRun]
     missed_from: datetime | None  # the gap of missed runs: from the last activity ...
     missed_to: datetime | None  # ... to the run that ended it (or now)
     missed_after: float = 0.0  # seconds without a finished run that count as missed
@@ -241,12 +245,16 @@ def health(root: Path, now: datetime | None = None, record: RunsRecord | None = 
     now = now or datetime.now(UTC)
     every = float(runs[-1].every)
     failed: list[ScheduledRun] = []
-    for run in reversed(runs):
-        if run.status == "skipped":
-            continue
-        if not run.failed:
-            break
-        failed.insert(0, run)
+    # each segment's own streak; the project's runs ("") end with any run that worked
+    for segment in dict.fromkeys(r.segment for r in runs):
+        for run in reversed([r for r in runs if r.segment in (segment, "")] if segment
+                            else runs):
+            if run.status == "skipped" or (run.failed and run.segment != segment):
+                continue
+            if not run.failed:
+                break
+            failed.append(run)
+    failed.sort(key=lambda r: _when(r.start))
     done = [r for r in runs if r.status != "skipped"] or runs
     last = _when(done[-1].end)
     limit = runs[-1].missed_after or max(MISSED_PERIODS * every, MISSED_MIN_SECONDS)

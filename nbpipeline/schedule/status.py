@@ -3,9 +3,10 @@
 :class:`ScheduleStatus` answers with what :func:`nbpipeline.schedule.runs.health` judges:
 ``status`` is ``ok`` (the last run worked, whatever it found), ``failed`` (the last runs
 failed), ``missed`` (no run for longer than the limit; it wins over ``failed``: the watch
-is not running at all), ``none`` (nothing scheduled ever ran) or ``unknown`` (the record
-cannot be read, or holds no readable run: ``error`` says why). Damaged lines are counted
-and skipped, never raised. runs.jsonl is parsed again only when it changed, so the
+is not running at all; ``failed_segments`` names a model factory's failing segments),
+``none`` (nothing scheduled ever ran) or ``unknown`` (the record cannot be read, or
+holds no readable run: ``error`` says why). Damaged lines are counted and skipped, never
+raised. runs.jsonl is parsed again only when it changed, so the
 section costs a ``stat`` and the lock check per request. Paths are relative to the
 project (``names`` maps anything else to what callers may see).
 """
@@ -61,8 +62,10 @@ class ScheduleStatus:
             "every": period_text(found.every), "every_seconds": found.every,
             "missed_after_seconds": found.missed_after,
             "last_run": {"start": last.start, "end": last.end, "exit": last.exit,
-                         "status": last.status, "log": self.names(last.log)},
+                         "status": last.status, "log": self.names(last.log),
+                         "segment": last.segment},
             "failed_runs": len(found.failed),
+            "failed_segments": sorted({r.segment for r in found.failed if r.segment}),
             "missed_since": _iso(found.missed_from),
             "running_since": _iso(found.running),
         })

@@ -75,7 +75,8 @@ def test_cron_entry_from_params_and_options(project):
     schedule = make_schedule(Project(project), environ=environ)
     line = schedule.cron_line().splitlines()
     assert line[0] == f"# nbp schedule: {project.resolve()}"
-    assert line[1].startswith(f"*/15 * * * * cd {project.resolve()} && PATH={NBP.parent}:")
+    assert line[1].startswith(f"*/15 * * * * cd {project.resolve()} && mkdir -p logs/schedule "
+                              f"&& PATH={NBP.parent}:")
     # the venv's own nbp by absolute path; NBP_*/DASK_* passed (quoted, % escaped), no others
     assert f"{NBP} schedule tick --every 15m" in line[1]
     assert "NBP_SERVE_TOKEN='a b\\%c'" in line[1]
@@ -116,32 +117,51 @@ def test_bad_period_is_one_line(project, monkeypatch, capsys, args, message):
 
 def test_install_without_cron_says_what_is_missing(project, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(project)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no crontab on it (none here anyway)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no crontab on it
     assert main(["schedule", "--install"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "no `crontab` command" in err and "crontab -e" in err and "nbp schedule run" in err
 
 
-def test_install_replaces_the_projects_previous_cron_entry(project, monkeypatch, capsys,
-                                                           tmp_path):
-    # no cron here: a stand-in `crontab` keeping the table in a file (-l lists, - replaces)
-    bin_dir, table = tmp_path / "bin", tmp_path / "crontab.txt"
-    bin_dir.mkdir()
-    (bin_dir / "crontab").write_text(
-        f'#!/bin/sh\nif [ "$1" = -l ]; then cat {table} 2>/dev/null || exit 1; '
-        f"else cat > {table}; fi\n")
-    (bin_dir / "crontab").chmod(0o755)
-    table.write_text("MAILTO=ana\n0 3 * * * backup\n")
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+@pytest.fixture
+def crontab():
+    """The real `crontab` (.ci/run installs cron), the user's table put back afterwards."""
+    assert shutil.which("crontab"), "no `crontab`: apt-get install cron (as .ci/run does)"
+    before = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    subprocess.run(["crontab", "-"], input="MAILTO=ana\n0 3 * * * backup\n", text=True, check=True)
+    yield lambda: subprocess.run(["crontab", "-l"], capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+    if before.returncode == 0:
+        subprocess.run(["crontab", "-"], input=before.stdout, text=True, check=True)
+    else:
+        subprocess.run(["crontab", "-r"], capture_output=True)
+
+
+def test_install_replaces_the_projects_previous_cron_entry_uninstall_removes_it(
+        project, monkeypatch, capsys, crontab):
     monkeypatch.chdir(project)
     assert main(["schedule", "--every", "1h", "--install"]) == 0
-    assert main(["schedule", "--every", "15m", "--install"]) == 0
+    assert main(["schedule", "--every", "15m", "--install"]) == 0  # cron checked the table
     assert "installed in your crontab" in capsys.readouterr().err
-    lines = table.read_text().splitlines()
+    lines = crontab()
     assert lines[:2] == ["MAILTO=ana", "0 3 * * * backup"]  # the user's own lines kept
     assert lines[2] == f"# nbp schedule: {project.resolve()}" and len(lines) == 4
     assert lines[3].startswith("*/15 * * * * cd ")  # the 1h entry replaced, not added to
+    # what cron runs: the line after its five fields, by /bin/sh, in cron's bare environment,
+    # before any tick made logs/ (the shell refused the redirection there, and ran nothing)
+    _set_params(project, "monitor", {"window_sise": 100})  # a quick, recorded failure
+    command = lines[3].split(" ", 5)[5].replace("\\%", "%")
+    ran = subprocess.run(["/bin/sh", "-c", command], env={"PATH": "/usr/bin:/bin", "HOME": "/"},
+                         cwd="/", capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1, ran.stderr
+    [failed] = read_runs(project)
+    assert "unknown setting(s) window_sise" in (project / failed.log).read_text()
+    assert (project / "logs" / "schedule" / "cron.out").is_file()
+    assert main(["schedule", "--uninstall"]) == 0
+    assert crontab() == ["MAILTO=ana", "0 3 * * * backup"]
+    assert main(["schedule", "--uninstall"]) == 0
+    assert "nothing to remove" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_systemd_units_written_and_verified(project, monkeypatch, capsys, tmp_path):
@@ -167,6 +187,9 @@ def test_systemd_units_written_and_verified(project, monkeypatch, capsys, tmp_pa
         verify = subprocess.run(["systemd-analyze", "verify", *map(str, units)],
                                 capture_output=True, text=True)
         assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    assert main(["schedule", "--systemd", "--uninstall"]) == 0
+    assert not list((home / ".config" / "systemd" / "user").iterdir())
+    assert "removed" in capsys.readouterr().err
 
 
 def test_health_failed_missed_and_alarms(project):
@@ -309,3 +332,43 @@ def test_a_damaged_runs_record_is_skipped_not_raised(project, damage):
     append_run(project, naive)
     assert read_record(project).damaged == 1 and read_runs(project)[-1] == naive
     assert schedule_alarms(project, now) == []  # the last run (10 min ago) worked
+
+
+@pytest.mark.slow
+def test_a_factory_tick_monitors_every_segment_a_failing_one_is_reported(project):
+    """A model factory's tick runs `nbp monitor --segment S` for each segment with a
+    registry, each logged and recorded: north fails (its report folder is a file), south
+    still runs, and its monitor reports north's failure; /health's section names north."""
+    from nbpipeline.schedule.status import ScheduleStatus
+
+    params = yaml.safe_load((project / "params.yaml").read_text())["monitor"]
+    _set_params(project, "monitor", {**params, "predlog_path": "logs/{segment}/predictions.db",
+                                     "registry_dir": "registry/{segment}",
+                                     "alarm_log": "alarms/{segment}/alarms.jsonl",
+                                     "retrain_marker": "retrain/{segment}/requested.json"})
+    for segment in ("north", "south"):
+        (project / "registry" / segment).mkdir(parents=True)
+        (project / "registry" / segment / "events.jsonl").touch()
+    (project / "reports").mkdir()
+    (project / "reports" / "north").write_text("not a folder")
+    lines: list[str] = []
+    code = tick(Project(project), 3600.0, echo=lines.append)
+    north, south = read_runs(project)
+    assert code == north.exit and (north.status, north.segment) == ("failed", "north"), lines
+    assert (south.status, south.exit, south.segment) == ("alarms", ALARM_EXIT, "south"), lines
+    assert south.command.endswith("nbp monitor --segment south")
+    assert [line.split(" (")[0] for line in lines] == [
+        "nbp: schedule: segment north: failed", "nbp: schedule: segment south: alarms"]
+    assert north.log.endswith("-north.log") and south.log.endswith("-south.log")
+    log = (project / south.log).read_text()
+    assert "nbp: monitor: no traffic yet" in log
+    assert "ALARM schedule_failed: 1 scheduled monitor run(s) of segment north failed" in log
+    assert (project / "alarms" / "south" / "last_run.json").is_file()
+
+    later = _run(datetime.now(UTC), 0)  # a later run of south that worked hides nothing
+    append_run(project, ScheduledRun(**{**later.__dict__, "segment": "south"}))
+    assert [r.segment for r in health(project).failed] == ["north"]
+    section = ScheduleStatus(project).section()
+    assert (section["status"], section["failed_segments"]) == ("failed", ["north"])
+    [alarm] = schedule_alarms(project)
+    assert alarm.subject == f"run {north.start} north"

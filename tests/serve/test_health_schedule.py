@@ -45,7 +45,7 @@ def test_health_shows_scheduled_runs_ok_failed_missed_damaged_and_unreadable(tmp
         assert ok["status"] == "ok" and ok["every"] == "1h" and ok["every_seconds"] == 3600
         assert ok["last_run"] == {"start": (now - timedelta(minutes=30)).isoformat(
             timespec="seconds"), "end": ok["last_run"]["end"], "exit": 3, "status": "alarms",
-            "log": "logs/schedule/a.log"}
+            "log": "logs/schedule/a.log", "segment": ""}
         assert ok["missed_since"] is None and ok["running_since"] is None
         assert ok["missed_after_seconds"] == 7200
 
@@ -56,6 +56,7 @@ def test_health_shows_scheduled_runs_ok_failed_missed_damaged_and_unreadable(tmp
                 + b"\n")
         failed = section()
         assert failed["status"] == "failed" and failed["failed_runs"] == 1
+        assert failed["failed_segments"] == []
         assert failed["last_run"]["exit"] == 1 and failed["last_run"]["log"].endswith("b.log")
         assert failed["damaged_lines"] == 4 and "4 damaged line(s) skipped" in failed["error"]
 
