@@ -133,10 +133,10 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nbpipeline.report.index import build_index
+    from nbpipeline.report.factory import build_review
 
     project = _segment_project(args)
-    print(f"nbp: wrote {project.rel(build_index(project))}")
+    print(f"nbp: wrote {project.rel(build_review(project))}")
     return 0
 
 

@@ -10,7 +10,8 @@ writes, into the project's ``.dvc/plots/`` (DVC's folder for custom plot templat
 * ``confusion_counts.json``: DVC's ``confusion`` template with the counts shown (DVC hides
   them behind a checkbox).
 * ``bar_facets.json``: DVC's ``bar_horizontal`` template with one panel per value of the
-  data's ``slice`` column (one slice family per chart, each with its own value axis).
+  data's ``slice`` column (one slice family per chart, each with its own value axis);
+  ``bar_examples.json`` the same with one panel per explained example (column ``why``).
 
 Run by ``nbp init``; ``nbp plots setup`` for an existing project. Idempotent.
 """
@@ -75,13 +76,19 @@ def templates() -> dict[str, dict[str, Any]]:
     for param in confusion.get("params", []):
         if param.get("name") == "showValues":
             param["value"] = True
-    facets = copy.deepcopy(BarHorizontalTemplate.DEFAULT_CONTENT)
-    facets["encoding"]["row"] = {"field": "slice", "type": "nominal", "title": None,
+    return {"confusion_counts": confusion, "bar_facets": _facets(BarHorizontalTemplate, "slice"),
+            "bar_examples": _facets(BarHorizontalTemplate, "why")}
+
+
+def _facets(bar_horizontal: Any, field: str) -> dict[str, Any]:
+    """DVC's ``bar_horizontal`` template with one panel per value of the data's ``field``."""
+    facets = copy.deepcopy(bar_horizontal.DEFAULT_CONTENT)
+    facets["encoding"]["row"] = {"field": field, "type": "nominal", "title": None,
                                  "header": {"labelAngle": 0, "labelAlign": "left"}}
     facets["resolve"] = {"scale": {"y": "independent"}}
     facets["height"] = {"step": 16}  # a fixed height squeezes the bars of a long family
     facets["encoding"]["x"]["scale"] = {"zero": True}
-    return {"confusion_counts": confusion, "bar_facets": facets}
+    return facets
 
 
 def install(project: Project) -> list[str]:

@@ -4,7 +4,9 @@ One self-contained HTML file (inline CSS and SVG, no scripts, no external assets
 every stage's executed notebook (``reports/<stage>.html``) with when it ran (its run record,
 not file mtimes), its params and metrics against the previous run, the gate decision, the
 candidate against the production champion (every parameter, the gate metric first) and the
-registry's recent events, and the scheduled monitor runs (``nbp schedule``: health, logs).
+registry's recent events, what the candidate relies on (global importance and a few
+explained golden rows: nbpipeline.report.explanations), and the scheduled monitor runs
+(``nbp schedule``: health, logs).
 
 The previous run is the one committed at git HEAD (nbpipeline.report.previous).
 """
@@ -12,7 +14,6 @@ The previous run is the one committed at git HEAD (nbpipeline.report.previous).
 from __future__ import annotations
 
 import csv
-import json
 import os
 from datetime import UTC, datetime
 from html import escape
@@ -29,61 +30,18 @@ from nbpipeline.record import flatten, read_run_record
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import model_params, read_lock
 from nbpipeline.release.registry import ModelVersion, Registry
+from nbpipeline.report.explanations import examples_card, read_examples
+from nbpipeline.report.html import badge as _badge
+from nbpipeline.report.html import delta as _delta
+from nbpipeline.report.html import fmt as _fmt
+from nbpipeline.report.html import table as _table
 from nbpipeline.report.previous import PreviousRun, previous_run, read_json
 from nbpipeline.schedule.runs import health as schedule_health
 from nbpipeline.schedule.runs import period_text
 
-__all__ = ["build_index"]
+__all__ = ["build_index", "schedule_section", "stages_section", "write_page"]
 
 INDEX = "index.html"
-LOWER_IS_BETTER = ("log_loss", "brier", "latency")
-HIGHER_IS_BETTER = ("roc_auc", "average_precision", "accuracy", "precision", "recall", "f1",
-                    "roi")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:,.0f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return "–" if value is None else str(value)
-
-
-def _delta(name: str, new: Any, old: Any) -> str:
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (new, old))
-    if not numbers:
-        return '<span class="same">–</span>'
-    diff = float(new) - float(old)
-    if abs(diff) < 1e-12:
-        return '<span class="same">=</span>'
-    leaf = name.rsplit(".", 1)[-1]
-    if any(k in leaf for k in LOWER_IS_BETTER):
-        kind = "up" if diff < 0 else "down"
-    elif any(k in leaf for k in HIGHER_IS_BETTER):
-        kind = "up" if diff > 0 else "down"
-    else:
-        kind = "same"  # a count or a chosen value: neither good nor bad
-    return f'<span class="{kind}">{diff:+.4f}</span>'
-
-
-def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
-    numeric = numeric or set()
-    head = "".join(f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>"
-                   for i, h in enumerate(headers))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
-                         for i, c in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _badge(kind: str, text: str) -> str:
-    return f'<span class="badge {kind}">{escape(text)}</span>'
-
-
 # ----------------------------------------------------------------------------- sections
 def _registered_as(gate: GateDecision, reg: Registry) -> str | None:
     """What the registry made of the gate's candidate, once it holds it ("v3, champion")."""
@@ -372,7 +330,7 @@ def _slices_section(project: Project, gate: dict[str, Any]) -> str:
             f"slices under {int(min_rows):,} rows are not judged by the gate</p>{table}</div>")
 
 
-def _schedule_section(project: Project) -> str:
+def schedule_section(project: Project) -> str:
     """The scheduled monitor runs (nbp schedule): their health, the last runs, their logs."""
     found = schedule_health(project.root)
     if found is None:
@@ -455,7 +413,8 @@ def _stage_card(project: Project, name: str, params: dict[str, Any],
 
 
 def _stages(project: Project) -> dict[str, dict[str, Any]]:
-    """Stage name -> its params as dvc.lock recorded them (params.yaml sections if never run)."""
+    """Stage name -> its params as dvc.lock recorded them (params.yaml sections if never run);
+    for a factory's segment, the stages run per segment (foreach/matrix), else the others."""
     spec = yamlio.read(project.dvc_yaml, NbpipelineError) or {}
     lock = read_lock(project)
     try:
@@ -464,6 +423,9 @@ def _stages(project: Project) -> dict[str, dict[str, Any]]:
         params_yaml = {}
     stages = {}
     for name, stage in (spec.get("stages") or {}).items():
+        per_segment = isinstance(stage, dict) and ("foreach" in stage or "matrix" in stage)
+        if per_segment != bool(project.segment):
+            continue  # a factory's stage runs per segment: on its segment's page
         locked = (lock.get(f"{name}@{project.segment}" if project.segment else name) or {}
                   ).get("params", {}).get("params.yaml")  # a factory's segment: train@north
         if locked is None:
@@ -475,39 +437,55 @@ def _stages(project: Project) -> dict[str, dict[str, Any]]:
     return stages
 
 
+def stages_section(project: Project, gate_metric: str | None, *,
+                   compare_previous: bool = True) -> str:
+    """The stage cards: each stage's run, metrics and params against the previous run."""
+    previous = previous_run(project) if compare_previous else "not compared"
+    prev_note = ""
+    if isinstance(previous, str):
+        prev_note = f'<p class="muted">previous run: not available ({escape(previous)})</p>'
+    cards = "".join(_stage_card(project, name, params, previous, gate_metric)
+                    for name, params in _stages(project).items())
+    if not cards:
+        return ""  # a factory whose stages all run per segment
+    return f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}{cards}'
+
+
 def build_index(project: Project, *, compare_previous: bool = True) -> Path:
-    """Write reports/index.html and return its path."""
+    """Write reports/index.html (a factory's segment: reports/<segment>/index.html) and
+    return its path."""
     try:
         gate, gate_problem = read_gate(project.metrics / GATE_FILE, "metrics/gate.json"), ""
     except GateError as exc:
         gate, gate_problem = None, str(exc)
     decision = dict(gate.raw or {}) if gate is not None else {}  # metrics, criteria as written
     reg = Registry(project.registry)
-    stages = _stages(project)
-    previous = previous_run(project) if compare_previous else "not compared"
-    prev_note = ""
-    if isinstance(previous, str):
-        prev_note = f'<p class="muted">previous run: not available ({escape(previous)})</p>'
     metric = gate.metric if gate is not None else None
-    cards = "".join(_stage_card(project, name, params, previous, metric)
-                    for name, params in stages.items())
     body = (
         f'{_gate_section(gate, gate_problem, reg)}<div class="grid"><div>'
         f"{_production_section(reg)}{_slices_section(project, decision)}</div>"
         f"<div>{_curves_section(project, gate.champion_version if gate else None)}"
-        f"{_importance_section(project)}</div></div>"
+        f"{_importance_section(project)}"
+        f"{examples_card(read_examples(project.plots / 'evaluate'))}</div></div>"
         f"{_champion_section(project, decision, reg)}"
-        f"{_schedule_section(project)}"
-        f'<h2 style="font-size:16px;margin:8px 0 12px">Stages</h2>{prev_note}'
-        f"{cards}"
+        f"{schedule_section(project)}"
+        f"{stages_section(project, metric, compare_previous=compare_previous)}"
     )
+    return write_page(project, body)
+
+
+def write_page(project: Project, body: str, title: str = "Pipeline review") -> Path:
+    """The page ``body`` in the review template, as reports/[<segment>/]index.html."""
     rev = git_output(project.root, "rev-parse", "--short", "HEAD")
     meta = f"project <code>{escape(project.root.name)}</code>" + (
         f" &middot; git <code>{escape(rev)}</code>" if rev else "")
+    if project.segment:
+        meta += (f" &middot; segment <code>{escape(project.segment)}</code> &middot; "
+                 '<a href="../index.html">all segments</a>')
     html = files("nbpipeline.report").joinpath("templates/index.html").read_text("utf-8")
     template = Template(html)
     page = template.substitute(
-        title="Pipeline review", meta=meta, body=body,
+        title=escape(title), meta=meta, body=body,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
     target = project.reports / INDEX

@@ -237,6 +237,9 @@ def _dvc_yaml(task: str) -> dict[str, Any]:
                   "title": f"Mean |contribution| to the raw score per feature {golden}",
                   "template": "bar_horizontal_sorted", "x": "mean_abs_contribution",
                   "y": "feature"}},
+              {"plots/evaluate/explanations.csv": {
+                  "title": f"Contributions to the raw score of three examples {golden}",
+                  "template": "bar_examples", "x": "contribution", "y": "feature"}},
               {"plots/evaluate/slices.csv": {
                   "title": f"Rows per slice {golden}, one panel per slice column",
                   "template": "bar_facets", "x": "rows", "y": "value"}}]
@@ -374,6 +377,21 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+# The programs `nbp init` runs, and how to get each one.
+TOOLS = {"git": "install git (e.g. `apt install git`)",
+         "dvc": "`pip install dvc` into the environment that has nbpipeline"}
+
+
+def _require_tools() -> None:
+    """InitError naming each program in :data:`TOOLS` not on PATH, before anything is written."""
+    missing = [name for name in TOOLS if shutil.which(name) is None]
+    if missing:
+        raise InitError(
+            f"`nbp init` needs {' and '.join(missing)} on PATH, not found: "
+            + "; ".join(TOOLS[name] for name in missing)
+            + " — or activate the virtual environment nbpipeline is installed in")
+
+
 def _run(args: list[str], cwd: Path) -> None:
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -391,6 +409,7 @@ def init_project(
         raise InitError(f"--task {task!r}: give classification or regression")
     if directory.exists() and any(directory.iterdir()):
         raise InitError(f"{directory}: not empty; give a new directory for the project")
+    _require_tools()
     frame = _read(data)
     segments = segment_values(frame, segment_by, str(data)) if segment_by else []
     inferred = infer(frame, target, time=time, positive=positive, task=task,

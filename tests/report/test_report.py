@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -16,6 +17,7 @@ from release_project import gate_for
 from nbpipeline.project import Project
 from nbpipeline.record import run_record, run_record_block
 from nbpipeline.release.promote import promote_candidate
+from nbpipeline.report.explanations import pick_examples, read_examples
 from nbpipeline.report.index import build_index
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,6 +42,12 @@ def project(release_project: Path) -> Project:
         "slice,value,rows,positive_rate,roc_auc,champion_roc_auc\n"
         "origin,EWR,900,0.2,0.66,0.71\norigin,JFK,50,0.2,0.7,0.69\n"
     )
+    (plots / "explanations.csv").write_text(
+        "example,why,score,raw_score,base_value,link,feature,value,contribution\n"
+        "17,highest score,0.9,2.197225,-1.0,logit,hour,21,2.5\n"
+        "17,highest score,0.9,2.197225,-1.0,logit,wind,,0.697225\n"
+        + "".join(f"4,lowest score,0.1,-2.197225,-1.0,logit,f{i},{i},-0.1\n" for i in range(8))
+        + "4,lowest score,0.1,-2.197225,-1.0,logit,hour,5,-0.397225\n")
     (plots / "roc.csv").write_text("fpr,tpr,champion_tpr\n0,0,0\n0.1,0.5,0.4\n1,1,1\n")
     (plots / "confusion.csv").write_text("actual,predicted,champion_predicted\n"
                                          + "1,1,0\n" * 1500 + "0,0,0\n" * 20 + "0,1,1\n" * 3)
@@ -72,7 +80,24 @@ def test_index_shows_gate_champion_stages_and_links(project: Project) -> None:
     assert ('<td><code>hour</code></td><td class="num">0.0800</td><td class="num">0.3100</td>'
             in relies)  # permutation importance beside the mean |contribution|
     assert "previous run: not available" not in page  # HEAD's dvc.lock, read in-process
+    why = page[page.index("Why single decisions (golden examples)"):]
+    high, low = why.split("golden row 4: lowest score")
+    assert "golden row 17: highest score</h3><p>P(positive) <b>0.9</b>; raw score (log-odds) " \
+        "+2.197 = base \u22121.000 + contributions +3.197" in high
+    assert '<td><code>hour</code></td><td>21</td><td class="num">+2.500</td>' in high
+    assert '<td><code>wind</code></td><td><span class="muted">missing</span></td>' in high
+    assert low.index("<code>hour</code>") < low.index("<code>f0</code>")  # largest first
+    assert '3 other features</span></td><td></td><td class="num">\u22120.300</td>' in low
     assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+def test_the_examples_explained_are_the_extremes_and_the_closest_call() -> None:
+    assert pick_examples([0.2, 0.9, 0.05, 0.33, float("nan")], "classification", 0.35) == {
+        1: "highest score", 2: "lowest score", 3: "nearest the threshold 0.35"}
+    assert pick_examples([5.0, 1.0, 3.0, 2.9], "regression", 0.35) == {
+        0: "highest score", 1: "lowest score", 2: "nearest the median prediction"}
+    assert pick_examples([0.5], "classification", 0.35) == {0: "highest score"}
+    assert pick_examples([], "classification", 0.5) == {}
 
 
 @pytest.fixture()
@@ -197,6 +222,18 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
     contributions = (root / "plots" / "evaluate" / "contributions.csv").read_text()
     assert contributions.startswith("feature,mean_abs_contribution\n") and "hour," in contributions
     assert "slice,value,rows" in (root / "plots" / "evaluate" / "slices.csv").read_text()
+    # three golden rows explained by explain_frame (POST /explain's method): every feature,
+    # the contributions and the base value adding up to the raw score, expit(raw) the score
+    examples = read_examples(root / "plots" / "evaluate")
+    assert [e.why for e in examples] == ["highest score", "lowest score",
+                                         "nearest the threshold 0.35"]
+    contract = json.loads((root / "models" / "candidate" / "metadata.json").read_text())
+    for example in examples:
+        assert len(example.features) == len(contract["features"])
+        assert example.base_value + sum(c for _, _, c in example.features) == pytest.approx(
+            example.raw_score, abs=1e-5)
+        assert 1 / (1 + math.exp(-example.raw_score)) == pytest.approx(example.score, abs=1e-5)
+    assert examples[0].score > examples[2].score > examples[1].score
     assert (root / "plots" / "evaluate" / "roc.csv").read_text().startswith(
         "fpr,tpr,champion_tpr\n")  # the champion's curve beside the candidate's
 
@@ -208,6 +245,7 @@ def test_pipeline_evaluates_against_the_champion_end_to_end(tmp_path: Path) -> N
     page = (root / "reports" / "index.html").read_text()
     assert "Candidate vs champion v1" in page and 'href="evaluate.html"' in page
     assert "mean |contribution|" in page
+    assert f"golden row {examples[2].example}: nearest the threshold 0.35" in page
     assert "Confusion: champion v1" in page and "<title>champion v1</title>" in page
     assert "registered as v1, champion" in page  # the gate card follows the registry
     summary = nbformat.read(root / "reports" / "evaluate.ipynb", as_version=4).cells[0].source

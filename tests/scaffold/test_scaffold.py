@@ -70,6 +70,15 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+def small_models(root: Path, **evaluate: object) -> None:
+    """Few, small fits: these tests are about the toolkit's path, not the models (nbp init's
+    default search is 4 settings x 3 folds of 200 iterations; test_init covers the values)."""
+    params = read_params(root)
+    params["train"].update(max_iter=30, max_depth=[3], learning_rate=[0.1], cv_folds=2)
+    params["evaluate"].update({"importance_rows": 300, "importance_repeats": 1, **evaluate})
+    write_params(root, params)
+
+
 def gate(root: Path) -> dict:
     return json.loads((root / "metrics" / "gate.json").read_text())
 
@@ -92,6 +101,9 @@ def test_binary_table_from_init_to_monitor_then_a_new_model_line(tmp_path: Path)
                                             "income": "number"}
     assert (root / ".git").is_dir() and (root / ".dvc").is_dir()
     assert (root / "data" / "raw" / "Default.csv.dvc").is_file()
+    small_models(root)
+    params = read_params(root)
+    nbp("sync", cwd=root)
     nbp("check", cwd=root)
 
     sh("dvc", "repro", cwd=root)
@@ -161,6 +173,8 @@ def test_regression_table_from_init_to_monitor(tmp_path: Path) -> None:
     made = nbp("init", str(root), "--data", str(diabetes_table(tmp_path / "diabetes.parquet")),
                "--target", "target", cwd=tmp_path)
     assert "regression" in made.stdout
+    small_models(root)
+    nbp("sync", cwd=root)
     sh("dvc", "repro", cwd=root)
     decision = gate(root)
     assert decision["metric"] == "r2" and decision["passed"], decision["checks"]
@@ -187,7 +201,9 @@ def test_regression_table_from_init_to_monitor(tmp_path: Path) -> None:
     assert quality["labelled"] == 60 and 20.0 < quality["rmse"] < 120.0
     assert quality["mae"] <= quality["rmse"] and 0.0 < quality["r2"] < 1.0
     nbp("report", cwd=root)
-    assert "r2" in (root / "reports" / "index.html").read_text()
+    page = (root / "reports" / "index.html").read_text()
+    assert "r2" in page
+    assert ": nearest the median prediction</h3><p>prediction <b>" in page  # explained rows
 
 
 @pytest.mark.parametrize(("table", "args", "message"), [
@@ -227,3 +243,18 @@ def test_init_with_a_time_column_splits_by_dates(tmp_path: Path) -> None:
     nbp("run", "data", cwd=root)
     train, golden = (pd.read_parquet(root / "data" / f"{s}.parquet") for s in ("train", "golden"))
     assert train["date"].max() < golden["date"].min()
+
+
+def test_init_without_dvc_or_git_says_what_to_install(tmp_path: Path, monkeypatch,
+                                                       capsys) -> None:
+    """In process: no traceback, one line naming the missing programs, nothing written."""
+    from nbpipeline.cli import main
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"x": range(40), "y": ["a", "b"] * 20}).to_csv(path, index=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
+    assert main(["init", str(tmp_path / "p"), "--data", str(path), "--target", "y"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "needs git and dvc on PATH" in err and "pip install dvc" in err
+    assert not (tmp_path / "p").exists()
