@@ -37,10 +37,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _settings(project: Project) -> dict[str, Any]:
     from nbpipeline.monitor.config import MonitorConfig
-    from nbpipeline.pipeline.stages import SEGMENT_FIELD, with_segment
+    from nbpipeline.pipeline.stages import segment_templated, with_segment
 
     section = load_params(project.params_yaml).get(STAGE) or {}
-    templated = [k for k, v in section.items() if SEGMENT_FIELD in str(v)]
+    templated = segment_templated(section)
     if templated and not project.segment:
         raise MonitorError(f"params.yaml: monitor.{templated[0]} names a segment's file "
                            f"({section[templated[0]]}): this is a model factory; monitor one "

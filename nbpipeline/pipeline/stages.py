@@ -129,6 +129,14 @@ def with_segment(values: Mapping[str, Any], segment: str | None) -> dict[str, An
     return {name: fill(value) for name, value in values.items()}
 
 
+def segment_templated(values: Any) -> list[str]:
+    """The names in a params section (``values``) whose values name ``{segment}``: in a
+    model factory, the files each segment has its own of; [] for anything but a mapping."""
+    if not isinstance(values, Mapping):
+        return []
+    return [name for name, value in values.items() if SEGMENT_FIELD in str(value)]
+
+
 def nbp_stage_name(cmd: Any) -> tuple[str, tuple[str, ...]] | None:
     """``(stage, flags)`` if ``cmd`` is ``nbp run <stage> [flags]``, else None."""
     if not isinstance(cmd, str):

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nbpipeline.params import load_params
-from nbpipeline.pipeline.stages import SEGMENT_FIELD
+from nbpipeline.pipeline.stages import segment_templated
 from nbpipeline.project import ROOT_ENV, RUNNING_ENV, STAGE_ENV, Project
 from nbpipeline.release.registry import segment_registries
 from nbpipeline.schedule.entry import Schedule, own_nbp
@@ -66,12 +66,10 @@ def _prune(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def factory_segments(project: Project) -> list[str | None]:
+def monitored_segments(project: Project) -> list[str | None]:
     """What a tick monitors: ``[None]`` (the project's model), or for a model factory (its
     ``monitor:`` values name ``{segment}``) every segment with a registry."""
-    section = load_params(project.params_yaml).get("monitor")
-    values = section.values() if isinstance(section, dict) else []
-    if not any(SEGMENT_FIELD in str(v) for v in values):
+    if not segment_templated(load_params(project.params_yaml).get("monitor")):
         return [None]
     # none promoted yet: plain `nbp monitor` fails saying to name a segment
     return list(segment_registries(project.registry)) or [None]
@@ -113,7 +111,7 @@ def tick(project: Project, every: float, *, missed_after: float | None = None,
         env = {k: v for k, v in os.environ.items() if k not in PIPELINE_ENV}
         env[TICK_ENV] = _iso(started)
         runs = [_monitor(project, segment, command, env, every, missed_after)
-                for segment in factory_segments(project)]
+                for segment in monitored_segments(project)]
     _prune(folder)
     for run in runs:
         echo(f"nbp: schedule: {f'segment {run.segment}: ' if run.segment else ''}{run.status} "
