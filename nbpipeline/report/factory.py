@@ -29,7 +29,14 @@ from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
 from nbpipeline.release.lineage import read_lock
 from nbpipeline.release.registry import Registry, segment_registries
 from nbpipeline.report.html import badge, delta, fmt, table
-from nbpipeline.report.index import INDEX, build_index, schedule_section, stages_section, write_page
+from nbpipeline.report.index import (
+    INDEX,
+    build_index,
+    registered_version,
+    schedule_section,
+    stages_section,
+    write_page,
+)
 
 __all__ = ["build_review", "factory_segments"]
 
@@ -82,8 +89,8 @@ def _segment_row(seen: Project) -> dict[str, Any]:
     try:
         reg = Registry(seen.registry)
         row["state"] = state = reg.state()
-        row["registered"] = next((v.version for v in reg.versions()
-                                  if gate is not None and v.sha256 == gate.candidate_sha256), None)
+        version = registered_version(gate, reg) if gate is not None else None
+        row["registered"] = version.version if version is not None else None
     except NbpipelineError as exc:
         problem = problem or str(exc)
         state = None

@@ -39,17 +39,23 @@ from nbpipeline.report.previous import PreviousRun, previous_run, read_json
 from nbpipeline.schedule.runs import health as schedule_health
 from nbpipeline.schedule.runs import period_text
 
-__all__ = ["build_index", "schedule_section", "stages_section", "write_page"]
+__all__ = ["build_index", "registered_version", "schedule_section", "stages_section",
+           "write_page"]
 
 INDEX = "index.html"
 # ----------------------------------------------------------------------------- sections
-def _registered_as(gate: GateDecision, reg: Registry) -> str | None:
-    """What the registry made of the gate's candidate, once it holds it ("v3, champion")."""
+def registered_version(gate: GateDecision, reg: Registry) -> ModelVersion | None:
+    """The version the registry holds of the gate's candidate (same model file), if any."""
     if not gate.candidate_sha256:
         return None
+    return next((mv for mv in reg.versions() if mv.sha256 == gate.candidate_sha256), None)
+
+
+def _registered_as(gate: GateDecision, reg: Registry) -> str | None:
+    """What the registry made of the gate's candidate, once it holds it ("v3, champion")."""
     try:
         state = reg.state()
-        version = next((mv for mv in reg.versions() if mv.sha256 == gate.candidate_sha256), None)
+        version = registered_version(gate, reg)
     except NbpipelineError:
         return None
     if version is None:
