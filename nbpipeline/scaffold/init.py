@@ -283,6 +283,13 @@ def segment_values(frame: Any, column: str, source: str) -> list[str]:
         raise InitError(str(exc)) from exc
 
 
+def _per_segment(path: Any) -> str:
+    """``path`` with a ``{segment}`` folder under its first one (models/candidate ->
+    models/{segment}/candidate; a bare folder gets it inside: registry -> registry/{segment})."""
+    head, _, rest = str(path).partition("/")
+    return f"{head}/{SEGMENT_FIELD}/{rest}" if rest else f"{head}/{SEGMENT_FIELD}"
+
+
 def make_factory(params: dict[str, Any], dvc: dict[str, Any], column: str,
                  segments: list[str]) -> None:
     """Turn a project's params and dvc.yaml (as dicts) into a model factory over ``column``:
@@ -295,17 +302,14 @@ def make_factory(params: dict[str, Any], dvc: dict[str, Any], column: str,
     evaluate["slice_columns"] = [c for c in evaluate["slice_columns"] if c != column]
     paths = params["paths"]
     for name, path in paths.items():
-        head, _, rest = path.partition("/")
-        paths[name] = f"{head}/{SEGMENT_FIELD}/{rest}"
+        paths[name] = _per_segment(path)
     if "serve" in params:
         params["serve"]["segment_field"] = column
     monitor = params["monitor"]  # each segment's log, reference, registry and alarms
     for key in ("predlog_path", "registry_dir", "alarm_log", "retrain_marker"):
-        head, _, rest = str(monitor[key]).partition("/")
-        monitor[key] = f"{head}/{SEGMENT_FIELD}/{rest}" if rest else f"{head}/{SEGMENT_FIELD}"
+        monitor[key] = _per_segment(monitor[key])
     if "retrain" in params:  # each segment retrains on its own rows (docs/monitor.md)
-        head, _, rest = params["retrain"]["data_path"].partition("/")
-        params["retrain"]["data_path"] = f"{head}/{SEGMENT_FIELD}/{rest}"
+        params["retrain"]["data_path"] = _per_segment(params["retrain"]["data_path"])
     monitor["reference_path"] = f"{paths['model_dir']}/reference.parquet"
     monitor["metadata_path"] = f"{paths['model_dir']}/metadata.json"
     if monitor.get("reference_data"):
