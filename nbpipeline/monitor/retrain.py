@@ -40,7 +40,13 @@ import pandas as pd
 
 from nbpipeline.errors import MonitorError
 from nbpipeline.params import load_params
-from nbpipeline.pipeline.stages import SEGMENT_FIELD, DvcYaml, generated_stages, split_stage
+from nbpipeline.pipeline.stages import (
+    SEGMENT_FIELD,
+    DvcYaml,
+    generated_stages,
+    generates_stages,
+    split_stage,
+)
 from nbpipeline.predlog import table as predlog
 from nbpipeline.project import Project, atomic_path
 from nbpipeline.release.candidate import ModelContract
@@ -173,8 +179,7 @@ def segment_stages(project: Project) -> list[str]:
     """The stages dvc.yaml generates for ``project.segment`` (``train@north``, ...), in
     dvc.yaml order; MonitorError if it generates none."""
     dvc_yaml = DvcYaml(project)
-    groups = [str(group) for group, spec in dvc_yaml.raw_stages.items()
-              if isinstance(spec, Mapping) and ("foreach" in spec or "matrix" in spec)]
+    groups = [str(group) for group, spec in dvc_yaml.raw_stages.items() if generates_stages(spec)]
     names = [name for group in groups for name in generated_stages(project.root, dvc_yaml.doc,
                                                                     group)
              if split_stage(name)[1] == project.segment]

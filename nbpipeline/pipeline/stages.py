@@ -129,6 +129,12 @@ def with_segment(values: Mapping[str, Any], segment: str | None) -> dict[str, An
     return {name: fill(value) for name, value in values.items()}
 
 
+def generates_stages(spec: Any) -> bool:
+    """Whether a dvc.yaml stage entry is a ``foreach``/``matrix`` one (DVC generates its
+    stages: ``train@north``)."""
+    return isinstance(spec, Mapping) and ("foreach" in spec or "matrix" in spec)
+
+
 def segment_templated(values: Any) -> list[str]:
     """The names in a params section (``values``) whose values name ``{segment}``: in a
     model factory, the files each segment has its own of; [] for anything but a mapping."""
@@ -282,7 +288,7 @@ class DvcYaml:
         for name, spec in self.raw_stages.items():
             if not isinstance(spec, Mapping):
                 continue
-            if "foreach" in spec or "matrix" in spec:
+            if generates_stages(spec):
                 found.update(self._generated(str(name), spec))
                 continue
             parsed = nbp_stage_name(spec.get("cmd"))
@@ -353,7 +359,7 @@ class DvcYaml:
         spec = self.raw_stages.get(name, self.raw_stages.get(split_stage(name)[0]))
         if spec is None:
             return None
-        if isinstance(spec, Mapping) and ("foreach" in spec or "matrix" in spec):
+        if generates_stages(spec):
             return "generated"
         parsed = nbp_stage_name(spec.get("cmd") if isinstance(spec, Mapping) else None)
         return "notebook" if parsed and parsed[0] == name else "other"

@@ -25,6 +25,7 @@ from typing import Any
 from nbpipeline import yamlio
 from nbpipeline.errors import GateError, NbpipelineError
 from nbpipeline.pipeline.gitinfo import git_output
+from nbpipeline.pipeline.stages import generates_stages
 from nbpipeline.project import Project, write_text_atomic
 from nbpipeline.record import flatten, read_run_record
 from nbpipeline.release.gate import GATE_FILE, GateDecision, read_gate
@@ -429,7 +430,7 @@ def _stages(project: Project) -> dict[str, dict[str, Any]]:
         params_yaml = {}
     stages = {}
     for name, stage in (spec.get("stages") or {}).items():
-        per_segment = isinstance(stage, dict) and ("foreach" in stage or "matrix" in stage)
+        per_segment = generates_stages(stage)
         if per_segment != bool(project.segment):
             continue  # a factory's stage runs per segment: on its segment's page
         locked = (lock.get(f"{name}@{project.segment}" if project.segment else name) or {}
